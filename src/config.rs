@@ -1,0 +1,295 @@
+//! Configuration of every role: command-line flags, each with an environment variable fallback.
+//! The seed's `TEMPORAL_*` variables are part of the contract.
+
+use crate::{
+    similarity::{LykdatClient, LykdatError},
+    store::{CouchbaseSettings, CouchbaseStore, EmbeddedStore, MetadataStore, StoreError},
+    temporal::TemporalSettings,
+};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use url::Url;
+
+/// imagejob-operator: image-processing jobs as Kubernetes resources, run by Temporal.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The roles.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Reconcile ImageJobs into Temporal workflows.
+    Controller(ControllerCommand),
+    /// Run the Temporal worker (workflow and activities).
+    Worker(WorkerCommand),
+    /// Serve the REST facade.
+    Facade(FacadeCommand),
+    /// Run worker, controller and facade in one process.
+    Run(RunCommand),
+    /// Print the ImageJob CRD as YAML.
+    Crd,
+}
+
+/// `controller` flags.
+#[derive(Args, Debug)]
+pub struct ControllerCommand {
+    /// Temporal connection.
+    #[command(flatten)]
+    pub temporal: TemporalArgs,
+    /// Controller options.
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+}
+
+/// `worker` flags.
+#[derive(Args, Debug)]
+pub struct WorkerCommand {
+    /// Temporal connection.
+    #[command(flatten)]
+    pub temporal: TemporalArgs,
+    /// Worker options.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+/// `facade` flags.
+#[derive(Args, Debug)]
+pub struct FacadeCommand {
+    /// Temporal connection (for the full similarity results).
+    #[command(flatten)]
+    pub temporal: TemporalArgs,
+    /// Facade options.
+    #[command(flatten)]
+    pub facade: FacadeArgs,
+}
+
+/// `run` flags: all roles' options.
+#[derive(Args, Debug)]
+pub struct RunCommand {
+    /// Temporal connection.
+    #[command(flatten)]
+    pub temporal: TemporalArgs,
+    /// Worker options.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    /// Controller options.
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+    /// Facade options.
+    #[command(flatten)]
+    pub facade: FacadeArgs,
+}
+
+/// Where Temporal is (the seed's variables).
+#[derive(Args, Debug, Clone)]
+pub struct TemporalArgs {
+    /// Temporal server host name.
+    #[arg(long, env = "TEMPORAL_HOST", default_value = "localhost")]
+    pub temporal_host: String,
+    /// Temporal gRPC port.
+    #[arg(long, env = "TEMPORAL_PORT", default_value_t = 7233)]
+    pub temporal_port: u16,
+    /// Temporal namespace.
+    #[arg(long, env = "TEMPORAL_NAMESPACE", default_value = "default")]
+    pub temporal_namespace: String,
+    /// Task queue of the workflow and its activities.
+    #[arg(long, env = "TEMPORAL_TASK_QUEUE", default_value = "main-task-queue")]
+    pub temporal_task_queue: String,
+}
+
+impl TemporalArgs {
+    /// The settings the Temporal module takes.
+    pub fn settings(&self) -> TemporalSettings {
+        TemporalSettings {
+            host: self.temporal_host.clone(),
+            port: self.temporal_port,
+            namespace: self.temporal_namespace.clone(),
+            task_queue: self.temporal_task_queue.clone(),
+        }
+    }
+}
+
+/// Metadata store backends.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// A local redb file (default; for local use and small installs).
+    Embedded,
+    /// Couchbase (the seed's production store).
+    Couchbase,
+}
+
+/// Worker options: the metadata store and the similarity search.
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// Metadata store backend.
+    #[arg(long, env = "METADATA_STORE", value_enum, default_value_t = StoreBackend::Embedded)]
+    pub metadata_store: StoreBackend,
+    /// File of the embedded store.
+    #[arg(
+        long,
+        env = "EMBEDDED_STORE_PATH",
+        default_value = ".imagejob-data/metadata.redb"
+    )]
+    pub embedded_store_path: PathBuf,
+    /// Couchbase connection string.
+    #[arg(long, env = "COUCHBASE_CONNSTR")]
+    pub couchbase_connstr: Option<String>,
+    /// Couchbase user name.
+    #[arg(long, env = "COUCHBASE_USERNAME", default_value = "")]
+    pub couchbase_username: String,
+    /// Couchbase password (prefer the environment / a Kubernetes Secret).
+    #[arg(
+        long,
+        env = "COUCHBASE_PASSWORD",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub couchbase_password: String,
+    /// Couchbase bucket.
+    #[arg(long, env = "COUCHBASE_BUCKET", default_value = "images")]
+    pub couchbase_bucket: String,
+    /// Couchbase scope.
+    #[arg(long, env = "COUCHBASE_SCOPE", default_value = "_default")]
+    pub couchbase_scope: String,
+    /// Couchbase collection.
+    #[arg(long, env = "COUCHBASE_COLLECTION", default_value = "_default")]
+    pub couchbase_collection: String,
+    /// Deadline of each Couchbase operation, in seconds.
+    #[arg(long, env = "COUCHBASE_TIMEOUT_SECS", default_value_t = 10)]
+    pub couchbase_timeout_secs: u64,
+    /// Lykdat API key (prefer the environment / a Kubernetes Secret). Unset: similarity searches
+    /// are skipped with a message in the job's state.
+    #[arg(long, env = "LYKDAT_API_KEY", hide_env_values = true)]
+    pub lykdat_api_key: Option<String>,
+    /// Lykdat API base URL.
+    #[arg(
+        long,
+        env = "LYKDAT_BASE_URL",
+        default_value = "https://cloudapi.lykdat.com"
+    )]
+    pub lykdat_base_url: Url,
+    /// Deadline of one Lykdat request, in seconds.
+    #[arg(long, env = "LYKDAT_TIMEOUT_SECS", default_value_t = 30)]
+    pub lykdat_timeout_secs: u64,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required option is missing.
+    #[error("{0} is required")]
+    Missing(&'static str),
+    /// The metadata store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The Lykdat client cannot be built.
+    #[error(transparent)]
+    Lykdat(#[from] LykdatError),
+}
+
+impl WorkerArgs {
+    /// Opens the configured metadata store.
+    pub async fn open_store(&self) -> Result<Arc<dyn MetadataStore>, ConfigError> {
+        Ok(match self.metadata_store {
+            StoreBackend::Embedded => Arc::new(EmbeddedStore::open(&self.embedded_store_path)?),
+            StoreBackend::Couchbase => {
+                let settings = CouchbaseSettings {
+                    connection_string: self
+                        .couchbase_connstr
+                        .clone()
+                        .ok_or(ConfigError::Missing("COUCHBASE_CONNSTR"))?,
+                    username: self.couchbase_username.clone(),
+                    password: self.couchbase_password.clone(),
+                    bucket: self.couchbase_bucket.clone(),
+                    scope: self.couchbase_scope.clone(),
+                    collection: self.couchbase_collection.clone(),
+                    timeout: Duration::from_secs(self.couchbase_timeout_secs),
+                };
+                Arc::new(CouchbaseStore::connect(&settings).await?)
+            }
+        })
+    }
+
+    /// Builds the Lykdat client.
+    pub fn lykdat(&self) -> Result<LykdatClient, ConfigError> {
+        Ok(LykdatClient::new(
+            &self.lykdat_base_url,
+            self.lykdat_api_key.clone(),
+            Duration::from_secs(self.lykdat_timeout_secs),
+        )?)
+    }
+}
+
+/// Controller options.
+#[derive(Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// Namespaces to watch (comma-separated); all namespaces when unset.
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "CONTROLLER_METRICS_ADDR",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub metrics_addr: SocketAddr,
+    /// Elect a leader over a Lease so only one replica reconciles.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = false)]
+    pub leader_election: bool,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "LEASE_NAME",
+        default_value = "imagejob-operator-controller"
+    )]
+    pub lease_name: String,
+    /// Namespace of the Lease.
+    #[arg(long, env = "LEASE_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Lease duration in seconds: a dead leader is replaced within this time.
+    #[arg(long, env = "LEASE_DURATION_SECS", default_value_t = 15)]
+    pub lease_duration_secs: u64,
+    /// This replica's identity in the Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Most workflows watched by a long poll at once (each wakes its job the moment its workflow
+    /// closes); further running jobs are polled.
+    #[arg(long, env = "MAX_WORKFLOW_WATCHES", default_value_t = 1000)]
+    pub max_workflow_watches: usize,
+}
+
+/// Facade options.
+#[derive(Args, Debug, Clone)]
+pub struct FacadeArgs {
+    /// Address the facade listens on.
+    #[arg(long, env = "FACADE_ADDR", default_value = "127.0.0.1:8080")]
+    pub facade_addr: SocketAddr,
+    /// Namespace where the facade creates ImageJobs.
+    #[arg(long, env = "FACADE_NAMESPACE", default_value = "default")]
+    pub facade_namespace: String,
+    /// File of accepted bearer tokens, one per line (a mounted Secret).
+    #[arg(long, env = "FACADE_TOKENS_FILE")]
+    pub facade_tokens_file: Option<PathBuf>,
+    /// Serve without authentication (local use only).
+    #[arg(long, env = "FACADE_NO_AUTH", default_value_t = false)]
+    pub no_auth: bool,
+    /// Whether jobs posted without `similarity_search` run the search.
+    #[arg(long, env = "FACADE_SIMILARITY_DEFAULT", default_value_t = false)]
+    pub similarity_search_default: bool,
+}

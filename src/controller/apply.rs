@@ -1,0 +1,183 @@
+//! Apply: start the job's workflow once, mirror its state into the status, wake on its close,
+//! delete the job when its TTL after finishing runs out.
+
+use super::{Context, Error, Result, status, workflow_id};
+use crate::{
+    crd::{FIELD_MANAGER, ImageJob, ImageJobStatus, Phase},
+    temporal::{GatewayError, WorkflowSnapshot},
+};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::{controller::Action, events::EventType, reflector::ObjectRef},
+};
+use serde_json::json;
+use std::{sync::Arc, time::Duration};
+use tracing::info;
+
+/// Re-read interval of a running job whose close is watched (a safety net only).
+const WATCHED_RESYNC: Duration = Duration::from_secs(60);
+/// Poll interval of a running job beyond the watch bound.
+const POLLED_RESYNC: Duration = Duration::from_secs(5);
+
+pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
+    let uid = job.uid().ok_or(Error::MissingUid)?;
+    if job.phase().is_terminal() {
+        return expire(&job, ctx).await;
+    }
+    let id = workflow_id(&job)?;
+    let current = job.status.clone().unwrap_or_default();
+    let now = Time(Timestamp::now());
+
+    let desired = match observe(&job, &id, &current, ctx).await {
+        Ok(snapshot) => status::from_snapshot(&job, &id, &snapshot, &now),
+        Err(e) if e.is_unavailable() => {
+            let desired = status::temporal_unreachable(&job, &id, &e.to_string(), &now);
+            if write_status(&job, &current, &desired, ctx).await? {
+                ctx.event(
+                    &job,
+                    EventType::Warning,
+                    "TemporalUnavailable",
+                    e.to_string(),
+                )
+                .await;
+            }
+            return Ok(Action::requeue(ctx.backoffs.next(&uid)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    ctx.backoffs.reset(&uid);
+    if write_status(&job, &current, &desired, ctx).await? && desired.phase != current.phase {
+        announce(&job, &desired, ctx).await;
+    }
+    if desired.phase.is_terminal() {
+        ctx.metrics.job_finished(&uid);
+        return Ok(requeue_for_ttl(&job, &desired));
+    }
+    let watched = ctx.watches.ensure(&id, ObjectRef::from_obj(job.as_ref()));
+    Ok(Action::requeue(if watched {
+        WATCHED_RESYNC
+    } else {
+        POLLED_RESYNC
+    }))
+}
+
+/// Starts the job's workflow unless the status shows it started, then reads it.
+async fn observe(
+    job: &ImageJob,
+    id: &str,
+    current: &ImageJobStatus,
+    ctx: &Context,
+) -> Result<WorkflowSnapshot, GatewayError> {
+    if current.run_id.is_none() {
+        let outcome = ctx
+            .gateway
+            .start(id, status::workflow_input(&job.spec))
+            .await?;
+        if outcome.already_started {
+            info!(workflow_id = %id, "workflow already started; adopting it");
+        } else {
+            info!(workflow_id = %id, run_id = ?outcome.run_id, "workflow started");
+            ctx.event(
+                job,
+                EventType::Normal,
+                "Started",
+                format!("workflow {id} started"),
+            )
+            .await;
+        }
+    }
+    ctx.gateway.snapshot(id).await
+}
+
+/// Writes the status by server-side apply when it changed; returns whether it wrote.
+async fn write_status(
+    job: &ImageJob,
+    current: &ImageJobStatus,
+    desired: &ImageJobStatus,
+    ctx: &Context,
+) -> Result<bool> {
+    if job.status.is_some() && desired == current {
+        return Ok(false);
+    }
+    let api: Api<ImageJob> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": ImageJob::api_version(&()),
+        "kind": ImageJob::kind(&()),
+        "status": desired,
+    });
+    ctx.metrics.apiserver_request("patch_status");
+    api.patch_status(
+        &job.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.metrics.status_written(&job.uid().unwrap_or_default());
+    Ok(true)
+}
+
+async fn announce(job: &ImageJob, status: &ImageJobStatus, ctx: &Context) {
+    let error = status.error.clone().unwrap_or_default();
+    let (type_, reason, note) = match status.phase {
+        Phase::Completed => (
+            EventType::Normal,
+            "Completed",
+            format!(
+                "image {} processed",
+                status.image_id.clone().unwrap_or_default()
+            ),
+        ),
+        Phase::Failed => (EventType::Warning, "Failed", error),
+        Phase::Cancelled => (
+            EventType::Normal,
+            "Cancelled",
+            "workflow cancelled".to_owned(),
+        ),
+        Phase::Processing => (
+            EventType::Normal,
+            "Processing",
+            "workflow running".to_owned(),
+        ),
+        Phase::Pending => return,
+    };
+    info!(name = %job.name_any(), phase = status.phase.as_str(), workflow_id = ?status.workflow_id, "job phase changed");
+    ctx.event(job, type_, reason, note).await;
+}
+
+fn requeue_for_ttl(job: &ImageJob, status: &ImageJobStatus) -> Action {
+    let mut finished = job.clone();
+    finished.status = Some(status.clone());
+    match status::ttl_deadline(&finished) {
+        Some(deadline) => Action::requeue(until(deadline)),
+        None => Action::await_change(),
+    }
+}
+
+fn until(deadline: Timestamp) -> Duration {
+    let left = deadline.duration_since(Timestamp::now());
+    Duration::try_from(left)
+        .unwrap_or(Duration::ZERO)
+        .max(Duration::from_millis(100))
+}
+
+/// A finished job: deleted once its TTL ran out, otherwise left alone.
+async fn expire(job: &ImageJob, ctx: &Context) -> Result<Action> {
+    let Some(deadline) = status::ttl_deadline(job) else {
+        return Ok(Action::await_change());
+    };
+    if deadline > Timestamp::now() {
+        return Ok(Action::requeue(until(deadline)));
+    }
+    info!(name = %job.name_any(), "TTL after finish ran out; deleting the job");
+    let api: Api<ImageJob> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    ctx.metrics.apiserver_request("delete");
+    match api.delete(&job.name_any(), &DeleteParams::default()).await {
+        Ok(_) => Ok(Action::await_change()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Action::await_change()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,199 @@
+//! The controller: exactly one Temporal workflow per ImageJob, the workflow's state in the
+//! ImageJob's status, cancellation on delete, TTL after finish.
+
+mod apply;
+mod backoff;
+mod cleanup;
+mod leader;
+pub mod status;
+mod watches;
+
+pub use leader::{LeaderElector, LeaseSettings};
+
+use crate::{
+    crd::{FINALIZER, ImageJob, WORKFLOW_ID_PREFIX},
+    metrics::SharedMetrics,
+    temporal::{GatewayError, WorkflowGateway},
+};
+use backoff::Backoffs;
+use futures::StreamExt;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        finalizer::{Event as Finalizer, finalizer},
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use std::{sync::Arc, time::Instant};
+use tracing::{info, instrument, warn};
+use watches::WorkflowWatches;
+
+/// Why a reconcile failed (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A Temporal call failed.
+    #[error(transparent)]
+    Temporal(#[from] GatewayError),
+    /// The finalizer machinery failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The object has no uid (not from the apiserver).
+    #[error("object has no uid")]
+    MissingUid,
+    /// A cancelled workflow has not closed yet; deletion waits.
+    #[error("workflow {0} has not closed after cancellation yet")]
+    StillRunning(String),
+}
+
+impl Error {
+    /// Short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Temporal(_) => "temporal",
+            Error::Finalizer(_) => "finalizer",
+            Error::MissingUid => "missing_uid",
+            Error::StillRunning(_) => "still_running",
+        }
+    }
+}
+
+/// Result of controller operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What every reconcile shares.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Temporal gateway.
+    pub gateway: Arc<dyn WorkflowGateway>,
+    /// Metrics.
+    pub metrics: SharedMetrics,
+    recorder: Recorder,
+    watches: WorkflowWatches,
+    backoffs: Backoffs,
+}
+
+/// The workflow id of a job: `image-processing-<metadata.uid>`. Derived from the object, so a
+/// crash between starting the workflow and writing the status cannot start a second one.
+pub fn workflow_id(job: &ImageJob) -> Result<String> {
+    job.uid()
+        .map(|uid| format!("{WORKFLOW_ID_PREFIX}{uid}"))
+        .ok_or(Error::MissingUid)
+}
+
+impl Context {
+    /// Publishes an event on the job; failures are logged, never fatal.
+    async fn event(&self, job: &ImageJob, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        self.metrics.apiserver_request("create_event");
+        if let Err(e) = self.recorder.publish(&event, &job.object_ref(&())).await {
+            warn!(namespace = ?job.namespace(), name = %job.name_any(), error = %e, "event not recorded");
+        }
+    }
+}
+
+#[instrument(skip_all, fields(namespace = ?job.namespace(), name = %job.name_any()))]
+async fn reconcile(job: Arc<ImageJob>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let api: Api<ImageJob> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, job, |event| async {
+        match event {
+            Finalizer::Apply(job) => apply::apply(job, &ctx).await,
+            Finalizer::Cleanup(job) => cleanup::cleanup(job, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconcile_took(started.elapsed());
+    result
+}
+
+fn error_policy(job: Arc<ImageJob>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error.kind());
+    let delay = ctx.backoffs.next(&job.uid().unwrap_or_default());
+    warn!(namespace = ?job.namespace(), name = %job.name_any(), error = %error, retry_in = ?delay,
+        "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Hash of what should wake a reconcile: spec changes, deletion, finalizers. Status writes (ours)
+/// are filtered out, so a write does not trigger another Temporal round-trip.
+fn trigger_fingerprint(job: &ImageJob) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    job.metadata.generation.hash(&mut hasher);
+    job.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    job.finalizers().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// Runs the controller until `shutdown` resolves. `store` is filled with the watched jobs.
+pub async fn run(
+    client: Client,
+    gateway: Arc<dyn WorkflowGateway>,
+    metrics: SharedMetrics,
+    namespaces: &[String],
+    max_workflow_watches: usize,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> (Store<ImageJob>, impl Future<Output = ()>) {
+    let reporter = Reporter {
+        controller: "imagejob-operator".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let (watch_tx, watch_rx) = futures::channel::mpsc::unbounded();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        gateway: gateway.clone(),
+        metrics,
+        recorder: Recorder::new(client.clone(), reporter),
+        watches: WorkflowWatches::new(gateway, watch_tx, max_workflow_watches),
+        backoffs: Backoffs::default(),
+    });
+    let (reader, writer) = reflector::store::<ImageJob>();
+    let streams: Vec<_> = match namespaces {
+        [] => vec![watcher(Api::<ImageJob>::all(client), watcher::Config::default()).boxed()],
+        list => list
+            .iter()
+            .map(|ns| {
+                watcher(
+                    Api::<ImageJob>::namespaced(client.clone(), ns),
+                    watcher::Config::default(),
+                )
+                .boxed()
+            })
+            .collect(),
+    };
+    let jobs = futures::stream::select_all(streams)
+        .default_backoff()
+        // The cache keeps only what reconciles read: managed fields can be large.
+        .modify(|job| job.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(trigger_fingerprint, Default::default());
+    let controller = Controller::for_stream(jobs, reader.clone())
+        .reconcile_on(watch_rx)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| std::future::ready(()));
+    let done = async move {
+        info!("controller running");
+        controller.await;
+        info!("controller stopped");
+    };
+    (reader, done)
+}

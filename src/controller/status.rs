@@ -1,0 +1,356 @@
+//! Pure decisions: a job and what Temporal says of its workflow -> the job's status. No client
+//! required; unit-tested below.
+
+use crate::{
+    crd::{
+        CONDITION_SUCCEEDED, CONDITION_TEMPORAL_REACHABLE, ImageJob, ImageJobSpec, ImageJobStatus,
+        Phase, SimilarMatch, SimilaritySummary,
+    },
+    similarity::SimilarityResults,
+    temporal::{ExecutionStatus, ImageProcessingInput, WorkflowSnapshot},
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use std::time::SystemTime;
+
+/// How many matches the status keeps.
+const TOP_MATCHES: usize = 5;
+
+/// The workflow input for a job's spec.
+pub fn workflow_input(spec: &ImageJobSpec) -> ImageProcessingInput {
+    ImageProcessingInput {
+        url: spec.url.clone(),
+        title: spec.title.clone(),
+        description: spec.description.clone(),
+        tags: spec.tags.clone(),
+        similarity_search: spec.similarity_search,
+    }
+}
+
+fn time(t: SystemTime) -> Option<Time> {
+    Timestamp::try_from(t).ok().map(Time)
+}
+
+/// The status for a job whose workflow Temporal described as `snapshot`.
+pub fn from_snapshot(
+    job: &ImageJob,
+    workflow_id: &str,
+    snapshot: &WorkflowSnapshot,
+    now: &Time,
+) -> ImageJobStatus {
+    let mut status = base(job, workflow_id);
+    status.run_id = Some(snapshot.run_id.clone());
+    status.start_time = snapshot.start_time.and_then(time).or(status.start_time);
+    status.phase = match snapshot.execution {
+        ExecutionStatus::Running => Phase::Processing,
+        ExecutionStatus::Completed => Phase::Completed,
+        ExecutionStatus::Failed | ExecutionStatus::Terminated | ExecutionStatus::TimedOut => {
+            Phase::Failed
+        }
+        ExecutionStatus::Cancelled => Phase::Cancelled,
+    };
+    if status.phase.is_terminal() {
+        status.completion_time = snapshot
+            .close_time
+            .and_then(time)
+            .or_else(|| Some(now.clone()));
+    }
+    if let Some(state) = &snapshot.state {
+        status.image_id = state.image_id.clone().or(status.image_id);
+        status.metadata_stored = state.metadata_stored;
+        status.similarity_search_completed = state.similarity_search_completed;
+        status.error = state.error.clone();
+    }
+    if status.error.is_none() {
+        status.error = snapshot.failure.clone();
+    }
+    if let Some(results) = &snapshot.similarity {
+        status.similarity = Some(summarize(results));
+    }
+    let (value, reason, message) = succeeded_condition(snapshot.execution, status.error.as_deref());
+    set_condition(
+        &mut status.conditions,
+        CONDITION_SUCCEEDED,
+        value,
+        reason,
+        &message,
+        now,
+    );
+    set_condition(
+        &mut status.conditions,
+        CONDITION_TEMPORAL_REACHABLE,
+        "True",
+        "Connected",
+        "Temporal answered",
+        now,
+    );
+    status
+}
+
+/// The status for a job whose workflow could not be reached: the condition says so, the rest
+/// is kept.
+pub fn temporal_unreachable(
+    job: &ImageJob,
+    workflow_id: &str,
+    error: &str,
+    now: &Time,
+) -> ImageJobStatus {
+    let mut status = base(job, workflow_id);
+    let message = format!("cannot reach Temporal: {error}");
+    set_condition(
+        &mut status.conditions,
+        CONDITION_TEMPORAL_REACHABLE,
+        "False",
+        "TemporalUnavailable",
+        &message,
+        now,
+    );
+    if !status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == CONDITION_SUCCEEDED)
+    {
+        set_condition(
+            &mut status.conditions,
+            CONDITION_SUCCEEDED,
+            "Unknown",
+            "Pending",
+            "waiting for Temporal",
+            now,
+        );
+    }
+    status
+}
+
+fn base(job: &ImageJob, workflow_id: &str) -> ImageJobStatus {
+    let mut status = job.status.clone().unwrap_or_default();
+    status.workflow_id = Some(workflow_id.to_owned());
+    status.observed_generation = job.metadata.generation;
+    status
+}
+
+fn succeeded_condition(
+    execution: ExecutionStatus,
+    error: Option<&str>,
+) -> (&'static str, &'static str, String) {
+    let error = error.unwrap_or_default().to_owned();
+    match execution {
+        ExecutionStatus::Running => ("Unknown", "Processing", "workflow running".into()),
+        ExecutionStatus::Completed => ("True", "Completed", "workflow completed".into()),
+        ExecutionStatus::Failed => ("False", "Failed", error),
+        ExecutionStatus::Terminated => ("False", "Terminated", error),
+        ExecutionStatus::TimedOut => ("False", "TimedOut", error),
+        ExecutionStatus::Cancelled => ("False", "Cancelled", "workflow cancelled".into()),
+    }
+}
+
+/// Sets a condition; `lastTransitionTime` only moves when its status changes.
+fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: &Time,
+) {
+    let existing = conditions.iter_mut().find(|c| c.type_ == type_);
+    let transition = match &existing {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => now.clone(),
+    };
+    let condition = Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        last_transition_time: transition,
+        observed_generation: None,
+    };
+    match existing {
+        Some(c) => *c = condition,
+        None => conditions.push(condition),
+    }
+}
+
+/// The status's short similarity summary.
+pub fn summarize(results: &SimilarityResults) -> SimilaritySummary {
+    let summary = match results.products.first() {
+        Some(best) => format!("{} matches, best {:.2}", results.products.len(), best.score),
+        None => "no matches".to_owned(),
+    };
+    SimilaritySummary {
+        summary,
+        total_matches: u32::try_from(results.products.len()).unwrap_or(u32::MAX),
+        top_matches: results
+            .products
+            .iter()
+            .take(TOP_MATCHES)
+            .map(|p| SimilarMatch {
+                name: p.name.clone(),
+                brand: p.brand_name.clone(),
+                url: p.url.clone(),
+                score: format!("{:.3}", p.score),
+            })
+            .collect(),
+    }
+}
+
+/// When a finished job is due for deletion, if it has a TTL.
+pub fn ttl_deadline(job: &ImageJob) -> Option<Timestamp> {
+    let ttl = job.spec.ttl_seconds_after_finished?;
+    let finished = job.status.as_ref()?.completion_time.as_ref()?.0;
+    finished
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(ttl))
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        similarity::SimilarProduct,
+        temporal::{ProcessingStatus, WorkflowState},
+    };
+    use std::time::Duration;
+
+    fn job() -> ImageJob {
+        let mut job = ImageJob::new(
+            "a",
+            ImageJobSpec {
+                url: "https://x/a.jpg".into(),
+                ..Default::default()
+            },
+        );
+        job.metadata.generation = Some(1);
+        job
+    }
+
+    fn now() -> Time {
+        Time(Timestamp::from_second(1_800_000_000).unwrap())
+    }
+
+    fn snapshot(execution: ExecutionStatus) -> WorkflowSnapshot {
+        WorkflowSnapshot {
+            run_id: "run".into(),
+            execution,
+            start_time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_799_999_990)),
+            close_time: None,
+            state: Some(WorkflowState {
+                image_id: Some("img".into()),
+                status: ProcessingStatus::Processing,
+                metadata_stored: false,
+                similarity_search_completed: false,
+                error: None,
+            }),
+            similarity: None,
+            failure: None,
+        }
+    }
+
+    fn condition<'a>(s: &'a ImageJobStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn running_workflow_is_processing_with_unknown_condition() {
+        let s = from_snapshot(&job(), "wf", &snapshot(ExecutionStatus::Running), &now());
+        assert_eq!(s.phase, Phase::Processing);
+        assert_eq!(s.workflow_id.as_deref(), Some("wf"));
+        assert_eq!(s.run_id.as_deref(), Some("run"));
+        assert_eq!(s.image_id.as_deref(), Some("img"));
+        assert_eq!(s.observed_generation, Some(1));
+        assert!(s.start_time.is_some());
+        assert!(s.completion_time.is_none());
+        assert_eq!(condition(&s, CONDITION_SUCCEEDED).status, "Unknown");
+    }
+
+    #[test]
+    fn same_observation_twice_gives_equal_status_so_nothing_is_written() {
+        let mut j = job();
+        let first = from_snapshot(&j, "wf", &snapshot(ExecutionStatus::Running), &now());
+        j.status = Some(first.clone());
+        let later = Time(Timestamp::from_second(1_800_000_100).unwrap());
+        let second = from_snapshot(&j, "wf", &snapshot(ExecutionStatus::Running), &later);
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn completed_workflow_sets_every_field() {
+        let mut snap = snapshot(ExecutionStatus::Completed);
+        snap.close_time = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        snap.state = Some(WorkflowState {
+            image_id: Some("img".into()),
+            status: ProcessingStatus::Completed,
+            metadata_stored: true,
+            similarity_search_completed: true,
+            error: None,
+        });
+        snap.similarity = Some(SimilarityResults {
+            query_image: None,
+            products: (0..7)
+                .map(|i| SimilarProduct {
+                    name: format!("p{i}"),
+                    score: 0.9 - f64::from(i) * 0.1,
+                    ..Default::default()
+                })
+                .collect(),
+        });
+        let s = from_snapshot(&job(), "wf", &snap, &now());
+        assert_eq!(s.phase, Phase::Completed);
+        assert!(s.metadata_stored && s.similarity_search_completed);
+        assert!(s.completion_time.is_some());
+        let sim = s.similarity.unwrap();
+        assert_eq!(sim.total_matches, 7);
+        assert_eq!(sim.top_matches.len(), 5);
+        assert_eq!(sim.top_matches[0].score, "0.900");
+        assert_eq!(sim.summary, "7 matches, best 0.90");
+        let c = condition(&s, CONDITION_SUCCEEDED).clone();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "Completed")
+        );
+    }
+
+    #[test]
+    fn terminated_outside_our_control_is_failed_with_a_reason() {
+        let mut snap = snapshot(ExecutionStatus::Terminated);
+        snap.state = None;
+        snap.failure = Some("workflow terminated outside the operator".into());
+        let s = from_snapshot(&job(), "wf", &snap, &now());
+        assert_eq!(s.phase, Phase::Failed);
+        assert_eq!(
+            s.error.as_deref(),
+            Some("workflow terminated outside the operator")
+        );
+        let c = condition(&s, CONDITION_SUCCEEDED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Terminated")
+        );
+    }
+
+    #[test]
+    fn unreachable_temporal_keeps_the_phase_and_says_why() {
+        let s = temporal_unreachable(&job(), "wf", "connection refused", &now());
+        assert_eq!(s.phase, Phase::Pending);
+        let c = condition(&s, CONDITION_TEMPORAL_REACHABLE);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "TemporalUnavailable")
+        );
+        assert!(c.message.contains("connection refused"));
+        assert_eq!(condition(&s, CONDITION_SUCCEEDED).status, "Unknown");
+    }
+
+    #[test]
+    fn ttl_deadline_counts_from_completion() {
+        let mut j = job();
+        assert_eq!(ttl_deadline(&j), None);
+        j.spec.ttl_seconds_after_finished = Some(30);
+        j.status = Some(ImageJobStatus {
+            completion_time: Some(now()),
+            ..Default::default()
+        });
+        assert_eq!(ttl_deadline(&j).unwrap().as_second(), 1_800_000_030);
+    }
+}

@@ -1,0 +1,209 @@
+//! The `ImageJob` custom resource: its spec (the seed's POST body), its status (the seed's
+//! workflow state in Kubernetes form) and the constants the controller and facade share.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the CRD.
+pub const GROUP: &str = "imagejob.dev";
+/// Finalizer the controller puts on every job so deleting it cancels its workflow first.
+pub const FINALIZER: &str = "imagejob.dev/workflow-cancel";
+/// Field manager of every status write (server-side apply).
+pub const FIELD_MANAGER: &str = "imagejob-operator";
+/// Prefix of every workflow id, as in the seed (`image-processing-<uuid>`).
+pub const WORKFLOW_ID_PREFIX: &str = "image-processing-";
+/// Condition type set True when the job completed, False when it failed or was cancelled.
+pub const CONDITION_SUCCEEDED: &str = "Succeeded";
+/// Condition type set False while Temporal cannot be reached.
+pub const CONDITION_TEMPORAL_REACHABLE: &str = "TemporalReachable";
+
+/// Longest accepted image URL.
+pub const MAX_URL_LEN: usize = 2048;
+/// Longest accepted title.
+pub const MAX_TITLE_LEN: usize = 256;
+/// Longest accepted description.
+pub const MAX_DESCRIPTION_LEN: usize = 4096;
+/// Most tags on one job.
+pub const MAX_TAGS: usize = 32;
+/// Longest accepted tag.
+pub const MAX_TAG_LEN: usize = 64;
+/// Pattern an image URL must match (http or https, no whitespace).
+pub const URL_PATTERN: &str = r"^https?://[^\s]+$";
+
+/// An image to process: its metadata is stored and, optionally, a visual similarity search is
+/// run on it, by one durable Temporal `ImageProcessingWorkflow`.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "imagejob.dev",
+    version = "v1alpha1",
+    kind = "ImageJob",
+    plural = "imagejobs",
+    shortname = "ij",
+    namespaced,
+    doc = "An image-processing job: its metadata is stored and, optionally, a visual similarity search runs on it, in one durable Temporal workflow.",
+    status = "ImageJobStatus",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Image ID", type_ = "string", json_path = ".status.imageId"),
+    printcolumn(
+        name = "Similarity",
+        type_ = "string",
+        json_path = ".status.similarity.summary"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Workflow",
+        type_ = "string",
+        json_path = ".status.workflowId",
+        priority = "1"
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageJobSpec {
+    /// Public http(s) URL of the image.
+    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s]+$"))]
+    pub url: String,
+    /// Optional title of the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub title: Option<String>,
+    /// Optional description of the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub description: Option<String>,
+    /// Tags of the image (at most 32, each 1 to 64 characters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 64)))]
+    pub tags: Vec<String>,
+    /// Run a Lykdat visual similarity search on the image after storing its metadata.
+    #[serde(default)]
+    pub similarity_search: bool,
+    /// Delete the job this many seconds after it finished (completed, failed or cancelled).
+    /// Unset: finished jobs are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
+}
+
+/// Where a job is in its life.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Phase {
+    /// Accepted; its workflow is not started yet.
+    #[default]
+    Pending,
+    /// Its workflow is running.
+    Processing,
+    /// Its workflow completed.
+    Completed,
+    /// Its workflow failed, was terminated or timed out.
+    Failed,
+    /// Its workflow was cancelled.
+    Cancelled,
+}
+
+impl Phase {
+    /// Whether the job will not change any more.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Completed | Phase::Failed | Phase::Cancelled)
+    }
+
+    /// The phase's name as shown in status and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Processing => "Processing",
+            Phase::Completed => "Completed",
+            Phase::Failed => "Failed",
+            Phase::Cancelled => "Cancelled",
+        }
+    }
+}
+
+/// Observed state of an ImageJob, read from its workflow.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageJobStatus {
+    /// Pending, Processing, Completed, Failed or Cancelled.
+    #[serde(default)]
+    pub phase: Phase,
+    /// Id of the job's Temporal workflow (`image-processing-<uid>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<String>,
+    /// Run id of the job's Temporal workflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Id of the stored image metadata document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// Whether the image metadata was stored.
+    #[serde(default)]
+    pub metadata_stored: bool,
+    /// Whether the similarity search ran to completion.
+    #[serde(default)]
+    pub similarity_search_completed: bool,
+    /// Why the job failed or what it skipped, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Standard conditions; `Succeeded` is True, False or Unknown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The spec generation this status was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When the workflow started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the workflow finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Short summary of the similarity search (the full result is served by the facade).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<SimilaritySummary>,
+}
+
+/// The few best matches of a similarity search.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SimilaritySummary {
+    /// One line for `kubectl get`: match count and best score.
+    pub summary: String,
+    /// How many similar products were found.
+    pub total_matches: u32,
+    /// The best matches, best first (at most five).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_matches: Vec<SimilarMatch>,
+}
+
+/// One similar product.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SimilarMatch {
+    /// Product name.
+    pub name: String,
+    /// Brand, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand: Option<String>,
+    /// Product page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Similarity score, 0 to 1, as text (Kubernetes avoids floats in APIs).
+    pub score: String,
+}
+
+impl ImageJob {
+    /// The phase of the job, Pending when it has no status yet.
+    pub fn phase(&self) -> Phase {
+        self.status.as_ref().map(|s| s.phase).unwrap_or_default()
+    }
+}
+
+/// The CRD as YAML, exactly as committed in `crds/imagejob.yaml`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&ImageJob::crd())
+}

@@ -1,0 +1,117 @@
+//! The facade's watch cache: a reflector over the facade namespace's ImageJobs, an index from
+//! workflow id to job, and a change signal that wakes result waiters (no polling).
+
+use crate::crd::{ImageJob, WORKFLOW_ID_PREFIX};
+use futures::{Stream, StreamExt};
+use kube::{
+    Api, ResourceExt,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, ObjectRef, Store},
+        watcher::{self, Event, watcher},
+    },
+};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+use tokio::sync::watch;
+
+/// Jobs of one namespace, by workflow id.
+#[derive(Clone)]
+pub struct JobCache {
+    namespace: String,
+    store: Store<ImageJob>,
+    names_by_uid: Arc<RwLock<HashMap<String, String>>>,
+    changes: watch::Sender<u64>,
+    ready: Arc<AtomicBool>,
+}
+
+impl JobCache {
+    /// Starts watching `api` (namespaced); the returned future drives the watch and must be
+    /// polled (spawned) for the cache to fill.
+    pub fn start(api: Api<ImageJob>, namespace: String) -> (Self, impl Future<Output = ()> + Send) {
+        let (store, writer) = reflector::store();
+        let cache = Self {
+            namespace,
+            store,
+            names_by_uid: Arc::default(),
+            changes: watch::channel(0).0,
+            ready: Arc::default(),
+        };
+        let events = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|job| job.managed_fields_mut().clear())
+            .reflect(writer);
+        let driver = cache.clone().drive(events);
+        (cache, driver)
+    }
+
+    async fn drive(self, events: impl Stream<Item = Result<Event<ImageJob>, watcher::Error>>) {
+        let mut events = std::pin::pin!(events);
+        let mut relisted: Option<HashMap<String, String>> = None;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(Event::Apply(job)) => self.remember(&job),
+                Ok(Event::Delete(job)) => {
+                    if let (Some(uid), Ok(mut map)) = (job.uid(), self.names_by_uid.write()) {
+                        map.remove(&uid);
+                    }
+                }
+                Ok(Event::Init) => relisted = Some(HashMap::new()),
+                Ok(Event::InitApply(job)) => {
+                    if let (Some(map), Some(uid)) = (relisted.as_mut(), job.uid()) {
+                        map.insert(uid, job.name_any());
+                    }
+                }
+                Ok(Event::InitDone) => {
+                    if let (Some(fresh), Ok(mut map)) = (relisted.take(), self.names_by_uid.write())
+                    {
+                        *map = fresh;
+                    }
+                    self.ready.store(true, Ordering::Release);
+                }
+                Err(e) => tracing::warn!(error = %e, "ImageJob watch failed; retrying"),
+            }
+            self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// Indexes a job (also called right after the facade creates one, before its watch event).
+    pub fn remember(&self, job: &ImageJob) {
+        if let (Some(uid), Ok(mut map)) = (job.uid(), self.names_by_uid.write()) {
+            map.insert(uid, job.name_any());
+        }
+    }
+
+    /// The name of the job behind a workflow id, if it is one of ours.
+    pub fn name_of(&self, workflow_id: &str) -> Option<String> {
+        let uid = workflow_id.strip_prefix(WORKFLOW_ID_PREFIX)?;
+        self.names_by_uid.read().ok()?.get(uid).cloned()
+    }
+
+    /// The cached job behind a workflow id.
+    pub fn get(&self, workflow_id: &str) -> Option<Arc<ImageJob>> {
+        let name = self.name_of(workflow_id)?;
+        self.store
+            .get(&ObjectRef::new(&name).within(&self.namespace))
+    }
+
+    /// All cached jobs.
+    pub fn jobs(&self) -> Vec<Arc<ImageJob>> {
+        self.store.state()
+    }
+
+    /// Whether the first list has been received.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// A receiver that changes on every watch event.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}

@@ -1,0 +1,168 @@
+//! The facade's one error type: every failure is a JSON body
+//! `{"error": {"code", "message", "field"?}}` with a fitting 4xx/5xx status.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field of the request is invalid.
+    #[error("{message}")]
+    InvalidField {
+        /// The field's path, e.g. `tags[3]`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The body is not valid JSON.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// The body is not declared as JSON.
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// The body is larger than the limit.
+    #[error("request body larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// A query parameter is invalid.
+    #[error("invalid query parameter {field}: {message}")]
+    InvalidQuery {
+        /// The parameter.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// No such workflow.
+    #[error("workflow {0} not found")]
+    NotFound(String),
+    /// No such route.
+    #[error("no route for this path")]
+    NoRoute,
+    /// The route exists, not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// No bearer token.
+    #[error("missing bearer token")]
+    Unauthenticated,
+    /// A token that is not accepted.
+    #[error("token not accepted")]
+    Forbidden,
+    /// The Kubernetes apiserver refused or failed.
+    #[error("Kubernetes API error: {message}")]
+    Kubernetes {
+        /// HTTP status to answer with.
+        status: StatusCode,
+        /// The apiserver's message.
+        message: String,
+    },
+    /// A dependency (apiserver, Temporal) cannot be reached.
+    #[error("{0} unavailable")]
+    Unavailable(String),
+}
+
+/// The JSON error body.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The error's details.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable code, e.g. `invalid_field`.
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+    /// The offending field, when one is to blame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::InvalidField { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::InvalidQuery { .. } => (StatusCode::BAD_REQUEST, "invalid_query"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Kubernetes { status, .. } => (*status, "kubernetes_error"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+
+    fn field(&self) -> Option<String> {
+        match self {
+            ApiError::InvalidField { field, .. } | ApiError::InvalidQuery { field, .. } => {
+                Some(field.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// An invalid-field error.
+    pub fn field_error(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::InvalidField {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<kube::Error> for ApiError {
+    fn from(e: kube::Error) -> Self {
+        match e {
+            kube::Error::Api(status) => {
+                let code = StatusCode::from_u16(status.code).unwrap_or(StatusCode::BAD_GATEWAY);
+                // A 5xx of the apiserver is a bad gateway for our client, not our own crash.
+                let code = if code.is_server_error() {
+                    StatusCode::BAD_GATEWAY
+                } else {
+                    code
+                };
+                ApiError::Kubernetes {
+                    status: code,
+                    message: status.message,
+                }
+            }
+            other => {
+                tracing::warn!(error = %other, "apiserver unreachable");
+                ApiError::Unavailable("Kubernetes apiserver".into())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.to_string(),
+                field: self.field(),
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,108 @@
+//! The REST facade: the seed's endpoints over ImageJobs, served from a watch cache, with bearer
+//! auth, JSON errors, `/openapi.json` and a docs page.
+
+mod auth;
+mod cache;
+mod docs;
+mod error;
+mod model;
+mod routes;
+
+pub use auth::{Auth, TokenFile};
+pub use cache::JobCache;
+pub use error::ApiError;
+pub use model::{ProcessResponse, ResultResponse, StatusResponse};
+
+use crate::{crd::ImageJob, metrics::SharedMetrics, temporal::WorkflowGateway};
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, Request, State},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+};
+use kube::Api;
+use std::sync::Arc;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// What the handlers share.
+pub struct FacadeState {
+    /// ImageJobs in the facade's namespace.
+    pub api: Api<ImageJob>,
+    /// That namespace.
+    pub namespace: String,
+    /// The watch cache.
+    pub cache: JobCache,
+    /// Temporal, for the full results.
+    pub gateway: Arc<dyn WorkflowGateway>,
+    /// Default of `similarity_search`.
+    pub similarity_default: bool,
+    /// Metrics.
+    pub metrics: SharedMetrics,
+}
+
+/// The router: API routes behind auth, probes and docs open.
+pub fn router(state: Arc<FacadeState>, auth: Auth) -> Router {
+    let api = Router::new()
+        .route("/images/process", post(routes::process))
+        .route("/images/workflow/{workflow_id}/status", get(routes::status))
+        .route("/images/workflow/{workflow_id}/result", get(routes::result))
+        .route("/images/workflow/{workflow_id}", delete(routes::cancel))
+        .route("/images/workflows", get(routes::list))
+        .route_layer(middleware::from_fn_with_state(auth, auth::require_token));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { Json(docs::openapi()) }))
+        .route("/docs", get(docs::page))
+        .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_and_map_limits,
+        ))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<FacadeState>>) -> Response {
+    if state.cache.is_ready() {
+        "ready".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "watch cache not filled yet",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<FacadeState>>) -> String {
+    state.metrics.encode()
+}
+
+/// Counts responses by class and turns axum's plain-text 413 into our JSON error.
+async fn count_and_map_limits(
+    State(state): State<Arc<FacadeState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    let response = if response.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && !response
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+    {
+        ApiError::PayloadTooLarge(BODY_LIMIT).into_response()
+    } else {
+        response
+    };
+    state.metrics.http_response(response.status().as_u16());
+    response
+}

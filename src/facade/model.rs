@@ -1,0 +1,286 @@
+//! Request and response bodies of the REST API (the seed's shapes), and request validation with
+//! the CRD's limits.
+
+use super::error::ApiError;
+use crate::{
+    crd::{
+        ImageJob, ImageJobSpec, MAX_DESCRIPTION_LEN, MAX_TAG_LEN, MAX_TAGS, MAX_TITLE_LEN,
+        MAX_URL_LEN, Phase,
+    },
+    similarity::SimilarityResults,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// `POST /images/process` body.
+#[derive(Deserialize, Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessRequest {
+    /// Public http(s) URL of the image (at most 2048 characters).
+    #[schema(example = "https://example.com/image.jpg", max_length = 2048)]
+    pub url: String,
+    /// Optional title (at most 256 characters).
+    #[serde(default)]
+    #[schema(max_length = 256)]
+    pub title: Option<String>,
+    /// Optional description (at most 4096 characters).
+    #[serde(default)]
+    #[schema(max_length = 4096)]
+    pub description: Option<String>,
+    /// Tags: at most 32, each 1 to 64 characters.
+    #[serde(default)]
+    #[schema(max_items = 32)]
+    pub tags: Option<Vec<String>>,
+    /// Run the similarity search; the facade's configured default when absent.
+    #[serde(default)]
+    pub similarity_search: Option<bool>,
+}
+
+impl ProcessRequest {
+    /// Checks the CRD's limits, naming the first offending field.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let url = self.url.as_str();
+        if url.is_empty() {
+            return Err(ApiError::field_error("url", "url must not be empty"));
+        }
+        if url.chars().count() > MAX_URL_LEN {
+            return Err(ApiError::field_error(
+                "url",
+                format!("url longer than {MAX_URL_LEN} characters"),
+            ));
+        }
+        let parsed = url::Url::parse(url)
+            .map_err(|e| ApiError::field_error("url", format!("invalid url: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || url.chars().any(char::is_whitespace) {
+            return Err(ApiError::field_error(
+                "url",
+                "url must be an http or https URL",
+            ));
+        }
+        if self
+            .title
+            .as_ref()
+            .is_some_and(|t| t.chars().count() > MAX_TITLE_LEN)
+        {
+            return Err(ApiError::field_error(
+                "title",
+                format!("title longer than {MAX_TITLE_LEN} characters"),
+            ));
+        }
+        if self
+            .description
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_LEN)
+        {
+            return Err(ApiError::field_error(
+                "description",
+                format!("description longer than {MAX_DESCRIPTION_LEN} characters"),
+            ));
+        }
+        let tags = self.tags.as_deref().unwrap_or_default();
+        if tags.len() > MAX_TAGS {
+            return Err(ApiError::field_error(
+                "tags",
+                format!("more than {MAX_TAGS} tags"),
+            ));
+        }
+        if let Some((i, _)) = tags
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.is_empty() || t.chars().count() > MAX_TAG_LEN)
+        {
+            return Err(ApiError::field_error(
+                format!("tags[{i}]"),
+                format!("each tag must be 1 to {MAX_TAG_LEN} characters"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The ImageJob spec for this request.
+    pub fn into_spec(self, similarity_default: bool) -> ImageJobSpec {
+        ImageJobSpec {
+            url: self.url,
+            title: self.title,
+            description: self.description,
+            tags: self.tags.unwrap_or_default(),
+            similarity_search: self.similarity_search.unwrap_or(similarity_default),
+            ttl_seconds_after_finished: None,
+        }
+    }
+}
+
+/// `202 Accepted` answer of `POST /images/process`.
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
+pub struct ProcessResponse {
+    /// Id of the workflow that processes the image.
+    #[schema(example = "image-processing-550e8400-e29b-41d4-a716-446655440000")]
+    pub workflow_id: String,
+    /// Always `processing`.
+    pub status: String,
+    /// Human-readable confirmation.
+    pub message: String,
+}
+
+/// The seed's workflow state.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
+pub struct StateView {
+    /// Id of the stored image metadata document.
+    pub image_id: Option<String>,
+    /// `processing`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    /// Whether the metadata was stored.
+    pub metadata_stored: bool,
+    /// Whether the similarity search ran to completion.
+    pub similarity_search_completed: bool,
+    /// What went wrong or was skipped.
+    pub error: Option<String>,
+}
+
+/// The seed's status string for a phase.
+pub fn seed_status(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Pending | Phase::Processing => "processing",
+        Phase::Completed => "completed",
+        Phase::Failed => "failed",
+        Phase::Cancelled => "cancelled",
+    }
+}
+
+impl StateView {
+    /// The state as the ImageJob's status shows it.
+    pub fn of(job: &ImageJob) -> Self {
+        let status = job.status.clone().unwrap_or_default();
+        Self {
+            image_id: status.image_id,
+            status: seed_status(status.phase).to_owned(),
+            metadata_stored: status.metadata_stored,
+            similarity_search_completed: status.similarity_search_completed,
+            error: status.error,
+        }
+    }
+}
+
+/// `GET /images/workflow/{workflow_id}/status` answer.
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
+pub struct StatusResponse {
+    /// The workflow id.
+    pub workflow_id: String,
+    /// Its state.
+    pub state: StateView,
+}
+
+/// `GET /images/workflow/{workflow_id}/result` answer.
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
+pub struct ResultResponse {
+    /// The workflow id.
+    pub workflow_id: String,
+    /// Whether the workflow has finished; false when the wait timed out (HTTP 202).
+    pub done: bool,
+    /// The state (final when `done`).
+    pub state: StateView,
+    /// All similarity results, best first, when the search ran.
+    #[schema(value_type = Option<Object>)]
+    pub similarity: Option<SimilarityResults>,
+}
+
+/// `?timeout=` of the result endpoint.
+#[derive(Deserialize, Debug, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ResultQuery {
+    /// Seconds to wait for the workflow to finish (default 30, at most 300).
+    pub timeout: Option<u64>,
+}
+
+/// `GET /images/workflows` query.
+#[derive(Deserialize, Debug, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Page size (1 to 500, default 100).
+    pub limit: Option<usize>,
+    /// Continue token from the previous page.
+    #[serde(rename = "continue")]
+    #[param(rename = "continue")]
+    pub continue_token: Option<String>,
+    /// Only workflows in this seed status (`processing`, `completed`, `failed`, `cancelled`).
+    pub status: Option<String>,
+}
+
+/// One item of the list.
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
+pub struct WorkflowSummary {
+    /// The workflow id.
+    pub workflow_id: String,
+    /// The ImageJob's name.
+    pub name: String,
+    /// The image URL.
+    pub url: String,
+    /// Its state.
+    pub state: StateView,
+}
+
+/// `GET /images/workflows` answer.
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
+pub struct ListResponse {
+    /// This page.
+    pub items: Vec<WorkflowSummary>,
+    /// Token of the next page, when there is one.
+    #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
+    pub continue_token: Option<String>,
+}
+
+/// `DELETE /images/workflow/{workflow_id}` answer.
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
+pub struct CancelResponse {
+    /// The workflow id.
+    pub workflow_id: String,
+    /// `cancelling`.
+    pub status: String,
+    /// Human-readable confirmation.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(url: &str) -> ProcessRequest {
+        ProcessRequest {
+            url: url.into(),
+            title: None,
+            description: None,
+            tags: None,
+            similarity_search: None,
+        }
+    }
+
+    fn field_of(r: Result<(), ApiError>) -> String {
+        match r {
+            Err(ApiError::InvalidField { field, .. }) => field,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn limits_name_the_field() {
+        assert!(request("https://example.com/a.jpg").validate().is_ok());
+        assert_eq!(field_of(request("ftp://example.com/a").validate()), "url");
+        assert_eq!(field_of(request("not a url").validate()), "url");
+        assert_eq!(
+            field_of(request(&format!("https://e.com/{}", "a".repeat(2040))).validate()),
+            "url"
+        );
+        let mut r = request("https://e.com/a");
+        r.title = Some("t".repeat(257));
+        assert_eq!(field_of(r.validate()), "title");
+        let mut r = request("https://e.com/a");
+        r.description = Some("d".repeat(4097));
+        assert_eq!(field_of(r.validate()), "description");
+        let mut r = request("https://e.com/a");
+        r.tags = Some(vec!["x".into(); 33]);
+        assert_eq!(field_of(r.validate()), "tags");
+        let mut r = request("https://e.com/a");
+        r.tags = Some(vec!["ok".into(), "y".repeat(65)]);
+        assert_eq!(field_of(r.validate()), "tags[1]");
+    }
+}

@@ -1,0 +1,321 @@
+//! The handlers: the seed's three endpoints, cancel and list.
+
+use super::{
+    FacadeState,
+    error::ApiError,
+    model::{
+        CancelResponse, ListQuery, ListResponse, ProcessRequest, ProcessResponse, ResultQuery,
+        ResultResponse, StateView, StatusResponse, WorkflowSummary, seed_status,
+    },
+};
+use crate::{controller::workflow_id, crd::ImageJob, temporal::GatewayError};
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, Query, State, rejection::QueryRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use kube::{
+    ResourceExt,
+    api::{DeleteParams, ObjectMeta, PostParams},
+};
+use serde::de::DeserializeOwned;
+use std::{sync::Arc, time::Duration};
+
+/// Default wait of the result endpoint.
+pub const DEFAULT_RESULT_WAIT: Duration = Duration::from_secs(30);
+/// Longest wait of the result endpoint.
+pub const MAX_RESULT_WAIT: Duration = Duration::from_secs(300);
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 500;
+
+/// Parses a JSON body strictly: the content type must say JSON; errors name the field.
+fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        });
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let inner = e.inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::MalformedJson(inner.to_string());
+        }
+        let path = e.path().to_string();
+        let message = inner.to_string();
+        ApiError::field_error(field_name(&path, &message), message)
+    })
+}
+
+/// The offending field of a serde data error: the path, or for a missing field the path of its
+/// parent plus the name serde puts in the message.
+fn field_name(path: &str, message: &str) -> String {
+    let missing = message
+        .split("missing field `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next());
+    match (missing, path) {
+        (Some(name), ".") => name.to_owned(),
+        (Some(name), parent) => format!("{parent}.{name}"),
+        (None, path) => path.to_owned(),
+    }
+}
+
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query.map(|Query(q)| q).map_err(|e| {
+        let message = e.body_text();
+        let field = message
+            .split("unknown field `")
+            .nth(1)
+            .and_then(|r| r.split('`').next())
+            .unwrap_or("query")
+            .to_owned();
+        ApiError::InvalidQuery { field, message }
+    })
+}
+
+/// Start processing an image: creates an ImageJob; its controller starts the workflow.
+#[utoipa::path(post, path = "/images/process", request_body = ProcessRequest,
+    responses((status = 202, body = ProcessResponse), (status = 400, body = super::error::ErrorBody),
+              (status = 415, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn process(
+    State(state): State<Arc<FacadeState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: ProcessRequest = parse_json(&headers, &body)?;
+    request.validate()?;
+    let mut job = ImageJob::new("", request.into_spec(state.similarity_default));
+    job.metadata = ObjectMeta {
+        generate_name: Some("image-".into()),
+        namespace: Some(state.namespace.clone()),
+        labels: Some(
+            [(
+                "app.kubernetes.io/created-by".to_owned(),
+                "imagejob-facade".to_owned(),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let created = state.api.create(&PostParams::default(), &job).await?;
+    state.cache.remember(&created);
+    let workflow_id =
+        workflow_id(&created).map_err(|_| ApiError::Unavailable("Kubernetes apiserver".into()))?;
+    tracing::info!(name = %created.name_any(), %workflow_id, "image job created");
+    let body = ProcessResponse {
+        workflow_id,
+        status: "processing".into(),
+        message: "Image processing workflow started successfully".into(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// The job behind a workflow id: from the cache, or from the apiserver for a job created a
+/// moment ago whose watch event has not arrived yet.
+async fn find(state: &FacadeState, workflow_id: &str) -> Result<Arc<ImageJob>, ApiError> {
+    if let Some(job) = state.cache.get(workflow_id) {
+        return Ok(job);
+    }
+    let name = state
+        .cache
+        .name_of(workflow_id)
+        .ok_or_else(|| ApiError::NotFound(workflow_id.to_owned()))?;
+    match state.api.get_opt(&name).await? {
+        Some(job) => Ok(Arc::new(job)),
+        None => Err(ApiError::NotFound(workflow_id.to_owned())),
+    }
+}
+
+/// The workflow's state (the seed's `get_status` shape), from the watch cache.
+#[utoipa::path(get, path = "/images/workflow/{workflow_id}/status",
+    params(("workflow_id" = String, Path, description = "Workflow id")),
+    responses((status = 200, body = StatusResponse), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn status(
+    State(state): State<Arc<FacadeState>>,
+    Path(workflow_id): Path<String>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    let job = find(&state, &workflow_id).await?;
+    Ok(Json(StatusResponse {
+        state: StateView::of(&job),
+        workflow_id,
+    }))
+}
+
+/// Waits until the workflow finished (woken by the watch, not polled) and returns its result
+/// with all similarity results. When `timeout` runs out first: `202` with `done: false` and a
+/// `Retry-After` header.
+#[utoipa::path(get, path = "/images/workflow/{workflow_id}/result",
+    params(("workflow_id" = String, Path, description = "Workflow id"), ResultQuery),
+    responses((status = 200, body = ResultResponse), (status = 202, body = ResultResponse, description = "still running when the wait ended"),
+              (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn result(
+    State(state): State<Arc<FacadeState>>,
+    Path(workflow_id): Path<String>,
+    params: Result<Query<ResultQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = query(params)?;
+    let wait = params
+        .timeout
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_RESULT_WAIT)
+        .min(MAX_RESULT_WAIT);
+    let mut changes = state.cache.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    let job = loop {
+        let job = find(&state, &workflow_id).await?;
+        if job.phase().is_terminal() {
+            break job;
+        }
+        let woken = tokio::time::timeout_at(deadline, changes.changed()).await;
+        if !matches!(woken, Ok(Ok(()))) {
+            let body = ResultResponse {
+                workflow_id,
+                done: false,
+                state: StateView::of(&job),
+                similarity: None,
+            };
+            let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Ok(response);
+        }
+    };
+    let similarity = if job.spec.similarity_search
+        && job
+            .status
+            .as_ref()
+            .is_some_and(|s| s.similarity_search_completed)
+    {
+        match state.gateway.snapshot(&workflow_id).await {
+            Ok(snapshot) => snapshot.similarity,
+            Err(GatewayError::NotFound) => None,
+            Err(e) => {
+                tracing::warn!(%workflow_id, error = %e, "similarity results unavailable");
+                return Err(ApiError::Unavailable("Temporal".into()));
+            }
+        }
+    } else {
+        None
+    };
+    let body = ResultResponse {
+        workflow_id,
+        done: true,
+        state: StateView::of(&job),
+        similarity,
+    };
+    Ok(Json(body).into_response())
+}
+
+/// Cancels a workflow: deletes its ImageJob; the controller cancels the running workflow first.
+#[utoipa::path(delete, path = "/images/workflow/{workflow_id}",
+    params(("workflow_id" = String, Path, description = "Workflow id")),
+    responses((status = 202, body = CancelResponse), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn cancel(
+    State(state): State<Arc<FacadeState>>,
+    Path(workflow_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = find(&state, &workflow_id).await?;
+    match state
+        .api
+        .delete(&job.name_any(), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => return Err(ApiError::NotFound(workflow_id)),
+        Err(e) => return Err(e.into()),
+    }
+    let body = CancelResponse {
+        workflow_id,
+        status: "cancelling".into(),
+        message: "Image processing workflow is being cancelled".into(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Lists workflows, oldest first, in pages.
+#[utoipa::path(get, path = "/images/workflows", params(ListQuery),
+    responses((status = 200, body = ListResponse), (status = 400, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<Arc<FacadeState>>,
+    params: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<ListResponse>, ApiError> {
+    let params = query(params)?;
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::InvalidQuery {
+            field: "limit".into(),
+            message: format!("limit must be 1 to {MAX_PAGE}"),
+        });
+    }
+    if let Some(s) = params.status.as_deref()
+        && !["processing", "completed", "failed", "cancelled"].contains(&s)
+    {
+        return Err(ApiError::InvalidQuery {
+            field: "status".into(),
+            message: "status must be processing, completed, failed or cancelled".into(),
+        });
+    }
+    let mut jobs: Vec<_> = state
+        .cache
+        .jobs()
+        .into_iter()
+        .filter(|j| {
+            params
+                .status
+                .as_deref()
+                .is_none_or(|s| seed_status(j.phase()) == s)
+        })
+        .map(|j| (sort_key(&j), j))
+        .filter(|(key, _)| {
+            params
+                .continue_token
+                .as_ref()
+                .is_none_or(|after| key > after)
+        })
+        .collect();
+    jobs.sort_by(|a, b| a.0.cmp(&b.0));
+    let next = (jobs.len() > limit).then(|| jobs[limit - 1].0.clone());
+    let items = jobs
+        .into_iter()
+        .take(limit)
+        .filter_map(|(_, job)| {
+            Some(WorkflowSummary {
+                workflow_id: workflow_id(&job).ok()?,
+                name: job.name_any(),
+                url: job.spec.url.clone(),
+                state: StateView::of(&job),
+            })
+        })
+        .collect();
+    Ok(Json(ListResponse {
+        items,
+        continue_token: next,
+    }))
+}
+
+/// Creation time then name: a stable order in which new jobs come last.
+fn sort_key(job: &ImageJob) -> String {
+    let created = job
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or_default();
+    format!("{created:020}/{}", job.name_any())
+}

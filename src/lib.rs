@@ -1,0 +1,25 @@
+//! imagejob-operator: runs image-processing jobs, declared as `ImageJob` resources, as durable
+//! Temporal workflows.
+
+/// Command-line and environment configuration of every role.
+pub mod config;
+/// Kubernetes controller: one workflow per ImageJob, its state in the ImageJob's status.
+pub mod controller;
+/// The `ImageJob` custom resource.
+pub mod crd;
+/// REST facade: the seed's endpoints over ImageJobs.
+pub mod facade;
+/// Prometheus metrics shared by the roles.
+pub mod metrics;
+/// The `run` role: worker, controller and facade in one process.
+pub mod run;
+/// Lykdat visual similarity search client.
+pub mod similarity;
+/// Image metadata stores (embedded file database, Couchbase).
+pub mod store;
+/// Logging setup.
+pub mod telemetry;
+/// The Temporal workflow, its activities, the worker and our client gateway.
+pub mod temporal;
+/// TLS crypto provider selection.
+pub mod tls;

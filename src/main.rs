@@ -1,0 +1,23 @@
+//! The `imagejob-operator` binary: parse the configuration, start logging, run one role.
+
+use clap::Parser;
+use imagejob_operator::{
+    config::{Cli, Command},
+    crd, run, telemetry, tls,
+};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    tls::install_crypto_provider();
+    let shutdown = run::Shutdown::on_signals();
+    match &cli.command {
+        Command::Crd => print!("{}", crd::crd_yaml()?),
+        Command::Worker(c) => run::worker(&c.temporal, &c.worker, shutdown).await?,
+        Command::Controller(c) => run::controller(&c.temporal, &c.controller, shutdown).await?,
+        Command::Facade(c) => run::facade(&c.temporal, &c.facade, shutdown).await?,
+        Command::Run(c) => run::all(c, shutdown).await?,
+    }
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! Prometheus metrics of the controller (reconciles, errors, durations, status writes, jobs by
+//! phase, apiserver requests) and of the facade (requests).
+
+use crate::crd::{ImageJob, Phase};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+/// Label of reconcile errors.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    /// Error kind.
+    pub kind: String,
+}
+
+/// Label of apiserver requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabel {
+    /// Request verb.
+    pub verb: String,
+}
+
+/// Label of the jobs gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    /// Job phase.
+    pub phase: String,
+}
+
+/// Label of facade responses.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    /// Status class, e.g. `2xx`.
+    pub class: String,
+}
+
+/// All metrics of one process.
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles run.
+    pub reconciles: Counter,
+    /// Reconciles that failed, by error kind.
+    pub reconcile_errors: Family<ErrorLabel, Counter>,
+    /// Reconcile duration in seconds.
+    pub reconcile_duration: Histogram,
+    /// Status writes, all jobs.
+    pub status_writes: Counter,
+    /// Status writes per finished job.
+    pub status_writes_per_job: Histogram,
+    /// Requests the controller made to the apiserver, by verb.
+    pub apiserver_requests: Family<VerbLabel, Counter>,
+    /// ImageJobs in the controller's cache, by phase.
+    pub jobs: Family<PhaseLabel, Gauge>,
+    /// Facade requests, by status class.
+    pub http_requests: Family<ClassLabel, Counter>,
+    writes_by_job: Mutex<HashMap<String, u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("imagejob");
+        let reconciles = Counter::default();
+        let reconcile_errors = Family::<ErrorLabel, Counter>::default();
+        let reconcile_duration = Histogram::new(
+            [
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0,
+            ]
+            .into_iter(),
+        );
+        let status_writes = Counter::default();
+        let status_writes_per_job =
+            Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 13.0].into_iter());
+        let apiserver_requests = Family::<VerbLabel, Counter>::default();
+        let jobs = Family::<PhaseLabel, Gauge>::default();
+        let http_requests = Family::<ClassLabel, Counter>::default();
+        registry.register("reconciles", "Reconciles run", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles failed, by kind",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "ImageJob status writes",
+            status_writes.clone(),
+        );
+        registry.register(
+            "status_writes_per_job",
+            "Status writes of each finished job",
+            status_writes_per_job.clone(),
+        );
+        registry.register(
+            "apiserver_requests",
+            "Controller requests to the apiserver, by verb",
+            apiserver_requests.clone(),
+        );
+        registry.register("jobs", "ImageJobs in the cache, by phase", jobs.clone());
+        registry.register(
+            "http_requests",
+            "Facade requests, by status class",
+            http_requests.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            status_writes,
+            status_writes_per_job,
+            apiserver_requests,
+            jobs,
+            http_requests,
+            writes_by_job: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one request to the apiserver.
+    pub fn apiserver_request(&self, verb: &str) {
+        self.apiserver_requests
+            .get_or_create(&VerbLabel {
+                verb: verb.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one failed reconcile.
+    pub fn reconcile_failed(&self, kind: &str) {
+        self.reconcile_errors
+            .get_or_create(&ErrorLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records a reconcile's duration.
+    pub fn reconcile_took(&self, took: Duration) {
+        self.reconciles.inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    /// Counts one status write of the job with this uid.
+    pub fn status_written(&self, uid: &str) {
+        self.status_writes.inc();
+        if let Ok(mut map) = self.writes_by_job.lock() {
+            *map.entry(uid.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// The job finished: its write count goes into the histogram.
+    pub fn job_finished(&self, uid: &str) {
+        let writes = self
+            .writes_by_job
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(uid));
+        if let Some(writes) = writes {
+            self.status_writes_per_job.observe(writes as f64);
+        }
+    }
+
+    /// Counts one facade response of this status class.
+    pub fn http_response(&self, status: u16) {
+        self.http_requests
+            .get_or_create(&ClassLabel {
+                class: format!("{}xx", status / 100),
+            })
+            .inc();
+    }
+
+    /// Sets the jobs-by-phase gauges from the cache's contents.
+    pub fn count_phases<'a>(&self, jobs: impl Iterator<Item = &'a ImageJob>) {
+        let mut counts: HashMap<Phase, i64> = HashMap::new();
+        for job in jobs {
+            *counts.entry(job.phase()).or_default() += 1;
+        }
+        for phase in [
+            Phase::Pending,
+            Phase::Processing,
+            Phase::Completed,
+            Phase::Failed,
+            Phase::Cancelled,
+        ] {
+            self.jobs
+                .get_or_create(&PhaseLabel {
+                    phase: phase.as_str().to_owned(),
+                })
+                .set(counts.get(&phase).copied().unwrap_or(0));
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Shared handle.
+pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_per_job_are_observed_once_finished() {
+        let m = Metrics::new();
+        m.status_written("a");
+        m.status_written("a");
+        m.status_written("b");
+        m.job_finished("a");
+        m.job_finished("a");
+        let text = m.encode();
+        assert!(text.contains("imagejob_status_writes_total 3"), "{text}");
+        assert!(
+            text.contains("imagejob_status_writes_per_job_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("imagejob_status_writes_per_job_sum 2.0"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,262 @@
+//! The roles' entry points: each builds its dependencies from configuration and runs until the
+//! shutdown signal. `main` only dispatches here.
+
+use crate::{
+    config::{ControllerArgs, FacadeArgs, RunCommand, TemporalArgs, WorkerArgs},
+    controller::{self, LeaderElector, LeaseSettings},
+    crd::ImageJob,
+    facade::{self, Auth, FacadeState, JobCache, TokenFile},
+    metrics::{Metrics, SharedMetrics},
+    temporal::{ImageActivities, TemporalGateway, WorkflowGateway, spawn_worker},
+};
+use anyhow::Context as _;
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use kube::{Api, Client, runtime::reflector::Store};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+use tokio::sync::{OnceCell, watch};
+use tracing::{info, warn};
+
+/// A shutdown signal every role can wait on.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// A signal fired by SIGINT or SIGTERM.
+    pub fn on_signals() -> Self {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            let ctrl_c = tokio::signal::ctrl_c();
+            #[cfg(unix)]
+            let term = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let term = std::future::pending::<()>();
+            tokio::select! {
+                _ = ctrl_c => info!("SIGINT received; shutting down"),
+                _ = term => info!("SIGTERM received; shutting down"),
+            }
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    /// Resolves once shutdown was requested.
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+/// `worker`: runs the Temporal worker until shutdown.
+pub async fn worker(
+    temporal: &TemporalArgs,
+    args: &WorkerArgs,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let store = args
+        .open_store()
+        .await
+        .context("opening the metadata store")?;
+    let lykdat = args.lykdat().context("configuring the Lykdat client")?;
+    if !lykdat.is_configured() {
+        warn!(
+            "LYKDAT_API_KEY is not set: similarity searches will be skipped (jobs still complete)"
+        );
+    }
+    info!(store = ?args.metadata_store, "metadata store ready");
+    let handle = spawn_worker(temporal.settings(), ImageActivities::new(store, lykdat))?;
+    shutdown.wait().await;
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// `controller`: reconciles ImageJobs (as leader, when election is on) until shutdown.
+pub async fn controller(
+    temporal: &TemporalArgs,
+    args: &ControllerArgs,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+    let gateway: Arc<dyn WorkflowGateway> = Arc::new(TemporalGateway::new(temporal.settings()));
+    let metrics: SharedMetrics = Arc::new(Metrics::new());
+    let store = Arc::new(OnceCell::new());
+    let probes = serve_probes(
+        args.metrics_addr,
+        metrics.clone(),
+        store.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    tokio::spawn(probes);
+
+    let mut lost_leadership = None;
+    if args.leader_election {
+        let identity = args.identity.clone().unwrap_or_else(default_identity);
+        let elector = Arc::new(LeaderElector::new(
+            client.clone(),
+            LeaseSettings {
+                name: args.lease_name.clone(),
+                namespace: args.lease_namespace.clone(),
+                identity,
+                duration: Duration::from_secs(args.lease_duration_secs.max(3)),
+            },
+        ));
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = shutdown.clone().wait() => return Ok(()),
+        }
+        lost_leadership = Some(async move { elector.hold().await });
+    }
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    if let Some(lost) = lost_leadership {
+        tokio::spawn(async move {
+            lost.await;
+            let _ = lost_tx.send(true);
+        });
+    }
+    let mut stop_on_loss = lost_rx.clone();
+    let stop = {
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown.wait() => {}
+                _ = stop_on_loss.wait_for(|lost| *lost) => {}
+            }
+        }
+    };
+    let (reader, running) = controller::run(
+        client,
+        gateway,
+        metrics,
+        &args.watch_namespaces,
+        args.max_workflow_watches,
+        stop,
+    )
+    .await;
+    let _ = store.set(reader);
+    running.await;
+    if *lost_rx.borrow_and_update() {
+        anyhow::bail!("leadership lost: exiting so a fresh process can campaign again");
+    }
+    Ok(())
+}
+
+fn default_identity() -> String {
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+    format!("{}-{}", host.trim(), std::process::id())
+}
+
+#[derive(Clone)]
+struct ProbeState {
+    metrics: SharedMetrics,
+    store: Arc<OnceCell<Store<ImageJob>>>,
+}
+
+/// Binds the controller's `/metrics`, `/healthz`, `/readyz` server; returns its future.
+async fn serve_probes(
+    addr: SocketAddr,
+    metrics: SharedMetrics,
+    store: Arc<OnceCell<Store<ImageJob>>>,
+    shutdown: Shutdown,
+) -> anyhow::Result<impl Future<Output = ()>> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<ProbeState>| async move {
+                // A standby replica (no store yet) is ready: it is healthy and waiting to lead.
+                match s.store.get() {
+                    Some(store) if store.wait_until_ready().await.is_err() => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "cache not ready").into_response()
+                    }
+                    _ => "ready".into_response(),
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<ProbeState>| async move {
+                if let Some(store) = s.store.get() {
+                    let jobs = store.state();
+                    s.metrics.count_phases(jobs.iter().map(|j| j.as_ref()));
+                }
+                s.metrics.encode()
+            }),
+        )
+        .with_state(ProbeState { metrics, store });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))?;
+    info!(%addr, "controller metrics and probes listening");
+    Ok(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.wait())
+            .await
+        {
+            warn!(error = %e, "probe server failed");
+        }
+    })
+}
+
+/// `facade`: serves the REST API until shutdown.
+pub async fn facade(
+    temporal: &TemporalArgs,
+    args: &FacadeArgs,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let auth = if args.no_auth {
+        warn!(
+            "!!! AUTHENTICATION DISABLED (--no-auth): anyone who can reach {} can create and cancel jobs !!!",
+            args.facade_addr
+        );
+        Auth::Disabled
+    } else {
+        let path = args
+            .facade_tokens_file
+            .clone()
+            .context("FACADE_TOKENS_FILE is required (or --no-auth for local use)")?;
+        Auth::Tokens(Arc::new(
+            TokenFile::open(path).context("reading the facade tokens file")?,
+        ))
+    };
+    let client = Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+    let api: Api<ImageJob> = Api::namespaced(client, &args.facade_namespace);
+    let (cache, driver) = JobCache::start(api.clone(), args.facade_namespace.clone());
+    tokio::spawn(driver);
+    let state = Arc::new(FacadeState {
+        api,
+        namespace: args.facade_namespace.clone(),
+        cache,
+        gateway: Arc::new(TemporalGateway::new(temporal.settings())),
+        similarity_default: args.similarity_search_default,
+        metrics: Arc::new(Metrics::new()),
+    });
+    let listener = tokio::net::TcpListener::bind(args.facade_addr)
+        .await
+        .with_context(|| format!("binding the facade address {}", args.facade_addr))?;
+    info!(addr = %args.facade_addr, namespace = %args.facade_namespace, "facade listening");
+    axum::serve(listener, facade::router(state, auth))
+        .with_graceful_shutdown(shutdown.wait())
+        .await
+        .context("facade server")
+}
+
+/// `run`: worker, controller and facade in one process.
+pub async fn all(cmd: &RunCommand, shutdown: Shutdown) -> anyhow::Result<()> {
+    tokio::try_join!(
+        worker(&cmd.temporal, &cmd.worker, shutdown.clone()),
+        controller(&cmd.temporal, &cmd.controller, shutdown.clone()),
+        facade(&cmd.temporal, &cmd.facade, shutdown),
+    )?;
+    Ok(())
+}

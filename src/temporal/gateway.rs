@@ -1,0 +1,325 @@
+//! Our view of the Temporal client: start one workflow per id, read its state, cancel it, wait
+//! for it to close. The controller and the facade hold an `Arc<dyn WorkflowGateway>`.
+
+use super::{
+    ImageProcessingInput, ImageProcessingResult, ImageProcessingWorkflow, TemporalSettings,
+    WorkflowState, connect,
+};
+use crate::similarity::SimilarityResults;
+use async_trait::async_trait;
+use std::time::{Duration, SystemTime};
+use temporalio_client::{
+    Client, RpcOptions, WorkflowCancelOptions, WorkflowDescribeOptions, WorkflowExecutionStatus,
+    WorkflowGetResultOptions, WorkflowHandle, WorkflowIdReusePolicy, WorkflowQueryOptions,
+    WorkflowSignalOptions, WorkflowStartOptions,
+    errors::{
+        WorkflowGetResultError, WorkflowInteractionError, WorkflowQueryError, WorkflowStartError,
+    },
+    tonic::{Code, Status},
+};
+use tokio::sync::OnceCell;
+
+/// Deadline of a state query: a workflow with no live worker would otherwise hang ~30 s.
+const QUERY_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Why a Temporal call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    /// Temporal could not be reached or did not answer in time; retrying may help.
+    #[error("Temporal unavailable: {0}")]
+    Unavailable(String),
+    /// The workflow does not exist.
+    #[error("workflow not found")]
+    NotFound,
+    /// The client is misconfigured.
+    #[error("Temporal client misconfigured: {0}")]
+    Config(String),
+    /// Temporal answered with an error.
+    #[error("Temporal error: {0}")]
+    Rpc(String),
+}
+
+impl GatewayError {
+    /// Whether the failure is Temporal being unreachable (as opposed to an answer).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, GatewayError::Unavailable(_))
+    }
+}
+
+fn from_status(status: &Status) -> GatewayError {
+    match status.code() {
+        Code::NotFound => GatewayError::NotFound,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            GatewayError::Unavailable(status.message().to_owned())
+        }
+        _ => GatewayError::Rpc(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+fn from_interaction(e: WorkflowInteractionError) -> GatewayError {
+    match e {
+        WorkflowInteractionError::NotFound(_) => GatewayError::NotFound,
+        WorkflowInteractionError::Rpc(status) => from_status(&status),
+        other => GatewayError::Rpc(other.to_string()),
+    }
+}
+
+/// What starting a workflow did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartOutcome {
+    /// Run id of the (new or existing) execution, when the server told it.
+    pub run_id: Option<String>,
+    /// The workflow id was already in use: nothing new was started.
+    pub already_started: bool,
+}
+
+/// How a workflow execution stands, in Temporal's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionStatus {
+    /// Still running.
+    Running,
+    /// Completed with a result.
+    Completed,
+    /// Failed (after its activities' retries, or by a workflow error).
+    Failed,
+    /// Cancelled.
+    Cancelled,
+    /// Terminated by someone outside our control.
+    Terminated,
+    /// Hit its execution timeout.
+    TimedOut,
+}
+
+/// Everything we know of a workflow at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowSnapshot {
+    /// Run id of the execution.
+    pub run_id: String,
+    /// Temporal's status.
+    pub execution: ExecutionStatus,
+    /// When the execution started.
+    pub start_time: Option<SystemTime>,
+    /// When it closed.
+    pub close_time: Option<SystemTime>,
+    /// The workflow's own state (query while running, result or failure details once closed);
+    /// `None` when no worker answered the query.
+    pub state: Option<WorkflowState>,
+    /// Similarity results of a completed workflow.
+    pub similarity: Option<SimilarityResults>,
+    /// Temporal's reason for a failure, termination or timeout.
+    pub failure: Option<String>,
+}
+
+/// Start, read and cancel `ImageProcessingWorkflow`s.
+#[async_trait]
+pub trait WorkflowGateway: Send + Sync {
+    /// Starts the workflow unless one with this id exists (running or closed): never a second.
+    async fn start(
+        &self,
+        workflow_id: &str,
+        input: ImageProcessingInput,
+    ) -> Result<StartOutcome, GatewayError>;
+    /// Reads the workflow's status and state.
+    async fn snapshot(&self, workflow_id: &str) -> Result<WorkflowSnapshot, GatewayError>;
+    /// Sends the seed's `cancel` signal.
+    async fn signal_cancel(&self, workflow_id: &str) -> Result<(), GatewayError>;
+    /// Asks Temporal to cancel the workflow (request-cancel).
+    async fn request_cancel(&self, workflow_id: &str) -> Result<(), GatewayError>;
+    /// Returns once the workflow has closed (a long poll on its history).
+    async fn wait_closed(&self, workflow_id: &str) -> Result<(), GatewayError>;
+}
+
+/// The gateway over a real Temporal server. It connects on first use and again after a failed
+/// connection, so a process can start before Temporal does.
+pub struct TemporalGateway {
+    settings: TemporalSettings,
+    client: OnceCell<Client>,
+}
+
+impl TemporalGateway {
+    /// A gateway for the configured server; nothing is dialled yet.
+    pub fn new(settings: TemporalSettings) -> Self {
+        Self {
+            settings,
+            client: OnceCell::new(),
+        }
+    }
+
+    async fn client(&self) -> Result<&Client, GatewayError> {
+        self.client
+            .get_or_try_init(|| connect(&self.settings))
+            .await
+    }
+
+    async fn handle(
+        &self,
+        workflow_id: &str,
+    ) -> Result<WorkflowHandle<Client, ImageProcessingWorkflow>, GatewayError> {
+        Ok(self
+            .client()
+            .await?
+            .get_workflow_handle::<ImageProcessingWorkflow>(workflow_id))
+    }
+
+    /// Checks that the server answers (a describe of the namespace's system info).
+    pub async fn health(&self) -> Result<(), GatewayError> {
+        match self.snapshot("imagejob-operator-health-probe").await {
+            Ok(_) | Err(GatewayError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn query_state(
+        &self,
+        handle: &WorkflowHandle<Client, ImageProcessingWorkflow>,
+    ) -> Option<WorkflowState> {
+        let options = WorkflowQueryOptions::builder()
+            .rpc_options(RpcOptions::builder().timeout(QUERY_DEADLINE).build())
+            .build();
+        match handle
+            .query(ImageProcessingWorkflow::get_status, (), options)
+            .await
+        {
+            Ok(state) => Some(state),
+            Err(WorkflowQueryError::Rpc(status)) if status.code() == Code::DeadlineExceeded => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "get_status query failed");
+                None
+            }
+        }
+    }
+}
+
+/// Maps the closing outcome of a workflow to its state, similarity results and failure text.
+type ClosedOutcome = (
+    Option<WorkflowState>,
+    Option<SimilarityResults>,
+    Option<String>,
+);
+
+fn closed_outcome(
+    result: Result<ImageProcessingResult, WorkflowGetResultError>,
+) -> Result<ClosedOutcome, GatewayError> {
+    match result {
+        Ok(result) => Ok((Some(result.state), result.similarity, None)),
+        Err(WorkflowGetResultError::Failed(error)) => {
+            let message = error.failure().message.clone();
+            let state = match error.as_ref() {
+                temporalio_common::error::IncomingError::Application(app) => {
+                    app.details::<WorkflowState>().ok().flatten()
+                }
+                _ => None,
+            };
+            Ok((state, None, Some(message)))
+        }
+        Err(WorkflowGetResultError::Cancelled { details }) => {
+            Ok((details.deserialize::<WorkflowState>().ok(), None, None))
+        }
+        Err(WorkflowGetResultError::Terminated { .. }) => Ok((
+            None,
+            None,
+            Some("workflow terminated outside the operator".into()),
+        )),
+        Err(WorkflowGetResultError::TimedOut) => {
+            Ok((None, None, Some("workflow timed out".into())))
+        }
+        Err(WorkflowGetResultError::NotFound(_)) => Err(GatewayError::NotFound),
+        Err(WorkflowGetResultError::Rpc(status)) => Err(from_status(&status)),
+        Err(other) => Err(GatewayError::Rpc(other.to_string())),
+    }
+}
+
+#[async_trait]
+impl WorkflowGateway for TemporalGateway {
+    async fn start(
+        &self,
+        workflow_id: &str,
+        input: ImageProcessingInput,
+    ) -> Result<StartOutcome, GatewayError> {
+        let options = WorkflowStartOptions::new(self.settings.task_queue.clone(), workflow_id)
+            .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+            .build();
+        match self
+            .client()
+            .await?
+            .start_workflow(ImageProcessingWorkflow::run, input, options)
+            .await
+        {
+            Ok(handle) => Ok(StartOutcome {
+                run_id: handle.info().run_id.clone(),
+                already_started: false,
+            }),
+            Err(WorkflowStartError::AlreadyStarted { run_id, .. }) => Ok(StartOutcome {
+                run_id,
+                already_started: true,
+            }),
+            Err(WorkflowStartError::Rpc(status)) => Err(from_status(&status)),
+            Err(e) => Err(GatewayError::Rpc(e.to_string())),
+        }
+    }
+
+    async fn snapshot(&self, workflow_id: &str) -> Result<WorkflowSnapshot, GatewayError> {
+        let handle = self.handle(workflow_id).await?;
+        let description = handle
+            .describe(WorkflowDescribeOptions::default())
+            .await
+            .map_err(from_interaction)?;
+        let execution = match description.status() {
+            WorkflowExecutionStatus::Running => ExecutionStatus::Running,
+            WorkflowExecutionStatus::Completed => ExecutionStatus::Completed,
+            WorkflowExecutionStatus::Failed => ExecutionStatus::Failed,
+            WorkflowExecutionStatus::Canceled => ExecutionStatus::Cancelled,
+            WorkflowExecutionStatus::Terminated => ExecutionStatus::Terminated,
+            WorkflowExecutionStatus::TimedOut => ExecutionStatus::TimedOut,
+            other => {
+                return Err(GatewayError::Rpc(format!(
+                    "unexpected workflow status {other:?}"
+                )));
+            }
+        };
+        let (state, similarity, failure) = if execution == ExecutionStatus::Running {
+            (self.query_state(&handle).await, None, None)
+        } else {
+            closed_outcome(handle.get_result(WorkflowGetResultOptions::default()).await)?
+        };
+        Ok(WorkflowSnapshot {
+            run_id: description.run_id().to_owned(),
+            execution,
+            start_time: description.start_time(),
+            close_time: description.close_time(),
+            state,
+            similarity,
+            failure,
+        })
+    }
+
+    async fn signal_cancel(&self, workflow_id: &str) -> Result<(), GatewayError> {
+        self.handle(workflow_id)
+            .await?
+            .signal(
+                ImageProcessingWorkflow::cancel,
+                (),
+                WorkflowSignalOptions::default(),
+            )
+            .await
+            .map_err(from_interaction)
+    }
+
+    async fn request_cancel(&self, workflow_id: &str) -> Result<(), GatewayError> {
+        self.handle(workflow_id)
+            .await?
+            .cancel(WorkflowCancelOptions::default())
+            .await
+            .map_err(from_interaction)
+    }
+
+    async fn wait_closed(&self, workflow_id: &str) -> Result<(), GatewayError> {
+        let handle = self.handle(workflow_id).await?;
+        match handle.get_result(WorkflowGetResultOptions::default()).await {
+            Ok(_) => Ok(()),
+            Err(WorkflowGetResultError::NotFound(_)) => Err(GatewayError::NotFound),
+            Err(WorkflowGetResultError::Rpc(status)) => Err(from_status(&status)),
+            Err(_) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Everything Temporal: the workflow and activities (run by the worker), the worker process, and
+//! the gateway the controller and facade use to start, read and cancel workflows.
+
+mod activities;
+mod gateway;
+mod policy;
+mod types;
+mod worker;
+mod workflow;
+
+pub use activities::ImageActivities;
+pub use gateway::{
+    ExecutionStatus, GatewayError, StartOutcome, TemporalGateway, WorkflowGateway, WorkflowSnapshot,
+};
+pub use policy::{similarity_search_retry, store_metadata_retry};
+pub use types::{
+    ImageProcessingInput, ImageProcessingResult, ProcessingStatus, SimilaritySearchOutcome,
+    WorkflowState,
+};
+pub use worker::{WorkerHandle, spawn_worker};
+pub use workflow::{ImageProcessingWorkflow, WORKFLOW_TYPE};
+
+use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions};
+use url::Url;
+
+/// Where the Temporal server is and which queue we use (the seed's `TEMPORAL_*` variables).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemporalSettings {
+    /// Server host name (`TEMPORAL_HOST`).
+    pub host: String,
+    /// gRPC port (`TEMPORAL_PORT`).
+    pub port: u16,
+    /// Namespace (`TEMPORAL_NAMESPACE`).
+    pub namespace: String,
+    /// Task queue (`TEMPORAL_TASK_QUEUE`).
+    pub task_queue: String,
+}
+
+impl TemporalSettings {
+    /// The server's gRPC URL.
+    pub fn url(&self) -> Result<Url, url::ParseError> {
+        Url::parse(&format!("http://{}:{}", self.host, self.port))
+    }
+}
+
+/// Connects a client to the configured server and namespace.
+pub async fn connect(settings: &TemporalSettings) -> Result<Client, GatewayError> {
+    let url = settings
+        .url()
+        .map_err(|e| GatewayError::Config(format!("bad Temporal address: {e}")))?;
+    let options = ConnectionOptions::new(url)
+        .identity(format!("imagejob-operator@{}", std::process::id()))
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build();
+    let connection = Connection::connect(options)
+        .await
+        .map_err(|e| GatewayError::Unavailable(format!("{e:#}")))?;
+    Client::new(
+        connection,
+        ClientOptions::new(settings.namespace.clone()).build(),
+    )
+    .map_err(|e| GatewayError::Config(format!("{e:#}")))
+}

@@ -1,0 +1,43 @@
+//! Activity options: the seed's retry policies, exactly, and our timeouts.
+
+use std::time::Duration;
+use temporalio_common::RetryPolicy;
+use temporalio_sdk::{ActivityOptions, WorkflowCancellationToken};
+
+/// `store_image_metadata`: 3 attempts, 1 s initial interval, 10 s maximum, x2.0.
+pub fn store_metadata_retry() -> RetryPolicy {
+    RetryPolicy::builder()
+        .maximum_attempts(3)
+        .initial_interval(Duration::from_secs(1))
+        .maximum_interval(Duration::from_secs(10))
+        .backoff_coefficient(2.0)
+        .build()
+}
+
+/// `run_similarity_search`: 3 attempts, 2 s initial interval, 20 s maximum, x2.0.
+pub fn similarity_search_retry() -> RetryPolicy {
+    RetryPolicy::builder()
+        .maximum_attempts(3)
+        .initial_interval(Duration::from_secs(2))
+        .maximum_interval(Duration::from_secs(20))
+        .backoff_coefficient(2.0)
+        .build()
+}
+
+/// Options of `store_image_metadata`: one attempt may take 30 s.
+pub fn store_metadata_options(cancel: WorkflowCancellationToken) -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30))
+        .retry_policy(store_metadata_retry())
+        .cancellation_token(cancel)
+        .build()
+}
+
+/// Options of `run_similarity_search`: one attempt may take 2 minutes; it heartbeats every
+/// second, so a dead worker or a cancellation is noticed within 10 s.
+pub fn similarity_search_options(cancel: WorkflowCancellationToken) -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(120))
+        .heartbeat_timeout(Duration::from_secs(10))
+        .retry_policy(similarity_search_retry())
+        .cancellation_token(cancel)
+        .build()
+}

@@ -1,0 +1,114 @@
+//! The Temporal worker: polls the task queue and runs the workflow and its activities. The SDK's
+//! worker future is `!Send`, so it gets a thread of its own with a current-thread runtime.
+
+use super::{GatewayError, ImageActivities, ImageProcessingWorkflow, TemporalSettings, connect};
+use std::{thread::JoinHandle, time::Duration};
+use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+/// A running worker: stop it with [`WorkerHandle::shutdown`].
+pub struct WorkerHandle {
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Asks the worker to finish its running tasks and stop, and waits for it.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Starts a worker on its own thread. It (re)connects until it succeeds and restarts after the
+/// server drops it, until shut down.
+pub fn spawn_worker(
+    settings: TemporalSettings,
+    activities: ImageActivities,
+) -> Result<WorkerHandle, GatewayError> {
+    let (stop, stopped) = watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("temporal-worker".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return error!(error = %e, "cannot build the worker runtime"),
+            };
+            rt.block_on(run_until_stopped(settings, activities, stopped));
+        })
+        .map_err(|e| GatewayError::Config(format!("cannot start the worker thread: {e}")))?;
+    Ok(WorkerHandle {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+async fn run_until_stopped(
+    settings: TemporalSettings,
+    activities: ImageActivities,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    while !*stopped.borrow() {
+        match run_once(&settings, activities.clone(), &mut stopped).await {
+            Ok(()) => break,
+            Err(e) => warn!(error = %e, retry_in = ?backoff, "worker stopped; restarting"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopped.changed() => break,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+    info!("worker stopped");
+}
+
+async fn run_once(
+    settings: &TemporalSettings,
+    activities: ImageActivities,
+    stopped: &mut watch::Receiver<bool>,
+) -> Result<(), String> {
+    let runtime = Runtime::from_current_tokio(Default::default()).map_err(|e| format!("{e:#}"))?;
+    let client = connect(settings).await.map_err(|e| e.to_string())?;
+    let options = WorkerOptions::new(settings.task_queue.clone())
+        .register_workflow::<ImageProcessingWorkflow>()
+        .map_err(|e| format!("{e:#}"))?
+        .register_activities(activities)
+        .build();
+    let mut worker = Worker::new(&runtime, client, options).map_err(|e| format!("{e:#}"))?;
+    let shutdown = worker.shutdown_handle();
+    info!(task_queue = %settings.task_queue, namespace = %settings.namespace, "worker polling");
+    let mut stop_requested = false;
+    let run = worker.run();
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            result = &mut run => {
+                return match result {
+                    Ok(()) if stop_requested || *stopped.borrow() => Ok(()),
+                    Ok(()) => Err("worker ended by itself".to_owned()),
+                    Err(e) => Err(format!("{e:#}")),
+                };
+            }
+            changed = stopped.changed(), if !stop_requested => {
+                if changed.is_err() || *stopped.borrow() {
+                    info!("worker shutting down: finishing running tasks");
+                    stop_requested = true;
+                    shutdown();
+                }
+            }
+        }
+    }
+}
