@@ -1,0 +1,402 @@
+//! `ImageProcessingWorkflow` and its activities on a real Temporal dev server, with a real
+//! worker (in-process, or the operator binary where the test kills it).
+
+mod support;
+
+use async_trait::async_trait;
+use imagejob_operator::{
+    store::{ImageDocument, MetadataStore, StoreError},
+    temporal::{
+        ExecutionStatus, ImageProcessingInput, ProcessingStatus, TemporalGateway, TemporalSettings,
+        WorkflowGateway, WorkflowSnapshot,
+    },
+};
+use std::{
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+use support::{
+    ChildGuard, TestWorker, eventually,
+    lykdat::{FakeLykdat, Reply},
+};
+
+const CLOSE_WAIT: Duration = Duration::from_secs(60);
+
+/// A store that fails its first `failures` writes, counting attempts.
+struct FlakyStore {
+    inner: Arc<dyn MetadataStore>,
+    failures: u32,
+    attempts: Arc<AtomicU32>,
+}
+
+#[async_trait]
+impl MetadataStore for FlakyStore {
+    async fn upsert(&self, doc: &ImageDocument) -> Result<(), StoreError> {
+        let attempt = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        if attempt <= self.failures {
+            return Err(StoreError::Unavailable(format!(
+                "injected outage on attempt {attempt}"
+            )));
+        }
+        self.inner.upsert(doc).await
+    }
+
+    async fn get(&self, image_id: &str) -> Result<Option<ImageDocument>, StoreError> {
+        self.inner.get(image_id).await
+    }
+}
+
+fn input(similarity_search: bool) -> ImageProcessingInput {
+    ImageProcessingInput {
+        url: "https://example.com/image.jpg".into(),
+        title: Some("Product Image".into()),
+        description: Some("Blue shirt".into()),
+        tags: vec!["clothing".into(), "shirt".into()],
+        similarity_search,
+    }
+}
+
+fn setup() -> (TemporalSettings, Arc<TemporalGateway>, String) {
+    support::init();
+    let settings = support::temporal(&support::unique("wf-queue"));
+    let gateway = support::gateway(&settings);
+    (
+        settings,
+        gateway,
+        format!("image-processing-{}", uuid::Uuid::new_v4()),
+    )
+}
+
+async fn finish(gateway: &TemporalGateway, id: &str) -> WorkflowSnapshot {
+    tokio::time::timeout(CLOSE_WAIT, gateway.wait_closed(id))
+        .await
+        .expect("workflow closed in time")
+        .expect("wait_closed");
+    gateway.snapshot(id).await.expect("snapshot")
+}
+
+/// The retry policy recorded in the workflow history for the activity of this type.
+fn recorded_retry_policy(
+    settings: &TemporalSettings,
+    id: &str,
+    activity: &str,
+) -> serde_json::Value {
+    let out = Command::new("temporal")
+        .args([
+            "workflow",
+            "show",
+            "--workflow-id",
+            id,
+            "--output",
+            "json",
+            "--address",
+        ])
+        .arg(format!("{}:{}", settings.host, settings.port))
+        .output()
+        .expect("temporal CLI");
+    assert!(
+        out.status.success(),
+        "temporal workflow show: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).expect("history JSON");
+    history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find_map(|e| {
+            let attrs = &e["activityTaskScheduledEventAttributes"];
+            (attrs["activityType"]["name"] == activity).then(|| attrs["retryPolicy"].clone())
+        })
+        .unwrap_or_else(|| panic!("no {activity} scheduled in {id}"))
+}
+
+#[tokio::test]
+async fn temporal_dev_server_answers_through_the_rust_client() {
+    let (_, gateway, _) = setup();
+    gateway.health().await.expect("Temporal health");
+}
+
+#[tokio::test]
+async fn completes_without_similarity_and_stores_one_document() {
+    let (settings, gateway, id) = setup();
+    let worker = TestWorker::plain(&settings);
+    let started = gateway.start(&id, input(false)).await.unwrap();
+    assert!(!started.already_started);
+    let snap = finish(&gateway, &id).await;
+    assert_eq!(snap.execution, ExecutionStatus::Completed);
+    let state = snap.state.expect("state");
+    assert_eq!(state.status, ProcessingStatus::Completed);
+    assert!(state.metadata_stored && !state.similarity_search_completed);
+    assert_eq!(state.error, None);
+    let image_id = state.image_id.expect("image id");
+    let doc = worker
+        .store
+        .get(&image_id)
+        .await
+        .unwrap()
+        .expect("document stored");
+    assert_eq!(doc.workflow_id, id);
+    assert_eq!(doc.title.as_deref(), Some("Product Image"));
+    assert_eq!(doc.tags, ["clothing", "shirt"]);
+    assert_eq!(worker.store.count().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn with_similarity_state_is_queryable_while_running_and_results_are_returned() {
+    let (settings, gateway, id) = setup();
+    let fake = FakeLykdat::start(vec![
+        Reply::ok(&[("low", 0.2), ("high", 0.95)]).after(Duration::from_secs(2)),
+    ])
+    .await;
+    let _worker = TestWorker::start(
+        &settings,
+        support::lykdat_client(&fake.base_url, Some("key"), Duration::from_secs(10)),
+        |s| Arc::new(s),
+    );
+    gateway.start(&id, input(true)).await.unwrap();
+    let running = eventually(
+        "metadata stored while the search runs",
+        Duration::from_secs(20),
+        || async {
+            let snap = gateway.snapshot(&id).await.ok()?;
+            let state = snap.state.clone()?;
+            (snap.execution == ExecutionStatus::Running && state.metadata_stored).then_some(state)
+        },
+    )
+    .await;
+    assert_eq!(running.status, ProcessingStatus::Processing);
+    assert!(!running.similarity_search_completed);
+    let snap = finish(&gateway, &id).await;
+    let state = snap.state.expect("state");
+    assert_eq!(state.status, ProcessingStatus::Completed);
+    assert!(state.similarity_search_completed);
+    let names: Vec<_> = snap
+        .similarity
+        .expect("results")
+        .products
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["high", "low"]);
+}
+
+#[tokio::test]
+async fn similarity_500_then_200_is_retried_with_the_seed_policy() {
+    let (settings, gateway, id) = setup();
+    let fake = FakeLykdat::start(vec![Reply::error(500, "boom"), Reply::ok(&[("a", 0.9)])]).await;
+    let _worker = TestWorker::start(
+        &settings,
+        support::lykdat_client(&fake.base_url, Some("key"), Duration::from_secs(10)),
+        |s| Arc::new(s),
+    );
+    gateway.start(&id, input(true)).await.unwrap();
+    let snap = finish(&gateway, &id).await;
+    assert_eq!(snap.execution, ExecutionStatus::Completed);
+    assert!(snap.state.unwrap().similarity_search_completed);
+    assert_eq!(fake.requests().len(), 2);
+    let policy = recorded_retry_policy(&settings, &id, "run_similarity_search");
+    assert_eq!(policy["initialInterval"], "2s");
+    assert_eq!(policy["maximumInterval"], "20s");
+    assert_eq!(policy["backoffCoefficient"], 2.0);
+    assert_eq!(policy["maximumAttempts"], 3);
+}
+
+#[tokio::test]
+async fn similarity_401_fails_at_once_with_lykdats_message() {
+    let (settings, gateway, id) = setup();
+    let fake = FakeLykdat::start(vec![Reply::error(401, "invalid api key")]).await;
+    let _worker = TestWorker::start(
+        &settings,
+        support::lykdat_client(&fake.base_url, Some("bad"), Duration::from_secs(10)),
+        |s| Arc::new(s),
+    );
+    gateway.start(&id, input(true)).await.unwrap();
+    let snap = finish(&gateway, &id).await;
+    assert_eq!(snap.execution, ExecutionStatus::Failed);
+    let state = snap.state.expect("state in the failure details");
+    assert_eq!(state.status, ProcessingStatus::Failed);
+    assert!(state.metadata_stored);
+    assert!(
+        state
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("invalid api key"),
+        "{state:?}"
+    );
+    assert_eq!(fake.requests().len(), 1, "a 401 is not retried");
+}
+
+#[tokio::test]
+async fn without_a_lykdat_key_the_job_completes_and_says_the_search_was_skipped() {
+    let (settings, gateway, id) = setup();
+    let _worker = TestWorker::plain(&settings);
+    gateway.start(&id, input(true)).await.unwrap();
+    let snap = finish(&gateway, &id).await;
+    assert_eq!(snap.execution, ExecutionStatus::Completed);
+    let state = snap.state.unwrap();
+    assert_eq!(state.status, ProcessingStatus::Completed);
+    assert!(state.metadata_stored && !state.similarity_search_completed);
+    assert!(state.error.unwrap_or_default().contains("LYKDAT_API_KEY"));
+}
+
+#[tokio::test]
+async fn store_failing_twice_succeeds_on_the_third_attempt_with_one_document() {
+    let (settings, gateway, id) = setup();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let counter = attempts.clone();
+    let worker = TestWorker::start(
+        &settings,
+        support::lykdat_client("http://127.0.0.1:9", None, Duration::from_secs(1)),
+        move |s| {
+            Arc::new(FlakyStore {
+                inner: Arc::new(s),
+                failures: 2,
+                attempts: counter,
+            })
+        },
+    );
+    gateway.start(&id, input(false)).await.unwrap();
+    let snap = finish(&gateway, &id).await;
+    assert_eq!(snap.execution, ExecutionStatus::Completed);
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    assert_eq!(worker.store.count().await.unwrap(), 1);
+    let policy = recorded_retry_policy(&settings, &id, "store_image_metadata");
+    assert_eq!(policy["initialInterval"], "1s");
+    assert_eq!(policy["maximumInterval"], "10s");
+    assert_eq!(policy["backoffCoefficient"], 2.0);
+    assert_eq!(policy["maximumAttempts"], 3);
+}
+
+#[tokio::test]
+async fn store_retries_exhausted_end_failed_with_the_error() {
+    let (settings, gateway, id) = setup();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let counter = attempts.clone();
+    let _worker = TestWorker::start(
+        &settings,
+        support::lykdat_client("http://127.0.0.1:9", None, Duration::from_secs(1)),
+        move |s| {
+            Arc::new(FlakyStore {
+                inner: Arc::new(s),
+                failures: u32::MAX,
+                attempts: counter,
+            })
+        },
+    );
+    gateway.start(&id, input(false)).await.unwrap();
+    let snap = finish(&gateway, &id).await;
+    assert_eq!(snap.execution, ExecutionStatus::Failed);
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    let state = snap.state.expect("state");
+    assert_eq!(state.status, ProcessingStatus::Failed);
+    assert!(!state.metadata_stored);
+    assert!(
+        state
+            .error
+            .unwrap_or_default()
+            .contains("injected outage on attempt 3")
+    );
+}
+
+async fn cancel_while_searching(by_signal: bool) {
+    let (settings, gateway, id) = setup();
+    let fake = FakeLykdat::start(vec![Reply::ok(&[]).after(Duration::from_secs(60))]).await;
+    let _worker = TestWorker::start(
+        &settings,
+        support::lykdat_client(&fake.base_url, Some("key"), Duration::from_secs(90)),
+        |s| Arc::new(s),
+    );
+    gateway.start(&id, input(true)).await.unwrap();
+    eventually(
+        "the similarity search to be running",
+        Duration::from_secs(20),
+        || async { (!fake.requests().is_empty()).then_some(()) },
+    )
+    .await;
+    if by_signal {
+        gateway.signal_cancel(&id).await.unwrap();
+    } else {
+        gateway.request_cancel(&id).await.unwrap();
+    }
+    let snap = tokio::time::timeout(Duration::from_secs(15), finish(&gateway, &id))
+        .await
+        .expect("cancelled promptly");
+    assert_eq!(snap.execution, ExecutionStatus::Cancelled);
+    let state = snap.state.expect("state in the cancellation details");
+    assert_eq!(state.status, ProcessingStatus::Cancelled);
+    assert!(state.metadata_stored && !state.similarity_search_completed);
+}
+
+#[tokio::test]
+async fn cancel_signal_while_an_activity_runs_ends_cancelled() {
+    cancel_while_searching(true).await;
+}
+
+#[tokio::test]
+async fn request_cancel_while_an_activity_runs_ends_cancelled() {
+    cancel_while_searching(false).await;
+}
+
+#[tokio::test]
+async fn starting_the_same_id_twice_starts_one_workflow() {
+    let (settings, gateway, id) = setup();
+    let first = gateway.start(&id, input(false)).await.unwrap();
+    let second = gateway.start(&id, input(false)).await.unwrap();
+    assert!(!first.already_started && second.already_started);
+    assert_eq!(first.run_id, second.run_id);
+    let _worker = TestWorker::plain(&settings);
+    let done = finish(&gateway, &id).await;
+    assert_eq!(done.execution, ExecutionStatus::Completed);
+    let after = gateway.start(&id, input(false)).await.unwrap();
+    assert!(after.already_started, "a closed workflow id is not reused");
+    assert_eq!(gateway.snapshot(&id).await.unwrap().run_id, done.run_id);
+}
+
+fn worker_process(settings: &TemporalSettings, lykdat: &str, dir: &std::path::Path) -> ChildGuard {
+    ChildGuard::spawn(
+        Command::new(support::operator_bin())
+            .arg("worker")
+            .env("TEMPORAL_HOST", &settings.host)
+            .env("TEMPORAL_PORT", settings.port.to_string())
+            .env("TEMPORAL_TASK_QUEUE", &settings.task_queue)
+            .env("EMBEDDED_STORE_PATH", dir.join("meta.redb"))
+            .env("LYKDAT_BASE_URL", lykdat)
+            .env("LYKDAT_API_KEY", "key")
+            .env("RUST_LOG", "warn"),
+    )
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_activity_is_replaced_and_the_workflow_completes() {
+    let (settings, gateway, id) = setup();
+    let fake = FakeLykdat::start(vec![
+        Reply::ok(&[("first", 0.1)]).after(Duration::from_secs(120)),
+        Reply::ok(&[("second", 0.9)]),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = worker_process(&settings, &fake.base_url, dir.path());
+    gateway.start(&id, input(true)).await.unwrap();
+    eventually(
+        "the first search attempt",
+        Duration::from_secs(30),
+        || async { (!fake.requests().is_empty()).then_some(()) },
+    )
+    .await;
+    first.kill();
+    let _second = worker_process(&settings, &fake.base_url, dir.path());
+    let snap = finish(&gateway, &id).await;
+    assert_eq!(snap.execution, ExecutionStatus::Completed);
+    assert_eq!(snap.similarity.unwrap().products[0].name, "second");
+    assert_eq!(
+        fake.requests().len(),
+        2,
+        "the killed attempt was retried once"
+    );
+}
