@@ -135,8 +135,11 @@ pub async fn controller(
         client,
         gateway,
         metrics,
-        &args.watch_namespaces,
-        args.max_workflow_watches,
+        controller::Settings {
+            namespaces: args.watch_namespaces.clone(),
+            max_workflow_watches: args.max_workflow_watches,
+            instance: args.identity.clone(),
+        },
         stop,
     )
     .await;

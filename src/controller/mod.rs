@@ -142,18 +142,29 @@ fn trigger_fingerprint(job: &ImageJob) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// Runs the controller until `shutdown` resolves. `store` is filled with the watched jobs.
+/// What the controller watches and how it names itself.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Namespaces to watch; all when empty.
+    pub namespaces: Vec<String>,
+    /// Most workflows long-polled at once.
+    pub max_workflow_watches: usize,
+    /// This replica's name in events (the pod name).
+    pub instance: Option<String>,
+}
+
+/// Runs the controller until `shutdown` resolves. The returned store is filled with the
+/// watched jobs once the returned future runs.
 pub async fn run(
     client: Client,
     gateway: Arc<dyn WorkflowGateway>,
     metrics: SharedMetrics,
-    namespaces: &[String],
-    max_workflow_watches: usize,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> (Store<ImageJob>, impl Future<Output = ()>) {
     let reporter = Reporter {
         controller: "imagejob-operator".into(),
-        instance: std::env::var("POD_NAME").ok(),
+        instance: settings.instance,
     };
     let (watch_tx, watch_rx) = futures::channel::mpsc::unbounded();
     let ctx = Arc::new(Context {
@@ -161,11 +172,11 @@ pub async fn run(
         gateway: gateway.clone(),
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
-        watches: WorkflowWatches::new(gateway, watch_tx, max_workflow_watches),
+        watches: WorkflowWatches::new(gateway, watch_tx, settings.max_workflow_watches),
         backoffs: Backoffs::default(),
     });
     let (reader, writer) = reflector::store::<ImageJob>();
-    let streams: Vec<_> = match namespaces {
+    let streams: Vec<_> = match settings.namespaces.as_slice() {
         [] => vec![watcher(Api::<ImageJob>::all(client), watcher::Config::default()).boxed()],
         list => list
             .iter()

@@ -177,3 +177,134 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// Kubernetes helpers shared by the controller and facade tests.
+pub mod kube_env {
+    use imagejob_operator::{
+        controller,
+        crd::{ImageJob, ImageJobSpec},
+        metrics::Metrics,
+        temporal::TemporalSettings,
+    };
+    use k8s_openapi::api::{core::v1::Namespace, events::v1::Event};
+    use kube::{
+        Api, Client,
+        api::{ListParams, ObjectMeta, PostParams},
+    };
+    use std::{sync::Arc, time::Duration};
+
+    /// A client from the kubeconfig `scripts/test.sh` exported.
+    pub async fn client() -> Client {
+        super::init();
+        super::stack_env("KUBECONFIG");
+        Client::try_default().await.expect("client from KUBECONFIG")
+    }
+
+    /// A fresh namespace.
+    pub async fn namespace(client: &Client, prefix: &str) -> String {
+        let name = super::unique(prefix);
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        name
+    }
+
+    /// A job spec for the seed's example image.
+    pub fn spec(similarity_search: bool) -> ImageJobSpec {
+        ImageJobSpec {
+            url: "https://example.com/image.jpg".into(),
+            title: Some("Product Image".into()),
+            description: Some("Blue shirt".into()),
+            tags: vec!["clothing".into(), "shirt".into()],
+            similarity_search,
+            ttl_seconds_after_finished: None,
+        }
+    }
+
+    /// Creates a job.
+    pub async fn create(api: &Api<ImageJob>, name: &str, spec: ImageJobSpec) -> ImageJob {
+        api.create(&PostParams::default(), &ImageJob::new(name, spec))
+            .await
+            .expect("create job")
+    }
+
+    /// Waits until the job satisfies `pred`, returning it.
+    pub async fn wait_job(
+        api: &Api<ImageJob>,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&ImageJob) -> bool,
+    ) -> ImageJob {
+        super::eventually(what, timeout, || async {
+            api.get_opt(name).await.ok().flatten().filter(|j| pred(j))
+        })
+        .await
+    }
+
+    /// Reasons of the events recorded on the object `name`.
+    pub async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<String> {
+        Api::<Event>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .expect("list events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
+    /// A controller running in this process, watching `ns`, stopped on drop.
+    pub struct InProcessController {
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        /// Its metrics.
+        pub metrics: Arc<Metrics>,
+    }
+
+    impl InProcessController {
+        /// Starts it.
+        pub async fn start(client: &Client, settings: &TemporalSettings, ns: &str) -> Self {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let metrics = Arc::new(Metrics::new());
+            let gateway = Arc::new(imagejob_operator::temporal::TemporalGateway::new(
+                settings.clone(),
+            ));
+            let (_store, running) = controller::run(
+                client.clone(),
+                gateway,
+                metrics.clone(),
+                controller::Settings {
+                    namespaces: vec![ns.to_owned()],
+                    max_workflow_watches: 100,
+                    instance: Some("in-process".into()),
+                },
+                async move {
+                    let _ = stopped.await;
+                },
+            )
+            .await;
+            tokio::spawn(running);
+            Self {
+                stop: Some(stop),
+                metrics,
+            }
+        }
+    }
+
+    impl Drop for InProcessController {
+        fn drop(&mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+    }
+}

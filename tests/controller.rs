@@ -1,0 +1,495 @@
+//! The controller on the real stack: kube-apiserver + etcd, Temporal, the real worker.
+
+mod support;
+
+use async_trait::async_trait;
+use imagejob_operator::{
+    crd::{CONDITION_SUCCEEDED, CONDITION_TEMPORAL_REACHABLE, ImageJob, Phase},
+    store::{ImageDocument, MetadataStore, StoreError},
+    temporal::{ExecutionStatus, TemporalSettings, WorkflowGateway},
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client, ResourceExt, api::DeleteParams};
+use std::{process::Command, sync::Arc, time::Duration};
+use support::{
+    ChildGuard, TestWorker, eventually,
+    kube_env::{self, InProcessController, create, wait_job},
+    lykdat::{FakeLykdat, Reply},
+};
+
+const JOB_WAIT: Duration = Duration::from_secs(60);
+
+fn condition<'a>(
+    job: &'a ImageJob,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    job.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+fn phase_is(phase: Phase) -> impl Fn(&ImageJob) -> bool {
+    move |j| j.phase() == phase
+}
+
+struct Setup {
+    client: Client,
+    ns: String,
+    api: Api<ImageJob>,
+    settings: TemporalSettings,
+}
+
+async fn setup(prefix: &str) -> Setup {
+    let client = kube_env::client().await;
+    let ns = kube_env::namespace(&client, prefix).await;
+    let api = Api::namespaced(client.clone(), &ns);
+    let settings = support::temporal(&support::unique("ctl-queue"));
+    Setup {
+        client,
+        ns,
+        api,
+        settings,
+    }
+}
+
+#[tokio::test]
+async fn a_job_completes_with_every_status_field_and_kubectl_wait_returns() {
+    let s = setup("complete").await;
+    let fake = FakeLykdat::start(vec![Reply::ok(&[
+        ("Blue Oxford", 0.93),
+        ("Navy Tee", 0.71),
+    ])])
+    .await;
+    let worker = TestWorker::start(
+        &s.settings,
+        support::lykdat_client(&fake.base_url, Some("k"), Duration::from_secs(10)),
+        |st| Arc::new(st),
+    );
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let created = create(&s.api, "shirt", kube_env::spec(true)).await;
+
+    let wait = tokio::process::Command::new("kubectl")
+        .args([
+            "wait",
+            "--for=condition=Succeeded",
+            "ij/shirt",
+            "-n",
+            &s.ns,
+            "--timeout=60s",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        wait.status.success(),
+        "kubectl wait: {}",
+        String::from_utf8_lossy(&wait.stderr)
+    );
+
+    let job = s.api.get("shirt").await.unwrap();
+    let status = job.status.clone().expect("status");
+    assert_eq!(status.phase, Phase::Completed);
+    assert_eq!(
+        status.workflow_id,
+        Some(format!("image-processing-{}", created.uid().unwrap()))
+    );
+    assert!(status.run_id.is_some());
+    assert!(status.metadata_stored && status.similarity_search_completed);
+    assert_eq!(status.error, None);
+    assert_eq!(status.observed_generation, Some(1));
+    assert!(status.start_time.is_some() && status.completion_time.is_some());
+    assert!(status.start_time <= status.completion_time);
+    let similarity = status.similarity.expect("similarity summary");
+    assert_eq!(similarity.total_matches, 2);
+    assert_eq!(similarity.top_matches[0].name, "Blue Oxford");
+    assert_eq!(similarity.summary, "2 matches, best 0.93");
+    let succeeded = condition(&job, CONDITION_SUCCEEDED).unwrap();
+    assert_eq!(
+        (succeeded.status.as_str(), succeeded.reason.as_str()),
+        ("True", "Completed")
+    );
+    let image_id = status.image_id.expect("image id");
+    let doc = worker
+        .store
+        .get(&image_id)
+        .await
+        .unwrap()
+        .expect("metadata document");
+    assert_eq!(doc.url, "https://example.com/image.jpg");
+
+    let reasons = eventually(
+        "Started and Completed events",
+        Duration::from_secs(10),
+        || async {
+            let reasons = kube_env::event_reasons(&s.client, &s.ns, "shirt").await;
+            (reasons.contains(&"Started".to_owned()) && reasons.contains(&"Completed".to_owned()))
+                .then_some(reasons)
+        },
+    )
+    .await;
+    assert!(!reasons.contains(&"Failed".to_owned()));
+}
+
+struct AlwaysFailing;
+
+#[async_trait]
+impl MetadataStore for AlwaysFailing {
+    async fn upsert(&self, _doc: &ImageDocument) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("couchbase node down".into()))
+    }
+    async fn get(&self, _id: &str) -> Result<Option<ImageDocument>, StoreError> {
+        Ok(None)
+    }
+}
+
+#[tokio::test]
+async fn an_activity_failing_past_its_retries_ends_failed_with_the_error() {
+    let s = setup("failed").await;
+    let _worker = TestWorker::start(
+        &s.settings,
+        support::lykdat_client("http://127.0.0.1:9", None, Duration::from_secs(1)),
+        |_| Arc::new(AlwaysFailing),
+    );
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    create(&s.api, "doomed", kube_env::spec(false)).await;
+    let job = wait_job(
+        &s.api,
+        "doomed",
+        "phase Failed",
+        JOB_WAIT,
+        phase_is(Phase::Failed),
+    )
+    .await;
+    let status = job.status.clone().unwrap();
+    assert!(
+        status
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("couchbase node down"),
+        "{status:?}"
+    );
+    assert!(!status.metadata_stored);
+    let c = condition(&job, CONDITION_SUCCEEDED).unwrap();
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Failed"));
+    assert!(c.message.contains("couchbase node down"));
+    assert!(status.completion_time.is_some());
+}
+
+#[tokio::test]
+async fn deleting_a_running_job_cancels_its_workflow_and_the_object_goes() {
+    let s = setup("delete").await;
+    let fake = FakeLykdat::start(vec![Reply::ok(&[]).after(Duration::from_secs(120))]).await;
+    let _worker = TestWorker::start(
+        &s.settings,
+        support::lykdat_client(&fake.base_url, Some("k"), Duration::from_secs(150)),
+        |st| Arc::new(st),
+    );
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    create(&s.api, "slow", kube_env::spec(true)).await;
+    let job = wait_job(
+        &s.api,
+        "slow",
+        "phase Processing",
+        JOB_WAIT,
+        phase_is(Phase::Processing),
+    )
+    .await;
+    let workflow_id = job.status.unwrap().workflow_id.unwrap();
+    eventually("the similarity search to run", JOB_WAIT, || async {
+        (!fake.requests().is_empty()).then_some(())
+    })
+    .await;
+
+    s.api
+        .delete("slow", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the job to disappear", JOB_WAIT, || async {
+        s.api
+            .get_opt("slow")
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let snapshot = support::gateway(&s.settings)
+        .snapshot(&workflow_id)
+        .await
+        .unwrap();
+    assert_eq!(snapshot.execution, ExecutionStatus::Cancelled);
+}
+
+fn controller_process(
+    settings: &TemporalSettings,
+    ns: &str,
+    extra: &[(&str, String)],
+) -> ChildGuard {
+    let mut cmd = Command::new(support::operator_bin());
+    cmd.arg("controller")
+        .env("TEMPORAL_HOST", &settings.host)
+        .env("TEMPORAL_PORT", settings.port.to_string())
+        .env("TEMPORAL_TASK_QUEUE", &settings.task_queue)
+        .env("WATCH_NAMESPACES", ns)
+        .env(
+            "CONTROLLER_METRICS_ADDR",
+            format!("127.0.0.1:{}", support::free_port()),
+        )
+        .env(
+            "RUST_LOG",
+            std::env::var("IJ_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    ChildGuard::spawn(&mut cmd)
+}
+
+/// How many executions Temporal has under this workflow id.
+fn executions(settings: &TemporalSettings, workflow_id: &str) -> usize {
+    let out = Command::new("temporal")
+        .args(["workflow", "list", "--output", "json", "--query"])
+        .arg(format!("WorkflowId = '{workflow_id}'"))
+        .arg("--address")
+        .arg(format!("{}:{}", settings.host, settings.port))
+        .output()
+        .expect("temporal CLI");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Array(items)) => items.len(),
+        _ => text
+            .lines()
+            .filter(|l| l.trim_start().starts_with('{'))
+            .count(),
+    }
+}
+
+#[tokio::test]
+async fn a_controller_killed_right_after_starting_a_workflow_never_starts_a_second() {
+    let s = setup("crash").await;
+    let gateway = support::gateway(&s.settings);
+    // No worker yet: the controller starts the workflow, then its state query has to wait,
+    // which leaves the window between "started" and "status written" wide open.
+    let mut first = controller_process(&s.settings, &s.ns, &[]);
+    let created = create(&s.api, "crashy", kube_env::spec(false)).await;
+    let workflow_id = format!("image-processing-{}", created.uid().unwrap());
+    eventually("the workflow to exist in Temporal", JOB_WAIT, || async {
+        gateway.snapshot(&workflow_id).await.ok()
+    })
+    .await;
+    first.kill();
+
+    let _worker = TestWorker::plain(&s.settings);
+    let _second = controller_process(&s.settings, &s.ns, &[]);
+    let job = wait_job(
+        &s.api,
+        "crashy",
+        "phase Completed",
+        JOB_WAIT,
+        phase_is(Phase::Completed),
+    )
+    .await;
+    assert_eq!(
+        job.status.unwrap().workflow_id.as_deref(),
+        Some(workflow_id.as_str())
+    );
+    let count = eventually(
+        "the workflow to be visible",
+        Duration::from_secs(20),
+        || async { Some(executions(&s.settings, &workflow_id)).filter(|n| *n > 0) },
+    )
+    .await;
+    assert_eq!(count, 1, "exactly one workflow for the job");
+}
+
+#[tokio::test]
+async fn with_two_controllers_one_leads_and_the_other_takes_over_when_it_dies() {
+    let s = setup("leader").await;
+    let lease = support::unique("lease");
+    let election = |who: &str| {
+        vec![
+            ("LEADER_ELECTION", "true".to_owned()),
+            ("LEASE_NAME", lease.clone()),
+            ("LEASE_NAMESPACE", s.ns.clone()),
+            ("LEASE_DURATION_SECS", "3".to_owned()),
+            ("POD_NAME", who.to_owned()),
+        ]
+    };
+    let _worker = TestWorker::plain(&s.settings);
+    let mut a = controller_process(&s.settings, &s.ns, &election("ctl-a"));
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
+    let first_leader = eventually("a leader", JOB_WAIT, || holder(&leases, &lease)).await;
+    assert_eq!(first_leader, "ctl-a");
+    let _b = controller_process(&s.settings, &s.ns, &election("ctl-b"));
+    create(&s.api, "first", kube_env::spec(false)).await;
+    wait_job(
+        &s.api,
+        "first",
+        "first job Completed",
+        JOB_WAIT,
+        phase_is(Phase::Completed),
+    )
+    .await;
+    assert_eq!(
+        holder(&leases, &lease).await.as_deref(),
+        Some("ctl-a"),
+        "the leader stays while alive"
+    );
+
+    a.kill();
+    create(&s.api, "second", kube_env::spec(false)).await;
+    wait_job(
+        &s.api,
+        "second",
+        "second job Completed by the new leader",
+        JOB_WAIT,
+        phase_is(Phase::Completed),
+    )
+    .await;
+    assert_eq!(holder(&leases, &lease).await.as_deref(), Some("ctl-b"));
+}
+
+async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
+    leases
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()?
+        .spec?
+        .holder_identity
+}
+
+/// A Temporal server of this test's own, so stopping it disturbs no other test.
+struct PrivateTemporal {
+    dir: tempfile::TempDir,
+    settings: TemporalSettings,
+}
+
+impl PrivateTemporal {
+    fn start(task_queue: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::script(&dir, &["up", "--only", "temporal"]);
+        let env = std::fs::read_to_string(dir.path().join("env")).unwrap();
+        let port = env
+            .lines()
+            .find_map(|l| l.strip_prefix("export TEMPORAL_PORT="))
+            .expect("port in env")
+            .parse()
+            .unwrap();
+        let settings = TemporalSettings {
+            host: "127.0.0.1".into(),
+            port,
+            namespace: "default".into(),
+            task_queue: task_queue.into(),
+        };
+        Self { dir, settings }
+    }
+
+    fn script(dir: &tempfile::TempDir, args: &[&str]) {
+        let script = support::stack_env("IJ_STACK_SCRIPT");
+        let (cmd, rest) = args.split_first().unwrap();
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg(cmd)
+            .arg(dir.path())
+            .args(rest)
+            .status()
+            .unwrap();
+        assert!(status.success(), "stack.sh {args:?}");
+    }
+}
+
+impl Drop for PrivateTemporal {
+    fn drop(&mut self) {
+        Self::script(&self.dir, &["down"]);
+    }
+}
+
+#[tokio::test]
+async fn with_temporal_down_the_job_says_so_and_completes_once_it_is_back() {
+    let s = setup("outage").await;
+    let temporal = PrivateTemporal::start(&s.settings.task_queue);
+    let _worker = TestWorker::plain(&temporal.settings);
+    let _controller = InProcessController::start(&s.client, &temporal.settings, &s.ns).await;
+    PrivateTemporal::script(&temporal.dir, &["stop-temporal"]);
+
+    create(&s.api, "patient", kube_env::spec(false)).await;
+    let job = wait_job(
+        &s.api,
+        "patient",
+        "TemporalReachable=False",
+        JOB_WAIT,
+        |j| condition(j, CONDITION_TEMPORAL_REACHABLE).is_some_and(|c| c.status == "False"),
+    )
+    .await;
+    let c = condition(&job, CONDITION_TEMPORAL_REACHABLE).unwrap();
+    assert_eq!(c.reason, "TemporalUnavailable");
+    assert_ne!(job.phase(), Phase::Completed);
+
+    PrivateTemporal::script(&temporal.dir, &["start-temporal"]);
+    let job = wait_job(
+        &s.api,
+        "patient",
+        "phase Completed after the outage",
+        Duration::from_secs(120),
+        phase_is(Phase::Completed),
+    )
+    .await;
+    assert_eq!(
+        condition(&job, CONDITION_TEMPORAL_REACHABLE)
+            .unwrap()
+            .status,
+        "True"
+    );
+    let reasons = kube_env::event_reasons(&s.client, &s.ns, "patient").await;
+    assert!(
+        reasons.contains(&"TemporalUnavailable".to_owned()),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_finished_job_is_deleted_after_its_ttl_and_its_events_remain() {
+    let s = setup("ttl").await;
+    let _worker = TestWorker::plain(&s.settings);
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let mut spec = kube_env::spec(false);
+    spec.ttl_seconds_after_finished = Some(2);
+    create(&s.api, "short-lived", spec).await;
+    wait_job(
+        &s.api,
+        "short-lived",
+        "phase Completed",
+        JOB_WAIT,
+        phase_is(Phase::Completed),
+    )
+    .await;
+    eventually(
+        "the TTL to delete the job",
+        Duration::from_secs(30),
+        || async {
+            s.api
+                .get_opt("short-lived")
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let reasons = kube_env::event_reasons(&s.client, &s.ns, "short-lived").await;
+    assert!(
+        reasons.contains(&"Started".to_owned()) && reasons.contains(&"Completed".to_owned()),
+        "{reasons:?}"
+    );
+}
