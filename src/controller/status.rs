@@ -299,7 +299,7 @@ mod tests {
         assert_eq!(s.phase, Phase::Completed);
         assert!(s.metadata_stored && s.similarity_search_completed);
         assert!(s.completion_time.is_some());
-        let sim = s.similarity.unwrap();
+        let sim = s.similarity.clone().unwrap();
         assert_eq!(sim.total_matches, 7);
         assert_eq!(sim.top_matches.len(), 5);
         assert_eq!(sim.top_matches[0].score, "0.900");

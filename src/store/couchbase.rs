@@ -152,7 +152,8 @@ mod tests {
             created_at: "2026-01-01T00:00:00Z".into(),
         };
         let json = serde_json::to_value(&doc).unwrap();
-        let keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
         assert_eq!(
             keys,
             [
