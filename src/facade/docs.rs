@@ -12,7 +12,7 @@ use utoipa::{
 #[openapi(
     info(title = "imagejob-operator facade", description = "The image-processing REST API over ImageJobs."),
     paths(routes::process, routes::status, routes::result, routes::cancel, routes::list),
-    components(schemas(model::ProcessRequest, model::ProcessResponse, model::StatusResponse, model::StateView,
+    components(schemas(model::ProcessRequest, model::Tag, model::ProcessResponse, model::StatusResponse, model::StateView,
         model::ResultResponse, model::ListResponse, model::WorkflowSummary, model::CancelResponse,
         error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth)

@@ -17,7 +17,12 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(deny_unknown_fields)]
 pub struct ProcessRequest {
     /// Public http(s) URL of the image (at most 2048 characters).
-    #[schema(example = "https://example.com/image.jpg", max_length = 2048)]
+    #[schema(
+        example = "https://example.com/image.jpg",
+        min_length = 1,
+        max_length = 2048,
+        pattern = r"^https?://[^\s]+$"
+    )]
     pub url: String,
     /// Optional title (at most 256 characters).
     #[serde(default)]
@@ -29,12 +34,18 @@ pub struct ProcessRequest {
     pub description: Option<String>,
     /// Tags: at most 32, each 1 to 64 characters.
     #[serde(default)]
-    #[schema(max_items = 32)]
+    #[schema(max_items = 32, value_type = Option<Vec<Tag>>)]
     pub tags: Option<Vec<String>>,
     /// Run the similarity search; the facade's configured default when absent.
     #[serde(default)]
     pub similarity_search: Option<bool>,
 }
+
+/// One tag (documentation type of `ProcessRequest::tags` items).
+#[derive(ToSchema)]
+#[schema(pattern = r"^[\s\S]{1,64}$")]
+#[allow(dead_code)]
+pub struct Tag(String);
 
 impl ProcessRequest {
     /// Checks the CRD's limits, naming the first offending field.

@@ -86,7 +86,9 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 /// Start processing an image: creates an ImageJob; its controller starts the workflow.
 #[utoipa::path(post, path = "/images/process", request_body = ProcessRequest,
     responses((status = 202, body = ProcessResponse), (status = 400, body = super::error::ErrorBody),
-              (status = 415, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
+              (status = 415, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
+              (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
+              (status = 403, body = super::error::ErrorBody, description = "token not accepted")),
     security(("bearer" = [])))]
 pub async fn process(
     State(state): State<Arc<FacadeState>>,
@@ -140,7 +142,9 @@ async fn find(state: &FacadeState, workflow_id: &str) -> Result<Arc<ImageJob>, A
 /// The workflow's state (the seed's `get_status` shape), from the watch cache.
 #[utoipa::path(get, path = "/images/workflow/{workflow_id}/status",
     params(("workflow_id" = String, Path, description = "Workflow id")),
-    responses((status = 200, body = StatusResponse), (status = 404, body = super::error::ErrorBody)),
+    responses((status = 200, body = StatusResponse), (status = 404, body = super::error::ErrorBody),
+              (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
+              (status = 403, body = super::error::ErrorBody, description = "token not accepted")),
     security(("bearer" = [])))]
 pub async fn status(
     State(state): State<Arc<FacadeState>>,
@@ -159,7 +163,9 @@ pub async fn status(
 #[utoipa::path(get, path = "/images/workflow/{workflow_id}/result",
     params(("workflow_id" = String, Path, description = "Workflow id"), ResultQuery),
     responses((status = 200, body = ResultResponse), (status = 202, body = ResultResponse, description = "still running when the wait ended"),
-              (status = 404, body = super::error::ErrorBody)),
+              (status = 404, body = super::error::ErrorBody),
+              (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
+              (status = 403, body = super::error::ErrorBody, description = "token not accepted")),
     security(("bearer" = [])))]
 pub async fn result(
     State(state): State<Arc<FacadeState>>,
@@ -223,7 +229,9 @@ pub async fn result(
 /// Cancels a workflow: deletes its ImageJob; the controller cancels the running workflow first.
 #[utoipa::path(delete, path = "/images/workflow/{workflow_id}",
     params(("workflow_id" = String, Path, description = "Workflow id")),
-    responses((status = 202, body = CancelResponse), (status = 404, body = super::error::ErrorBody)),
+    responses((status = 202, body = CancelResponse), (status = 404, body = super::error::ErrorBody),
+              (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
+              (status = 403, body = super::error::ErrorBody, description = "token not accepted")),
     security(("bearer" = [])))]
 pub async fn cancel(
     State(state): State<Arc<FacadeState>>,
@@ -249,7 +257,9 @@ pub async fn cancel(
 
 /// Lists workflows, oldest first, in pages.
 #[utoipa::path(get, path = "/images/workflows", params(ListQuery),
-    responses((status = 200, body = ListResponse), (status = 400, body = super::error::ErrorBody)),
+    responses((status = 200, body = ListResponse), (status = 400, body = super::error::ErrorBody),
+              (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
+              (status = 403, body = super::error::ErrorBody, description = "token not accepted")),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<Arc<FacadeState>>,

@@ -308,3 +308,85 @@ pub mod kube_env {
         }
     }
 }
+
+/// The facade served on a loopback port, over a real apiserver.
+pub mod facade_env {
+    use imagejob_operator::{
+        facade::{self, Auth, FacadeState, JobCache, TokenFile},
+        metrics::Metrics,
+        temporal::{TemporalGateway, TemporalSettings},
+    };
+    use kube::{Api, Client};
+    use std::sync::Arc;
+
+    /// The token the test facades accept.
+    pub const TOKEN: &str = "test-token-0123456789";
+
+    /// A running facade.
+    pub struct TestFacade {
+        /// `http://127.0.0.1:<port>`.
+        pub base: String,
+        /// A client sending the accepted token.
+        pub http: reqwest::Client,
+        _stop: tokio::sync::oneshot::Sender<()>,
+        _tokens: tempfile::TempDir,
+    }
+
+    impl TestFacade {
+        /// Serves the facade for namespace `ns`, with token auth, once its cache is filled.
+        pub async fn start(client: &Client, ns: &str, settings: &TemporalSettings) -> Self {
+            let tokens = tempfile::tempdir().unwrap();
+            let path = tokens.path().join("tokens");
+            std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+            let auth = Auth::Tokens(Arc::new(TokenFile::open(path).unwrap()));
+            let api: Api<imagejob_operator::crd::ImageJob> = Api::namespaced(client.clone(), ns);
+            let (cache, driver) = JobCache::start(api.clone(), ns.to_owned());
+            tokio::spawn(driver);
+            super::eventually(
+                "the facade cache to fill",
+                std::time::Duration::from_secs(20),
+                || async { cache.is_ready().then_some(()) },
+            )
+            .await;
+            let state = Arc::new(FacadeState {
+                api,
+                namespace: ns.to_owned(),
+                cache,
+                gateway: Arc::new(TemporalGateway::new(settings.clone())),
+                similarity_default: false,
+                metrics: Arc::new(Metrics::new()),
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let app = facade::router(state, auth);
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {TOKEN}").parse().unwrap(),
+            );
+            let http = reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap();
+            Self {
+                base,
+                http,
+                _stop: stop,
+                _tokens: tokens,
+            }
+        }
+
+        /// The URL of `path`.
+        pub fn url(&self, path: &str) -> String {
+            format!("{}{path}", self.base)
+        }
+    }
+}

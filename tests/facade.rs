@@ -1,0 +1,579 @@
+//! The REST facade over a real apiserver; end to end with the controller and worker on the
+//! real stack; schemathesis against its OpenAPI document.
+
+mod support;
+
+use imagejob_operator::{
+    crd::{ImageJob, Phase},
+    temporal::{ExecutionStatus, WorkflowGateway},
+};
+use kube::{Api, Client, ResourceExt};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::{sync::Arc, time::Duration};
+use support::{
+    TestWorker, eventually,
+    facade_env::{TOKEN, TestFacade},
+    kube_env::{self, InProcessController},
+    lykdat::{FakeLykdat, Reply},
+};
+
+struct Setup {
+    client: Client,
+    ns: String,
+    api: Api<ImageJob>,
+    settings: imagejob_operator::temporal::TemporalSettings,
+    facade: TestFacade,
+}
+
+async fn setup(prefix: &str) -> Setup {
+    let client = kube_env::client().await;
+    let ns = kube_env::namespace(&client, prefix).await;
+    let settings = support::temporal(&support::unique("facade-queue"));
+    let facade = TestFacade::start(&client, &ns, &settings).await;
+    Setup {
+        api: Api::namespaced(client.clone(), &ns),
+        client,
+        ns,
+        settings,
+        facade,
+    }
+}
+
+fn valid() -> Value {
+    json!({"url": "https://example.com/image.jpg", "title": "Product Image", "description": "Blue shirt", "tags": ["clothing", "shirt"]})
+}
+
+async fn post(f: &TestFacade, body: &Value) -> (StatusCode, Value) {
+    let r = f
+        .http
+        .post(f.url("/images/process"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn invalid_input_gets_a_json_error_naming_the_field_and_creates_nothing() {
+    let s = setup("invalid").await;
+    let mut cases: Vec<(Value, u16, &str)> = vec![
+        (json!({"url": "ftp://example.com/a.jpg"}), 422, "url"),
+        (
+            json!({"url": format!("https://e.com/{}", "a".repeat(2040))}),
+            422,
+            "url",
+        ),
+        (
+            json!({"url": "https://e.com/a", "tags": vec!["t"; 33]}),
+            422,
+            "tags",
+        ),
+        (
+            json!({"url": "https://e.com/a", "tags": ["ok", "x".repeat(65)]}),
+            422,
+            "tags[1]",
+        ),
+        (
+            json!({"url": "https://e.com/a", "tags": [""]}),
+            422,
+            "tags[0]",
+        ),
+        (
+            json!({"url": "https://e.com/a", "title": "t".repeat(257)}),
+            422,
+            "title",
+        ),
+        (
+            json!({"url": "https://e.com/a", "description": "d".repeat(4097)}),
+            422,
+            "description",
+        ),
+        (
+            json!({"url": "https://e.com/a", "colour": "blue"}),
+            422,
+            "colour",
+        ),
+        (json!({"title": "no url"}), 422, "url"),
+        (
+            json!({"url": "https://e.com/a", "tags": "shirt"}),
+            422,
+            "tags",
+        ),
+        (json!({"url": 42}), 422, "url"),
+    ];
+    for (body, code, field) in cases.drain(..) {
+        let (status, err) = post(&s.facade, &body).await;
+        assert_eq!(status.as_u16(), code, "{body}: {err}");
+        assert_eq!(err["error"]["field"], field, "{body}: {err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+        assert_eq!(err["error"]["code"], "invalid_field");
+    }
+    let raw = |ct: &'static str, body: Vec<u8>| {
+        s.facade
+            .http
+            .post(s.facade.url("/images/process"))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let r = raw("application/json", b"{\"url\": ".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "malformed_json"
+    );
+    let r = raw("text/plain", valid().to_string().into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "unsupported_media_type"
+    );
+    let huge = json!({"url": "https://e.com/a", "description": "d".repeat(100_000)})
+        .to_string()
+        .into_bytes();
+    let r = raw("application/json", huge).await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "payload_too_large"
+    );
+    let r = s
+        .facade
+        .http
+        .put(s.facade.url("/images/process"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "method_not_allowed"
+    );
+    let r = s
+        .facade
+        .http
+        .get(s.facade.url("/nowhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "no_route"
+    );
+    let r = s
+        .facade
+        .http
+        .get(s.facade.url("/images/workflows?limit=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["field"], "limit");
+
+    assert!(
+        s.api
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "a rejected request created a job"
+    );
+}
+
+#[tokio::test]
+async fn auth_requires_a_known_bearer_token() {
+    let s = setup("auth").await;
+    let anonymous = reqwest::Client::new();
+    let r = anonymous
+        .post(s.facade.url("/images/process"))
+        .json(&valid())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "unauthenticated"
+    );
+    let r = anonymous
+        .get(s.facade.url("/images/workflows"))
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "forbidden"
+    );
+    let r = anonymous
+        .get(s.facade.url("/images/workflows"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for open in ["/healthz", "/readyz", "/openapi.json", "/docs", "/metrics"] {
+        assert_eq!(
+            anonymous
+                .get(s.facade.url(open))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{open}"
+        );
+    }
+    assert!(
+        s.api
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn unknown_workflow_ids_are_404() {
+    let s = setup("unknown").await;
+    let id = format!("image-processing-{}", uuid::Uuid::new_v4());
+    for (method, path) in [
+        (
+            reqwest::Method::GET,
+            format!("/images/workflow/{id}/status"),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/images/workflow/{id}/result?timeout=1"),
+        ),
+        (reqwest::Method::DELETE, format!("/images/workflow/{id}")),
+        (
+            reqwest::Method::GET,
+            "/images/workflow/not-even-an-id/status".to_owned(),
+        ),
+    ] {
+        let r = s
+            .facade
+            .http
+            .request(method.clone(), s.facade.url(&path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{method} {path}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["code"],
+            "not_found"
+        );
+    }
+}
+
+#[tokio::test]
+async fn post_then_status_completes_and_result_equals_the_job_and_the_workflow() {
+    let s = setup("e2e").await;
+    let fake = FakeLykdat::start(vec![Reply::ok(&[
+        ("Blue Oxford", 0.93),
+        ("Navy Tee", 0.71),
+    ])])
+    .await;
+    let _worker = TestWorker::start(
+        &s.settings,
+        support::lykdat_client(&fake.base_url, Some("k"), Duration::from_secs(10)),
+        |st| Arc::new(st),
+    );
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let mut body = valid();
+    body["similarity_search"] = json!(true);
+    let (status, accepted) = post(&s.facade, &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    assert_eq!(accepted["status"], "processing");
+    assert_eq!(
+        accepted["message"],
+        "Image processing workflow started successfully"
+    );
+    let workflow_id = accepted["workflow_id"].as_str().unwrap().to_owned();
+    let job = s
+        .api
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .pop()
+        .expect("one job created");
+    assert_eq!(
+        workflow_id,
+        format!("image-processing-{}", job.uid().unwrap())
+    );
+
+    let status_url = s
+        .facade
+        .url(&format!("/images/workflow/{workflow_id}/status"));
+    let first: Value = s
+        .facade
+        .http
+        .get(&status_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["workflow_id"], workflow_id.as_str());
+    let result: Value = s
+        .facade
+        .http
+        .get(
+            s.facade
+                .url(&format!("/images/workflow/{workflow_id}/result?timeout=60")),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(result["done"], true, "{result}");
+    let final_status: Value = s
+        .facade
+        .http
+        .get(&status_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let state = &final_status["state"];
+    assert_eq!(state["status"], "completed");
+    assert_eq!(state["metadata_stored"], true);
+    assert_eq!(state["similarity_search_completed"], true);
+    assert_eq!(state["error"], Value::Null);
+    assert_eq!(&result["state"], state);
+
+    let job = s.api.get(&job.name_any()).await.unwrap();
+    let job_status = job.status.unwrap();
+    assert_eq!(job_status.phase, Phase::Completed);
+    assert_eq!(state["image_id"], job_status.image_id.unwrap().as_str());
+    let workflow = support::gateway(&s.settings)
+        .snapshot(&workflow_id)
+        .await
+        .unwrap();
+    assert_eq!(workflow.execution, ExecutionStatus::Completed);
+    assert_eq!(
+        result["similarity"],
+        serde_json::to_value(workflow.similarity.unwrap()).unwrap()
+    );
+    assert_eq!(result["similarity"]["products"][0]["name"], "Blue Oxford");
+}
+
+#[tokio::test]
+async fn result_is_woken_by_the_watch_and_times_out_cleanly() {
+    let s = setup("wake").await;
+    let fake =
+        FakeLykdat::start(vec![Reply::ok(&[("a", 0.5)]).after(Duration::from_secs(4))]).await;
+    let _worker = TestWorker::start(
+        &s.settings,
+        support::lykdat_client(&fake.base_url, Some("k"), Duration::from_secs(10)),
+        |st| Arc::new(st),
+    );
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let mut body = valid();
+    body["similarity_search"] = json!(true);
+    let (_, accepted) = post(&s.facade, &body).await;
+    let workflow_id = accepted["workflow_id"].as_str().unwrap().to_owned();
+    let result_url = |t: u64| {
+        s.facade.url(&format!(
+            "/images/workflow/{workflow_id}/result?timeout={t}"
+        ))
+    };
+
+    let r = s.facade.http.get(result_url(1)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let early: Value = r.json().await.unwrap();
+    assert_eq!(early["done"], false);
+    assert_eq!(early["state"]["status"], "processing");
+
+    let waiting = tokio::spawn({
+        let (http, url) = (s.facade.http.clone(), result_url(60));
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    });
+    let name = s.api.list(&Default::default()).await.unwrap().items[0].name_any();
+    kube_env::wait_job(&s.api, &name, "Completed", Duration::from_secs(60), |j| {
+        j.phase() == Phase::Completed
+    })
+    .await;
+    let completed_at = tokio::time::Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("the waiting request answered right after completion, not at its timeout")
+        .unwrap();
+    assert!(completed_at.elapsed() < Duration::from_secs(3));
+    assert_eq!(result["done"], true);
+    assert_eq!(result["state"]["status"], "completed");
+}
+
+#[tokio::test]
+async fn delete_cancels_a_running_job() {
+    let s = setup("cancel").await;
+    let fake = FakeLykdat::start(vec![Reply::ok(&[]).after(Duration::from_secs(120))]).await;
+    let _worker = TestWorker::start(
+        &s.settings,
+        support::lykdat_client(&fake.base_url, Some("k"), Duration::from_secs(150)),
+        |st| Arc::new(st),
+    );
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let mut body = valid();
+    body["similarity_search"] = json!(true);
+    let (_, accepted) = post(&s.facade, &body).await;
+    let workflow_id = accepted["workflow_id"].as_str().unwrap().to_owned();
+    eventually(
+        "the similarity search to run",
+        Duration::from_secs(60),
+        || async { (!fake.requests().is_empty()).then_some(()) },
+    )
+    .await;
+
+    let r = s
+        .facade
+        .http
+        .delete(s.facade.url(&format!("/images/workflow/{workflow_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelling");
+    let status_url = s
+        .facade
+        .url(&format!("/images/workflow/{workflow_id}/status"));
+    eventually("the job to be gone", Duration::from_secs(60), || async {
+        (s.facade.http.get(&status_url).send().await.ok()?.status() == 404).then_some(())
+    })
+    .await;
+    let workflow = support::gateway(&s.settings)
+        .snapshot(&workflow_id)
+        .await
+        .unwrap();
+    assert_eq!(workflow.execution, ExecutionStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_posts_make_fifty_jobs_that_all_complete_and_list_in_pages() {
+    let s = setup("fifty").await;
+    let _worker = TestWorker::plain(&s.settings);
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let posts = (0..50).map(|i| {
+        let (http, url) = (s.facade.http.clone(), s.facade.url("/images/process"));
+        async move {
+            let body =
+                json!({"url": format!("https://example.com/{i}.jpg"), "tags": [format!("n{i}")]});
+            let r = http.post(url).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::ACCEPTED);
+            r.json::<Value>().await.unwrap()["workflow_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    });
+    let mut ids = futures::future::join_all(posts).await;
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 50, "50 distinct workflow ids");
+
+    let listed = eventually(
+        "50 completed jobs in the list",
+        Duration::from_secs(120),
+        || async {
+            let mut seen = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let mut url = s.facade.url("/images/workflows?status=completed&limit=20");
+                if let Some(t) = &token {
+                    url.push_str(&format!(
+                        "&continue={}",
+                        url::form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>()
+                    ));
+                }
+                let page: Value = s
+                    .facade
+                    .http
+                    .get(url)
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                let items = page["items"].as_array()?;
+                assert!(items.len() <= 20);
+                seen.extend(
+                    items
+                        .iter()
+                        .filter_map(|i| i["workflow_id"].as_str().map(str::to_owned)),
+                );
+                match page["continue"].as_str() {
+                    Some(t) => token = Some(t.to_owned()),
+                    None => break,
+                }
+            }
+            (seen.len() == 50).then_some(seen)
+        },
+    )
+    .await;
+    let mut listed = listed;
+    listed.sort();
+    assert_eq!(listed, ids);
+    assert_eq!(
+        s.api.list(&Default::default()).await.unwrap().items.len(),
+        50
+    );
+}
+
+#[tokio::test]
+async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
+    let s = setup("fuzz").await;
+    // Jobs the fuzzer creates complete at once, so its result calls do not wait out their timeout.
+    let _worker = TestWorker::plain(&s.settings);
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let out = tokio::process::Command::new("schemathesis")
+        .args(["run", &s.facade.url("/openapi.json")])
+        .args(["--checks", "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance"])
+        .args(["--max-examples", "25", "--request-timeout", "10", "--phases", "examples,coverage,fuzzing"])
+        .args(["--header", &format!("Authorization: Bearer {TOKEN}")])
+        .env("SCHEMATHESIS_HOOKS", "")
+        .output()
+        .await
+        .expect("schemathesis is installed by scripts/install-deps.sh");
+    let report = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{report}"
+    );
+}
