@@ -32,6 +32,8 @@ pub enum LogFormat {
 }
 
 /// The roles.
+// Parsed once at startup: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Reconcile ImageJobs into Temporal workflows.

@@ -34,6 +34,8 @@ pub const URL_PATTERN: &str = r"^https?://[^\s]+$";
 
 /// An image to process: its metadata is stored and, optionally, a visual similarity search is
 /// run on it, by one durable Temporal `ImageProcessingWorkflow`.
+// The printer columns repeat `type_ = "string"`, which clippy mistakes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "imagejob.dev",

@@ -75,15 +75,11 @@ impl Metrics {
         let mut registry = Registry::with_prefix("imagejob");
         let reconciles = Counter::default();
         let reconcile_errors = Family::<ErrorLabel, Counter>::default();
-        let reconcile_duration = Histogram::new(
-            [
-                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0,
-            ]
-            .into_iter(),
-        );
+        let reconcile_duration = Histogram::new([
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0,
+        ]);
         let status_writes = Counter::default();
-        let status_writes_per_job =
-            Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 13.0].into_iter());
+        let status_writes_per_job = Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 13.0]);
         let apiserver_requests = Family::<VerbLabel, Counter>::default();
         let jobs = Family::<PhaseLabel, Gauge>::default();
         let http_requests = Family::<ClassLabel, Counter>::default();

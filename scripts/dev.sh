@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# README's first command: installs what is missing, starts the whole stack locally (etcd +
+# kube-apiserver + Temporal with its UI) and runs the operator (`run`: worker + controller +
+# facade) on its embedded defaults, in the foreground. Ctrl-C stops everything it started.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+# shellcheck source=scripts/common.sh
+source scripts/common.sh
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+
+scripts/install-deps.sh
+step "building imagejob-operator"
+cargo build --bin imagejob-operator
+
+stack="$root/.stack/dev"
+scripts/stack.sh down "$stack" 2>/dev/null || true
+trap 'echo; step "stopping the stack"; scripts/stack.sh down "$stack"' EXIT
+scripts/stack.sh up "$stack"
+# shellcheck disable=SC1091
+source "$stack/env"
+facade_port="${FACADE_PORT:-8080}"
+metrics_port="${METRICS_PORT:-9090}"
+
+cat <<MSG
+
+  The stack is up. In another shell:
+
+    export KUBECONFIG=$KUBECONFIG
+    kubectl apply -f examples/imagejob.yaml
+    kubectl get ij -o wide
+    kubectl wait --for=condition=Succeeded ij/blue-shirt
+
+    curl -s -XPOST localhost:$facade_port/images/process -H 'content-type: application/json' \\
+      -d '{"url":"https://example.com/image.jpg","title":"Product Image","tags":["shirt"]}'
+    curl -s localhost:$facade_port/images/workflow/<workflow_id>/status
+    curl -s localhost:$facade_port/images/workflow/<workflow_id>/result
+
+  API docs:     http://localhost:$facade_port/docs
+  Temporal UI:  $TEMPORAL_UI_URL
+  Metrics:      http://localhost:$metrics_port/metrics
+  Ctrl-C stops the operator and the stack.
+
+MSG
+EMBEDDED_STORE_PATH="${EMBEDDED_STORE_PATH:-$stack/metadata.redb}" \
+  ./target/debug/imagejob-operator run --no-auth \
+  --facade-addr "127.0.0.1:$facade_port" --metrics-addr "127.0.0.1:$metrics_port"
