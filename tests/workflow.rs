@@ -400,3 +400,60 @@ async fn a_worker_killed_mid_activity_is_replaced_and_the_workflow_completes() {
         "the killed attempt was retried once"
     );
 }
+
+fn seed_client(settings: &TemporalSettings, mode: &str) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/seed_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(format!("{}:{}", settings.host, settings.port))
+        .arg(&settings.task_queue)
+        .arg(mode)
+        .output()
+        .expect("python3 with temporalio (installed by scripts/install-deps.sh)");
+    assert!(out.status.success(), "seed client: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
+
+#[tokio::test]
+async fn the_python_sdk_drives_the_workflow_by_the_seeds_names_and_payloads() {
+    let (settings, _gateway, _) = setup();
+    let worker = TestWorker::plain(&settings);
+    let settings_for_python = settings.clone();
+    let seen = tokio::task::spawn_blocking(move || seed_client(&settings_for_python, "complete")).await.unwrap();
+    let result = &seen["result"];
+    assert_eq!(result["state"]["status"], "completed");
+    assert_eq!(result["state"]["metadata_stored"], true);
+    assert_eq!(result["state"]["similarity_search_completed"], false);
+    assert_eq!(seen["final_state"], result["state"]);
+    let image_id = result["state"]["image_id"].as_str().expect("image_id");
+    let doc = worker.store.get(image_id).await.unwrap().expect("document");
+    assert_eq!(doc.workflow_id, seen["workflow_id"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn the_python_sdk_cancels_by_the_seeds_signal() {
+    let (settings, _gateway, _) = setup();
+    let fake = FakeLykdat::start(vec![Reply::ok(&[]).after(Duration::from_secs(60))]).await;
+    let _worker = TestWorker::start(
+        &settings,
+        support::lykdat_client(&fake.base_url, Some("key"), Duration::from_secs(90)),
+        |s| Arc::new(s),
+    );
+    let settings_for_python = settings.clone();
+    let seen = tokio::task::spawn_blocking(move || seed_client(&settings_for_python, "cancel")).await.unwrap();
+    assert_eq!(seen["running_state"]["status"], "processing");
+    assert_eq!(seen["outcome"], "CancelledError");
+    assert_eq!(seen["final_state"]["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn the_worker_process_stops_cleanly_on_sigterm() {
+    let (settings, gateway, id) = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = worker_process(&settings, "http://127.0.0.1:9", dir.path());
+    gateway.start(&id, input(false)).await.unwrap();
+    let done = finish(&gateway, &id).await;
+    assert_eq!(done.execution, ExecutionStatus::Completed, "the worker process served the workflow");
+    let status = tokio::task::spawn_blocking(move || worker.terminate()).await.unwrap();
+    assert!(status.success(), "worker exit status after SIGTERM: {status}");
+}
