@@ -87,7 +87,7 @@ clusters:
 - name: local
   cluster:
     server: https://127.0.0.1:$kube_port
-    insecure-skip-tls-verify: true
+    certificate-authority: $dir/certs/apiserver.crt
 users:
 - name: admin
   user:

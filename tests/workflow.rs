@@ -410,7 +410,11 @@ fn seed_client(settings: &TemporalSettings, mode: &str) -> serde_json::Value {
         .arg(mode)
         .output()
         .expect("python3 with temporalio (installed by scripts/install-deps.sh)");
-    assert!(out.status.success(), "seed client: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "seed client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("one JSON line")
 }
 
@@ -419,7 +423,9 @@ async fn the_python_sdk_drives_the_workflow_by_the_seeds_names_and_payloads() {
     let (settings, _gateway, _) = setup();
     let worker = TestWorker::plain(&settings);
     let settings_for_python = settings.clone();
-    let seen = tokio::task::spawn_blocking(move || seed_client(&settings_for_python, "complete")).await.unwrap();
+    let seen = tokio::task::spawn_blocking(move || seed_client(&settings_for_python, "complete"))
+        .await
+        .unwrap();
     let result = &seen["result"];
     assert_eq!(result["state"]["status"], "completed");
     assert_eq!(result["state"]["metadata_stored"], true);
@@ -440,7 +446,9 @@ async fn the_python_sdk_cancels_by_the_seeds_signal() {
         |s| Arc::new(s),
     );
     let settings_for_python = settings.clone();
-    let seen = tokio::task::spawn_blocking(move || seed_client(&settings_for_python, "cancel")).await.unwrap();
+    let seen = tokio::task::spawn_blocking(move || seed_client(&settings_for_python, "cancel"))
+        .await
+        .unwrap();
     assert_eq!(seen["running_state"]["status"], "processing");
     assert_eq!(seen["outcome"], "CancelledError");
     assert_eq!(seen["final_state"]["status"], "cancelled");
@@ -453,7 +461,16 @@ async fn the_worker_process_stops_cleanly_on_sigterm() {
     let mut worker = worker_process(&settings, "http://127.0.0.1:9", dir.path());
     gateway.start(&id, input(false)).await.unwrap();
     let done = finish(&gateway, &id).await;
-    assert_eq!(done.execution, ExecutionStatus::Completed, "the worker process served the workflow");
-    let status = tokio::task::spawn_blocking(move || worker.terminate()).await.unwrap();
-    assert!(status.success(), "worker exit status after SIGTERM: {status}");
+    assert_eq!(
+        done.execution,
+        ExecutionStatus::Completed,
+        "the worker process served the workflow"
+    );
+    let status = tokio::task::spawn_blocking(move || worker.terminate())
+        .await
+        .unwrap();
+    assert!(
+        status.success(),
+        "worker exit status after SIGTERM: {status}"
+    );
 }
