@@ -9,6 +9,8 @@ pub mod controller;
 pub mod crd;
 /// REST facade: the seed's endpoints over ImageJobs.
 pub mod facade;
+/// The Kubernetes client, with its requests counted.
+pub mod kube_client;
 /// Prometheus metrics shared by the roles.
 pub mod metrics;
 /// The `run` role: worker, controller and facade in one process.

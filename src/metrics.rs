@@ -106,7 +106,7 @@ impl Metrics {
         );
         registry.register(
             "apiserver_requests",
-            "Controller requests to the apiserver, by verb",
+            "Requests to the apiserver, by verb",
             apiserver_requests.clone(),
         );
         registry.register("jobs", "ImageJobs in the cache, by phase", jobs.clone());

@@ -6,12 +6,13 @@ use crate::{
     controller::{self, LeaderElector, LeaseSettings},
     crd::ImageJob,
     facade::{self, Auth, FacadeState, JobCache, TokenFile},
+    kube_client,
     metrics::{Metrics, SharedMetrics},
     temporal::{ImageActivities, TemporalGateway, WorkflowGateway, spawn_worker},
 };
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use kube::{Api, Client, runtime::reflector::Store};
+use kube::{Api, runtime::reflector::Store};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::sync::{OnceCell, watch};
 use tracing::{info, warn};
@@ -81,11 +82,11 @@ pub async fn controller(
     args: &ControllerArgs,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let client = Client::try_default()
-        .await
-        .context("connecting to Kubernetes")?;
     let gateway: Arc<dyn WorkflowGateway> = Arc::new(TemporalGateway::new(temporal.settings()));
     let metrics: SharedMetrics = Arc::new(Metrics::new());
+    let client = kube_client::counted(metrics.clone())
+        .await
+        .context("connecting to Kubernetes")?;
     let store = Arc::new(OnceCell::new());
     let probes = serve_probes(
         args.metrics_addr,
@@ -230,7 +231,8 @@ pub async fn facade(
             TokenFile::open(path).context("reading the facade tokens file")?,
         ))
     };
-    let client = Client::try_default()
+    let metrics: SharedMetrics = Arc::new(Metrics::new());
+    let client = kube_client::counted(metrics.clone())
         .await
         .context("connecting to Kubernetes")?;
     let api: Api<ImageJob> = Api::namespaced(client, &args.facade_namespace);
@@ -242,7 +244,7 @@ pub async fn facade(
         cache,
         gateway: Arc::new(TemporalGateway::new(temporal.settings())),
         similarity_default: args.similarity_search_default,
-        metrics: Arc::new(Metrics::new()),
+        metrics,
     });
     let listener = tokio::net::TcpListener::bind(args.facade_addr)
         .await

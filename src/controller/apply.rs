@@ -108,7 +108,6 @@ async fn write_status(
         "kind": ImageJob::kind(&()),
         "status": desired,
     });
-    ctx.metrics.apiserver_request("patch_status");
     api.patch_status(
         &job.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -174,7 +173,6 @@ async fn expire(job: &ImageJob, ctx: &Context) -> Result<Action> {
     info!(name = %job.name_any(), "TTL after finish ran out; deleting the job");
     let api: Api<ImageJob> =
         Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    ctx.metrics.apiserver_request("delete");
     match api.delete(&job.name_any(), &DeleteParams::default()).await {
         Ok(_) => Ok(Action::await_change()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(Action::await_change()),

@@ -99,7 +99,6 @@ impl Context {
             action: "Reconcile".to_owned(),
             secondary: None,
         };
-        self.metrics.apiserver_request("create_event");
         if let Err(e) = self.recorder.publish(&event, &job.object_ref(&())).await {
             warn!(namespace = ?job.namespace(), name = %job.name_any(), error = %e, "event not recorded");
         }
