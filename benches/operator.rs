@@ -1,0 +1,681 @@
+//! The operator against raw Temporal, side by side, in one run, on the real local stack that
+//! `scripts/bench.sh` starts. Prints a table and writes the same figures as JSON.
+//!
+//! 1. raw Temporal: N workflows started by a Temporal client against the worker;
+//! 2. the operator: N ImageJobs created through the apiserver, until `Completed`;
+//! 3. the facade: N `POST /images/process` until completed, and `GET .../status` under `wrk`;
+//! 4. efficiency: status writes and apiserver requests per job, controller RSS with 1,000 and
+//!    10,000 ImageJobs present, worker RSS.
+//!
+//! Each figure is the median of `--reps` repetitions, with min and max; a warm-up is excluded.
+
+use clap::Parser;
+use futures::{StreamExt, future::join_all};
+use imagejob_operator::{
+    crd::{ImageJob, ImageJobSpec, ImageJobStatus, Phase},
+    temporal::{ImageProcessingInput, TemporalGateway, TemporalSettings, WorkflowGateway},
+};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::{Value, json};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use tokio::sync::{Notify, Semaphore};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Workflows / jobs per phase and repetition.
+    #[arg(long, default_value_t = 200)]
+    jobs: usize,
+    /// Repetitions of each phase (figures are medians).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Requests in flight at once when submitting.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// ImageJob counts at which the controller's RSS is measured.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    rss_jobs: Vec<usize>,
+    /// Seconds of each `wrk` run on the status endpoint.
+    #[arg(long, default_value_t = 10)]
+    wrk_seconds: u64,
+    /// `wrk` connections.
+    #[arg(long, default_value_t = 32)]
+    wrk_connections: u32,
+    /// Folder of the JSON results.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+const TOKEN: &str = "bench-token";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/bench.sh"))
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn rss_mib(&self) -> f64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(f64::NAN)
+    }
+}
+
+fn spawn(role: &str, envs: &[(&str, String)]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagejob-operator"));
+    cmd.arg(role).env("RUST_LOG", "warn").stdout(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().expect("spawn operator"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Median, min and max of one figure over the repetitions.
+#[derive(Clone, Copy, Debug)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stat(mut values: Vec<f64>) -> Stat {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let median = if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    };
+    Stat {
+        median,
+        min: values[0],
+        max: values[n - 1],
+    }
+}
+
+fn percentile(sorted_ms: &[f64], q: f64) -> f64 {
+    let rank = ((q * sorted_ms.len() as f64).ceil() as usize).clamp(1, sorted_ms.len());
+    sorted_ms[rank - 1]
+}
+
+/// Throughput and latency percentiles of one repetition.
+struct Run {
+    per_sec: f64,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+}
+
+fn summarize(wall: Duration, mut latencies_ms: Vec<f64>) -> Run {
+    latencies_ms.sort_by(f64::total_cmp);
+    Run {
+        per_sec: latencies_ms.len() as f64 / wall.as_secs_f64(),
+        p50: percentile(&latencies_ms, 0.50),
+        p95: percentile(&latencies_ms, 0.95),
+        p99: percentile(&latencies_ms, 0.99),
+    }
+}
+
+fn input(i: usize) -> ImageProcessingInput {
+    ImageProcessingInput {
+        url: format!("https://example.com/{i}.jpg"),
+        title: Some("bench".into()),
+        description: None,
+        tags: vec!["bench".into()],
+        similarity_search: false,
+    }
+}
+
+/// Phase 1: workflows straight through Temporal.
+async fn raw_temporal(gateway: &Arc<TemporalGateway>, n: usize, concurrency: usize) -> Run {
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let started = Instant::now();
+    let tasks = (0..n).map(|i| {
+        let (gateway, gate) = (gateway.clone(), gate.clone());
+        tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.expect("semaphore");
+            let id = format!("image-processing-{}", uuid::Uuid::new_v4());
+            let t0 = Instant::now();
+            gateway.start(&id, input(i)).await.expect("start");
+            gateway.wait_closed(&id).await.expect("wait");
+            t0.elapsed().as_secs_f64() * 1000.0
+        })
+    });
+    let latencies = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    summarize(started.elapsed(), latencies)
+}
+
+/// When each job (by uid) was first seen finished, fed by a watch on the namespace.
+#[derive(Clone, Default)]
+struct Finished {
+    at: Arc<Mutex<HashMap<String, Instant>>>,
+    changed: Arc<Notify>,
+}
+
+impl Finished {
+    fn watch(&self, api: Api<ImageJob>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut jobs = std::pin::pin!(
+                watcher(api, watcher::Config::default())
+                    .default_backoff()
+                    .applied_objects()
+            );
+            while let Some(Ok(job)) = jobs.next().await {
+                if job.phase().is_terminal()
+                    && let Some(uid) = job.uid()
+                {
+                    this.at
+                        .lock()
+                        .expect("lock")
+                        .entry(uid)
+                        .or_insert_with(Instant::now);
+                    this.changed.notify_waiters();
+                }
+            }
+        });
+    }
+
+    async fn wait_all(&self, uids: &[String]) -> Vec<Instant> {
+        loop {
+            let notified = self.changed.notified();
+            {
+                let at = self.at.lock().expect("lock");
+                if uids.iter().all(|u| at.contains_key(u)) {
+                    return uids.iter().map(|u| at[u]).collect();
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+        }
+    }
+}
+
+/// Phase 2: jobs created through the apiserver, until Completed.
+async fn operator(
+    api: &Api<ImageJob>,
+    finished: &Finished,
+    n: usize,
+    concurrency: usize,
+    tag: &str,
+) -> Run {
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let started = Instant::now();
+    let tasks = (0..n).map(|i| {
+        let (api, gate) = (api.clone(), gate.clone());
+        let name = format!("{tag}-{i}");
+        tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.expect("semaphore");
+            let spec = ImageJobSpec {
+                url: format!("https://example.com/{i}.jpg"),
+                tags: vec!["bench".into()],
+                ..Default::default()
+            };
+            let t0 = Instant::now();
+            let job = api
+                .create(&PostParams::default(), &ImageJob::new(&name, spec))
+                .await
+                .expect("create");
+            (job.uid().expect("uid"), t0)
+        })
+    });
+    let submitted: Vec<_> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    let uids: Vec<_> = submitted.iter().map(|(u, _)| u.clone()).collect();
+    let done = finished.wait_all(&uids).await;
+    let latencies = submitted
+        .iter()
+        .zip(&done)
+        .map(|((_, t0), t1)| t1.duration_since(*t0).as_secs_f64() * 1000.0)
+        .collect();
+    summarize(started.elapsed(), latencies)
+}
+
+/// Phase 3a: POST /images/process until completed.
+async fn facade_posts(base: &str, finished: &Finished, n: usize, concurrency: usize) -> Run {
+    let http = reqwest::Client::new();
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let started = Instant::now();
+    let tasks = (0..n).map(|i| {
+        let (http, gate, url) = (http.clone(), gate.clone(), format!("{base}/images/process"));
+        tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.expect("semaphore");
+            let t0 = Instant::now();
+            let body: Value = http
+                .post(url)
+                .bearer_auth(TOKEN)
+                .json(&json!({"url": format!("https://example.com/{i}.jpg"), "tags": ["bench"]}))
+                .send()
+                .await
+                .expect("post")
+                .json()
+                .await
+                .expect("json");
+            let id = body["workflow_id"]
+                .as_str()
+                .expect("workflow_id")
+                .to_owned();
+            (id.trim_start_matches("image-processing-").to_owned(), t0)
+        })
+    });
+    let submitted: Vec<_> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    let uids: Vec<_> = submitted.iter().map(|(u, _)| u.clone()).collect();
+    let done = finished.wait_all(&uids).await;
+    let latencies = submitted
+        .iter()
+        .zip(&done)
+        .map(|((_, t0), t1)| t1.duration_since(*t0).as_secs_f64() * 1000.0)
+        .collect();
+    summarize(started.elapsed(), latencies)
+}
+
+fn parse_wrk_latency(text: &str) -> f64 {
+    let (number, factor) = if let Some(v) = text.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = text.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = text.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        (text, 1.0)
+    };
+    number.parse::<f64>().unwrap_or(f64::NAN) * factor
+}
+
+/// Phase 3b: `GET .../status` under wrk: (requests/s, p50 ms, p99 ms).
+fn wrk_status(url: &str, seconds: u64, connections: u32) -> (f64, f64, f64) {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+        ])
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}"), url])
+        .output()
+        .expect("wrk (scripts/install-deps.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    let pct = |p: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(p))
+            .map(|v| parse_wrk_latency(v.trim()))
+            .unwrap_or(f64::NAN)
+    };
+    (rps, pct("50%"), pct("99%"))
+}
+
+/// Sums the samples of a metric in a Prometheus text exposition.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with(' ') || l[name.len()..].starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn scrape(url: &str) -> String {
+    reqwest::get(url)
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// Adds finished jobs (status Completed) until `ns` holds `total`, while no controller runs.
+async fn fill_finished(client: &Client, ns: &str, total: usize) {
+    let api: Api<ImageJob> = Api::namespaced(client.clone(), ns);
+    let have = api
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .len();
+    let gate = Arc::new(Semaphore::new(64));
+    let tasks = (have..total).map(|i| {
+        let (api, gate) = (api.clone(), gate.clone());
+        tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.expect("semaphore");
+            let name = format!("done-{i}");
+            let spec = ImageJobSpec { url: format!("https://example.com/{i}.jpg"), tags: vec!["bench".into(), "rss".into()], ..Default::default() };
+            api.create(&PostParams::default(), &ImageJob::new(&name, spec)).await.expect("create");
+            let status = ImageJobStatus {
+                phase: Phase::Completed,
+                workflow_id: Some(format!("image-processing-{}", uuid::Uuid::new_v4())),
+                image_id: Some(uuid::Uuid::new_v4().to_string()),
+                metadata_stored: true,
+                ..Default::default()
+            };
+            let patch = json!({"apiVersion": "imagejob.dev/v1alpha1", "kind": "ImageJob", "status": status});
+            api.patch_status(&name, &PatchParams::apply("bench").force(), &Patch::Apply(&patch)).await.expect("status");
+        })
+    });
+    for t in join_all(tasks).await {
+        t.expect("task");
+    }
+}
+
+/// Controller RSS (MiB) once it has reconciled every job in `ns`.
+async fn controller_rss(ns: &str, settings: &TemporalSettings, jobs: usize) -> f64 {
+    let port = free_port();
+    let controller = spawn("controller", &controller_env(ns, settings, port));
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Ok(r) = reqwest::get(&url).await
+            && let Ok(text) = r.text().await
+            && metric_sum(&text, "imagejob_reconciles_total") >= jobs as f64
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "controller did not reconcile {jobs} jobs in time"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Settle, then take the highest of a few samples.
+    let mut rss: f64 = 0.0;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rss = rss.max(controller.rss_mib());
+    }
+    rss
+}
+
+fn temporal_env(settings: &TemporalSettings) -> Vec<(&'static str, String)> {
+    vec![
+        ("TEMPORAL_HOST", settings.host.clone()),
+        ("TEMPORAL_PORT", settings.port.to_string()),
+        ("TEMPORAL_TASK_QUEUE", settings.task_queue.clone()),
+    ]
+}
+
+fn controller_env(ns: &str, settings: &TemporalSettings, port: u16) -> Vec<(&'static str, String)> {
+    let mut e = temporal_env(settings);
+    e.push(("WATCH_NAMESPACES", ns.to_owned()));
+    e.push(("CONTROLLER_METRICS_ADDR", format!("127.0.0.1:{port}")));
+    e
+}
+
+async fn create_namespace(client: &Client, name: &str) {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace");
+}
+
+fn fmt_stat(s: Stat, digits: usize) -> String {
+    format!(
+        "{:.*} ({:.*}–{:.*})",
+        digits, s.median, digits, s.min, digits, s.max
+    )
+}
+
+fn stat_json(s: Stat) -> Value {
+    json!({"median": s.median, "min": s.min, "max": s.max})
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    imagejob_operator::tls::install_crypto_provider();
+    let settings = TemporalSettings {
+        host: env("TEMPORAL_HOST"),
+        port: env("TEMPORAL_PORT").parse().expect("port"),
+        namespace: "default".into(),
+        task_queue: format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+    };
+    let client = Client::try_default().await.expect("KUBECONFIG");
+    let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let ns = format!("bench-{run_id}");
+    create_namespace(&client, &ns).await;
+    let api: Api<ImageJob> = Api::namespaced(client.clone(), &ns);
+    let data = tempfile::tempdir().expect("tempdir");
+    let tokens = data.path().join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).expect("tokens");
+
+    let mut worker_env = temporal_env(&settings);
+    worker_env.push((
+        "EMBEDDED_STORE_PATH",
+        data.path().join("meta.redb").display().to_string(),
+    ));
+    let worker = spawn("worker", &worker_env);
+    let metrics_port = free_port();
+    let controller = spawn("controller", &controller_env(&ns, &settings, metrics_port));
+    let facade_port = free_port();
+    let mut facade_env = temporal_env(&settings);
+    facade_env.push(("FACADE_NAMESPACE", ns.clone()));
+    facade_env.push(("FACADE_ADDR", format!("127.0.0.1:{facade_port}")));
+    facade_env.push(("FACADE_TOKENS_FILE", tokens.display().to_string()));
+    let _facade = spawn("facade", &facade_env);
+    let base = format!("http://127.0.0.1:{facade_port}");
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    for _ in 0..200 {
+        if reqwest::get(format!("{base}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let gateway = Arc::new(TemporalGateway::new(settings.clone()));
+    let finished = Finished::default();
+    finished.watch(api.clone());
+
+    eprintln!("warm-up ({} workflows, jobs and posts)", 20);
+    raw_temporal(&gateway, 20, args.concurrency).await;
+    operator(&api, &finished, 20, args.concurrency, "warm").await;
+    facade_posts(&base, &finished, 20, args.concurrency).await;
+
+    let (mut raw, mut op, mut posts, mut ratio) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let before = scrape(&metrics_url).await;
+    for rep in 0..args.reps {
+        eprintln!(
+            "repetition {}/{}: {} jobs per phase",
+            rep + 1,
+            args.reps,
+            args.jobs
+        );
+        let r = raw_temporal(&gateway, args.jobs, args.concurrency).await;
+        let o = operator(
+            &api,
+            &finished,
+            args.jobs,
+            args.concurrency,
+            &format!("rep{rep}"),
+        )
+        .await;
+        let p = facade_posts(&base, &finished, args.jobs, args.concurrency).await;
+        ratio.push(o.per_sec / r.per_sec);
+        raw.push(r);
+        op.push(o);
+        posts.push(p);
+    }
+    let after = scrape(&metrics_url).await;
+    let jobs_measured = (2 * args.jobs * args.reps) as f64;
+    let writes_per_job = (metric_sum(&after, "imagejob_status_writes_total")
+        - metric_sum(&before, "imagejob_status_writes_total"))
+        / jobs_measured;
+    let requests_per_job = (metric_sum(&after, "imagejob_apiserver_requests_total")
+        - metric_sum(&before, "imagejob_apiserver_requests_total"))
+        / jobs_measured;
+
+    let some_id = api.list(&Default::default()).await.expect("list").items[0]
+        .status
+        .clone()
+        .and_then(|s| s.workflow_id)
+        .expect("an id");
+    let status_url = format!("{base}/images/workflow/{some_id}/status");
+    let wrk_runs: Vec<_> = (0..args.reps)
+        .map(|_| wrk_status(&status_url, args.wrk_seconds, args.wrk_connections))
+        .collect();
+
+    let worker_rss = worker.rss_mib();
+    drop(controller);
+    let mut rss = Vec::new();
+    let rss_ns = format!("bench-rss-{run_id}");
+    create_namespace(&client, &rss_ns).await;
+    for &n in &args.rss_jobs {
+        eprintln!("controller RSS with {n} ImageJobs present");
+        fill_finished(&client, &rss_ns, n).await;
+        rss.push((n, controller_rss(&rss_ns, &settings, n).await));
+    }
+
+    let col = |f: fn(&Run) -> f64, runs: &[Run]| stat(runs.iter().map(f).collect());
+    let rows: Vec<(&str, &[Run])> = vec![
+        ("raw Temporal", &raw),
+        ("operator (apiserver)", &op),
+        ("facade POST", &posts),
+    ];
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+
+    println!(
+        "\nimagejob-operator benchmark — {cores} cores, commit {commit}, {} jobs x {} reps, concurrency {}",
+        args.jobs, args.reps, args.concurrency
+    );
+    println!("median (min–max)\n");
+    println!("| path | jobs/s | p50 ms | p95 ms | p99 ms |");
+    println!("|---|---|---|---|---|");
+    let mut paths = serde_json::Map::new();
+    for (name, runs) in &rows {
+        let (t, p50, p95, p99) = (
+            col(|r| r.per_sec, runs),
+            col(|r| r.p50, runs),
+            col(|r| r.p95, runs),
+            col(|r| r.p99, runs),
+        );
+        println!(
+            "| {name} | {} | {} | {} | {} |",
+            fmt_stat(t, 1),
+            fmt_stat(p50, 1),
+            fmt_stat(p95, 1),
+            fmt_stat(p99, 1)
+        );
+        paths.insert(name.to_string(), json!({"per_sec": stat_json(t), "p50_ms": stat_json(p50), "p95_ms": stat_json(p95), "p99_ms": stat_json(p99)}));
+    }
+    let ratio = stat(ratio);
+    let overhead = stat(raw.iter().zip(&op).map(|(r, o)| o.p50 - r.p50).collect());
+    let wrk_rps = stat(wrk_runs.iter().map(|w| w.0).collect());
+    let wrk_p50 = stat(wrk_runs.iter().map(|w| w.1).collect());
+    let wrk_p99 = stat(wrk_runs.iter().map(|w| w.2).collect());
+    println!();
+    println!("| figure | value | target |");
+    println!("|---|---|---|");
+    println!(
+        "| operator / raw throughput | {} | >= 0.9 |",
+        fmt_stat(ratio, 2)
+    );
+    println!(
+        "| create->Completed overhead, p50 ms | {} | <= 100 |",
+        fmt_stat(overhead, 1)
+    );
+    println!("| status writes per job | {writes_per_job:.2} | <= 3 |");
+    println!("| apiserver requests per job (controller) | {requests_per_job:.2} | |");
+    println!(
+        "| facade GET status req/s (wrk, {} conns) | {} | >= 20000 |",
+        args.wrk_connections,
+        fmt_stat(wrk_rps, 0)
+    );
+    println!(
+        "| facade GET status p50 / p99 ms | {} / {} | p99 < 5 |",
+        fmt_stat(wrk_p50, 2),
+        fmt_stat(wrk_p99, 2)
+    );
+    for (n, mib) in &rss {
+        println!("| controller RSS with {n} ImageJobs, MiB | {mib:.1} | <= 50 at 10000 |");
+    }
+    println!("| worker RSS, MiB | {worker_rss:.1} | |");
+
+    let result = json!({
+        "commit": commit, "cores": cores, "jobs": args.jobs, "reps": args.reps, "concurrency": args.concurrency,
+        "paths": paths,
+        "operator_over_raw_throughput": stat_json(ratio),
+        "create_to_completed_overhead_p50_ms": stat_json(overhead),
+        "status_writes_per_job": writes_per_job,
+        "apiserver_requests_per_job": requests_per_job,
+        "facade_get_status": {"connections": args.wrk_connections, "seconds": args.wrk_seconds,
+            "requests_per_sec": stat_json(wrk_rps), "p50_ms": stat_json(wrk_p50), "p99_ms": stat_json(wrk_p99)},
+        "controller_rss_mib": rss.iter().map(|(n, m)| json!({"jobs": n, "rss_mib": m})).collect::<Vec<_>>(),
+        "worker_rss_mib": worker_rss,
+    });
+    std::fs::create_dir_all(&args.out).expect("results folder");
+    let path = args.out.join(format!(
+        "bench-{}.json",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    std::fs::write(&path, serde_json::to_string_pretty(&result).expect("json"))
+        .expect("write results");
+    println!("\nJSON: {}", path.display());
+}

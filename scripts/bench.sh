@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The benchmark: starts a private real stack, runs benches/operator.rs (release build) against
+# it, prints the table and writes JSON under bench-results/. Arguments go to the harness, e.g.
+#   scripts/bench.sh --jobs 100 --reps 3 --rss-jobs 1000,10000
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+# shellcheck source=scripts/common.sh
+source scripts/common.sh
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+scripts/install-deps.sh
+step "building the benchmark (release)"
+cargo bench --bench operator --no-run
+stack="$(mktemp -d /tmp/imagejob-bench-stack.XXXXXX)"
+trap 'scripts/stack.sh down "$stack"' EXIT
+scripts/stack.sh up "$stack"
+# shellcheck disable=SC1091
+source "$stack/env"
+cargo bench --bench operator -- "$@"
