@@ -9,11 +9,11 @@ use imagejob_operator::{
     temporal::{ExecutionStatus, TemporalSettings, WorkflowGateway},
 };
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::{Api, Client, ResourceExt, api::DeleteParams};
+use kube::{Api, ResourceExt, api::DeleteParams};
 use std::{process::Command, sync::Arc, time::Duration};
 use support::{
     ChildGuard, TestWorker, eventually,
-    kube_env::{self, InProcessController, create, wait_job},
+    kube_env::{self, InProcessController, Setup, create, wait_job},
     lykdat::{FakeLykdat, Reply},
 };
 
@@ -34,24 +34,8 @@ fn phase_is(phase: Phase) -> impl Fn(&ImageJob) -> bool {
     move |j| j.phase() == phase
 }
 
-struct Setup {
-    client: Client,
-    ns: String,
-    api: Api<ImageJob>,
-    settings: TemporalSettings,
-}
-
 async fn setup(prefix: &str) -> Setup {
-    let client = kube_env::client().await;
-    let ns = kube_env::namespace(&client, prefix).await;
-    let api = Api::namespaced(client.clone(), &ns);
-    let settings = support::temporal(&support::unique("ctl-queue"));
-    Setup {
-        client,
-        ns,
-        api,
-        settings,
-    }
+    Setup::new(prefix).await
 }
 
 #[tokio::test]
@@ -62,11 +46,7 @@ async fn a_job_completes_with_every_status_field_and_kubectl_wait_returns() {
         ("Navy Tee", 0.71),
     ])])
     .await;
-    let worker = TestWorker::start(
-        &s.settings,
-        support::lykdat_client(&fake.base_url, Some("k"), Duration::from_secs(10)),
-        |st| Arc::new(st),
-    );
+    let worker = TestWorker::with_lykdat(&s.settings, &fake.base_url, Duration::from_secs(10));
     let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
     let created = create(&s.api, "shirt", kube_env::spec(true)).await;
 
@@ -182,11 +162,7 @@ async fn an_activity_failing_past_its_retries_ends_failed_with_the_error() {
 async fn deleting_a_running_job_cancels_its_workflow_and_the_object_goes() {
     let s = setup("delete").await;
     let fake = FakeLykdat::start(vec![Reply::ok(&[]).after(Duration::from_secs(120))]).await;
-    let _worker = TestWorker::start(
-        &s.settings,
-        support::lykdat_client(&fake.base_url, Some("k"), Duration::from_secs(150)),
-        |st| Arc::new(st),
-    );
+    let _worker = TestWorker::with_lykdat(&s.settings, &fake.base_url, Duration::from_secs(150));
     let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
     create(&s.api, "slow", kube_env::spec(true)).await;
     let job = wait_job(

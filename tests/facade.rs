@@ -4,40 +4,24 @@
 mod support;
 
 use imagejob_operator::{
-    crd::{ImageJob, Phase},
+    crd::Phase,
     temporal::{ExecutionStatus, WorkflowGateway},
 };
-use kube::{Api, Client, ResourceExt};
+use kube::ResourceExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 use support::{
     TestWorker, eventually,
     facade_env::{TOKEN, TestFacade},
-    kube_env::{self, InProcessController},
+    kube_env::{self, InProcessController, Setup},
     lykdat::{FakeLykdat, Reply},
 };
 
-struct Setup {
-    client: Client,
-    ns: String,
-    api: Api<ImageJob>,
-    settings: imagejob_operator::temporal::TemporalSettings,
-    facade: TestFacade,
-}
-
-async fn setup(prefix: &str) -> Setup {
-    let client = kube_env::client().await;
-    let ns = kube_env::namespace(&client, prefix).await;
-    let settings = support::temporal(&support::unique("facade-queue"));
-    let facade = TestFacade::start(&client, &ns, &settings).await;
-    Setup {
-        api: Api::namespaced(client.clone(), &ns),
-        client,
-        ns,
-        settings,
-        facade,
-    }
+async fn setup(prefix: &str) -> (Setup, TestFacade) {
+    let s = Setup::new(prefix).await;
+    let facade = TestFacade::start(&s.client, &s.ns, &s.settings).await;
+    (s, facade)
 }
 
 fn valid() -> Value {
@@ -58,7 +42,7 @@ async fn post(f: &TestFacade, body: &Value) -> (StatusCode, Value) {
 
 #[tokio::test]
 async fn invalid_input_gets_a_json_error_naming_the_field_and_creates_nothing() {
-    let s = setup("invalid").await;
+    let (s, facade) = setup("invalid").await;
     let mut cases: Vec<(Value, u16, &str)> = vec![
         (json!({"url": "ftp://example.com/a.jpg"}), 422, "url"),
         (
@@ -105,7 +89,7 @@ async fn invalid_input_gets_a_json_error_naming_the_field_and_creates_nothing() 
         (json!({"url": 42}), 422, "url"),
     ];
     for (body, code, field) in cases.drain(..) {
-        let (status, err) = post(&s.facade, &body).await;
+        let (status, err) = post(&facade, &body).await;
         assert_eq!(status.as_u16(), code, "{body}: {err}");
         assert_eq!(err["error"]["field"], field, "{body}: {err}");
         assert!(
@@ -115,72 +99,51 @@ async fn invalid_input_gets_a_json_error_naming_the_field_and_creates_nothing() 
         );
         assert_eq!(err["error"]["code"], "invalid_field");
     }
+    let f = &facade;
     let raw = |ct: &'static str, body: Vec<u8>| {
-        s.facade
-            .http
-            .post(s.facade.url("/images/process"))
+        f.http
+            .post(f.url("/images/process"))
             .header("content-type", ct)
             .body(body)
-            .send()
     };
-    let r = raw("application/json", b"{\"url\": ".to_vec())
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["code"],
-        "malformed_json"
-    );
-    let r = raw("text/plain", valid().to_string().into_bytes())
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 415);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["code"],
-        "unsupported_media_type"
-    );
-    let huge = json!({"url": "https://e.com/a", "description": "d".repeat(100_000)})
-        .to_string()
-        .into_bytes();
-    let r = raw("application/json", huge).await.unwrap();
-    assert_eq!(r.status(), 413);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["code"],
-        "payload_too_large"
-    );
-    let r = s
-        .facade
-        .http
-        .put(s.facade.url("/images/process"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 405);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["code"],
-        "method_not_allowed"
-    );
-    let r = s
-        .facade
-        .http
-        .get(s.facade.url("/nowhere"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["code"],
-        "no_route"
-    );
-    let r = s
-        .facade
-        .http
-        .get(s.facade.url("/images/workflows?limit=0"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["field"], "limit");
+    let huge = json!({"url": "https://e.com/a", "description": "d".repeat(100_000)});
+    let requests = [
+        (
+            raw("application/json", b"{\"url\": ".to_vec()),
+            400,
+            "malformed_json",
+        ),
+        (
+            raw("text/plain", valid().to_string().into_bytes()),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            raw("application/json", huge.to_string().into_bytes()),
+            413,
+            "payload_too_large",
+        ),
+        (
+            f.http.put(f.url("/images/process")),
+            405,
+            "method_not_allowed",
+        ),
+        (f.http.get(f.url("/nowhere")), 404, "no_route"),
+        (
+            f.http.get(f.url("/images/workflows?limit=0")),
+            400,
+            "invalid_query",
+        ),
+    ];
+    for (request, status, code) in requests {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{code}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{body}");
+        if code == "invalid_query" {
+            assert_eq!(body["error"]["field"], "limit");
+        }
+    }
 
     assert!(
         s.api
@@ -195,10 +158,10 @@ async fn invalid_input_gets_a_json_error_naming_the_field_and_creates_nothing() 
 
 #[tokio::test]
 async fn auth_requires_a_known_bearer_token() {
-    let s = setup("auth").await;
+    let (s, facade) = setup("auth").await;
     let anonymous = reqwest::Client::new();
     let r = anonymous
-        .post(s.facade.url("/images/process"))
+        .post(facade.url("/images/process"))
         .json(&valid())
         .send()
         .await
@@ -210,7 +173,7 @@ async fn auth_requires_a_known_bearer_token() {
         "unauthenticated"
     );
     let r = anonymous
-        .get(s.facade.url("/images/workflows"))
+        .get(facade.url("/images/workflows"))
         .bearer_auth("not-the-token")
         .send()
         .await
@@ -221,7 +184,7 @@ async fn auth_requires_a_known_bearer_token() {
         "forbidden"
     );
     let r = anonymous
-        .get(s.facade.url("/images/workflows"))
+        .get(facade.url("/images/workflows"))
         .bearer_auth(TOKEN)
         .send()
         .await
@@ -230,7 +193,7 @@ async fn auth_requires_a_known_bearer_token() {
     for open in ["/healthz", "/readyz", "/openapi.json", "/docs", "/metrics"] {
         assert_eq!(
             anonymous
-                .get(s.facade.url(open))
+                .get(facade.url(open))
                 .send()
                 .await
                 .unwrap()
@@ -251,7 +214,7 @@ async fn auth_requires_a_known_bearer_token() {
 
 #[tokio::test]
 async fn unknown_workflow_ids_are_404() {
-    let s = setup("unknown").await;
+    let (_s, facade) = setup("unknown").await;
     let id = format!("image-processing-{}", uuid::Uuid::new_v4());
     for (method, path) in [
         (
@@ -268,10 +231,9 @@ async fn unknown_workflow_ids_are_404() {
             "/images/workflow/not-even-an-id/status".to_owned(),
         ),
     ] {
-        let r = s
-            .facade
+        let r = facade
             .http
-            .request(method.clone(), s.facade.url(&path))
+            .request(method.clone(), facade.url(&path))
             .send()
             .await
             .unwrap();
@@ -285,21 +247,17 @@ async fn unknown_workflow_ids_are_404() {
 
 #[tokio::test]
 async fn post_then_status_completes_and_result_equals_the_job_and_the_workflow() {
-    let s = setup("e2e").await;
+    let (s, facade) = setup("e2e").await;
     let fake = FakeLykdat::start(vec![Reply::ok(&[
         ("Blue Oxford", 0.93),
         ("Navy Tee", 0.71),
     ])])
     .await;
-    let _worker = TestWorker::start(
-        &s.settings,
-        support::lykdat_client(&fake.base_url, Some("k"), Duration::from_secs(10)),
-        |st| Arc::new(st),
-    );
+    let _worker = TestWorker::with_lykdat(&s.settings, &fake.base_url, Duration::from_secs(10));
     let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
     let mut body = valid();
     body["similarity_search"] = json!(true);
-    let (status, accepted) = post(&s.facade, &body).await;
+    let (status, accepted) = post(&facade, &body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     assert_eq!(accepted["status"], "processing");
     assert_eq!(
@@ -320,11 +278,8 @@ async fn post_then_status_completes_and_result_equals_the_job_and_the_workflow()
         format!("image-processing-{}", job.uid().unwrap())
     );
 
-    let status_url = s
-        .facade
-        .url(&format!("/images/workflow/{workflow_id}/status"));
-    let first: Value = s
-        .facade
+    let status_url = facade.url(&format!("/images/workflow/{workflow_id}/status"));
+    let first: Value = facade
         .http
         .get(&status_url)
         .send()
@@ -334,13 +289,9 @@ async fn post_then_status_completes_and_result_equals_the_job_and_the_workflow()
         .await
         .unwrap();
     assert_eq!(first["workflow_id"], workflow_id.as_str());
-    let result: Value = s
-        .facade
+    let result: Value = facade
         .http
-        .get(
-            s.facade
-                .url(&format!("/images/workflow/{workflow_id}/result?timeout=60")),
-        )
+        .get(facade.url(&format!("/images/workflow/{workflow_id}/result?timeout=60")))
         .send()
         .await
         .unwrap()
@@ -348,8 +299,7 @@ async fn post_then_status_completes_and_result_equals_the_job_and_the_workflow()
         .await
         .unwrap();
     assert_eq!(result["done"], true, "{result}");
-    let final_status: Value = s
-        .facade
+    let final_status: Value = facade
         .http
         .get(&status_url)
         .send()
@@ -383,26 +333,22 @@ async fn post_then_status_completes_and_result_equals_the_job_and_the_workflow()
 
 #[tokio::test]
 async fn result_is_woken_by_the_watch_and_times_out_cleanly() {
-    let s = setup("wake").await;
+    let (s, facade) = setup("wake").await;
     let fake =
         FakeLykdat::start(vec![Reply::ok(&[("a", 0.5)]).after(Duration::from_secs(4))]).await;
-    let _worker = TestWorker::start(
-        &s.settings,
-        support::lykdat_client(&fake.base_url, Some("k"), Duration::from_secs(10)),
-        |st| Arc::new(st),
-    );
+    let _worker = TestWorker::with_lykdat(&s.settings, &fake.base_url, Duration::from_secs(10));
     let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
     let mut body = valid();
     body["similarity_search"] = json!(true);
-    let (_, accepted) = post(&s.facade, &body).await;
+    let (_, accepted) = post(&facade, &body).await;
     let workflow_id = accepted["workflow_id"].as_str().unwrap().to_owned();
     let result_url = |t: u64| {
-        s.facade.url(&format!(
+        facade.url(&format!(
             "/images/workflow/{workflow_id}/result?timeout={t}"
         ))
     };
 
-    let r = s.facade.http.get(result_url(1)).send().await.unwrap();
+    let r = facade.http.get(result_url(1)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(r.headers()["retry-after"], "1");
     let early: Value = r.json().await.unwrap();
@@ -410,7 +356,7 @@ async fn result_is_woken_by_the_watch_and_times_out_cleanly() {
     assert_eq!(early["state"]["status"], "processing");
 
     let waiting = tokio::spawn({
-        let (http, url) = (s.facade.http.clone(), result_url(60));
+        let (http, url) = (facade.http.clone(), result_url(60));
         async move {
             http.get(url)
                 .send()
@@ -438,17 +384,13 @@ async fn result_is_woken_by_the_watch_and_times_out_cleanly() {
 
 #[tokio::test]
 async fn delete_cancels_a_running_job() {
-    let s = setup("cancel").await;
+    let (s, facade) = setup("cancel").await;
     let fake = FakeLykdat::start(vec![Reply::ok(&[]).after(Duration::from_secs(120))]).await;
-    let _worker = TestWorker::start(
-        &s.settings,
-        support::lykdat_client(&fake.base_url, Some("k"), Duration::from_secs(150)),
-        |st| Arc::new(st),
-    );
+    let _worker = TestWorker::with_lykdat(&s.settings, &fake.base_url, Duration::from_secs(150));
     let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
     let mut body = valid();
     body["similarity_search"] = json!(true);
-    let (_, accepted) = post(&s.facade, &body).await;
+    let (_, accepted) = post(&facade, &body).await;
     let workflow_id = accepted["workflow_id"].as_str().unwrap().to_owned();
     eventually(
         "the similarity search to run",
@@ -457,20 +399,17 @@ async fn delete_cancels_a_running_job() {
     )
     .await;
 
-    let r = s
-        .facade
+    let r = facade
         .http
-        .delete(s.facade.url(&format!("/images/workflow/{workflow_id}")))
+        .delete(facade.url(&format!("/images/workflow/{workflow_id}")))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelling");
-    let status_url = s
-        .facade
-        .url(&format!("/images/workflow/{workflow_id}/status"));
+    let status_url = facade.url(&format!("/images/workflow/{workflow_id}/status"));
     eventually("the job to be gone", Duration::from_secs(60), || async {
-        (s.facade.http.get(&status_url).send().await.ok()?.status() == 404).then_some(())
+        (facade.http.get(&status_url).send().await.ok()?.status() == 404).then_some(())
     })
     .await;
     let workflow = support::gateway(&s.settings)
@@ -482,11 +421,11 @@ async fn delete_cancels_a_running_job() {
 
 #[tokio::test]
 async fn fifty_concurrent_posts_make_fifty_jobs_that_all_complete_and_list_in_pages() {
-    let s = setup("fifty").await;
+    let (s, facade) = setup("fifty").await;
     let _worker = TestWorker::plain(&s.settings);
     let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
     let posts = (0..50).map(|i| {
-        let (http, url) = (s.facade.http.clone(), s.facade.url("/images/process"));
+        let (http, url) = (facade.http.clone(), facade.url("/images/process"));
         async move {
             let body =
                 json!({"url": format!("https://example.com/{i}.jpg"), "tags": [format!("n{i}")]});
@@ -510,23 +449,14 @@ async fn fifty_concurrent_posts_make_fifty_jobs_that_all_complete_and_list_in_pa
             let mut seen = Vec::new();
             let mut token: Option<String> = None;
             loop {
-                let mut url = s.facade.url("/images/workflows?status=completed&limit=20");
+                let mut url = facade.url("/images/workflows?status=completed&limit=20");
                 if let Some(t) = &token {
                     url.push_str(&format!(
                         "&continue={}",
                         url::form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>()
                     ));
                 }
-                let page: Value = s
-                    .facade
-                    .http
-                    .get(url)
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
+                let page: Value = facade.http.get(url).send().await.ok()?.json().await.ok()?;
                 let items = page["items"].as_array()?;
                 assert!(items.len() <= 20);
                 seen.extend(
@@ -554,12 +484,12 @@ async fn fifty_concurrent_posts_make_fifty_jobs_that_all_complete_and_list_in_pa
 
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
-    let s = setup("fuzz").await;
+    let (s, facade) = setup("fuzz").await;
     // Jobs the fuzzer creates complete at once, so its result calls do not wait out their timeout.
     let _worker = TestWorker::plain(&s.settings);
     let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
     let out = tokio::process::Command::new("schemathesis")
-        .args(["run", &s.facade.url("/openapi.json")])
+        .args(["run", &facade.url("/openapi.json")])
         .args(["--checks", "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance"])
         .args(["--max-examples", "25", "--request-timeout", "10", "--phases", "examples,coverage,fuzzing"])
         .args(["--header", &format!("Authorization: Bearer {TOKEN}")])

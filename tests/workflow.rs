@@ -153,11 +153,7 @@ async fn with_similarity_state_is_queryable_while_running_and_results_are_return
         Reply::ok(&[("low", 0.2), ("high", 0.95)]).after(Duration::from_secs(2)),
     ])
     .await;
-    let _worker = TestWorker::start(
-        &settings,
-        support::lykdat_client(&fake.base_url, Some("key"), Duration::from_secs(10)),
-        |s| Arc::new(s),
-    );
+    let _worker = TestWorker::with_lykdat(&settings, &fake.base_url, Duration::from_secs(10));
     gateway.start(&id, input(true)).await.unwrap();
     let running = eventually(
         "metadata stored while the search runs",
@@ -189,11 +185,7 @@ async fn with_similarity_state_is_queryable_while_running_and_results_are_return
 async fn similarity_500_then_200_is_retried_with_the_seed_policy() {
     let (settings, gateway, id) = setup();
     let fake = FakeLykdat::start(vec![Reply::error(500, "boom"), Reply::ok(&[("a", 0.9)])]).await;
-    let _worker = TestWorker::start(
-        &settings,
-        support::lykdat_client(&fake.base_url, Some("key"), Duration::from_secs(10)),
-        |s| Arc::new(s),
-    );
+    let _worker = TestWorker::with_lykdat(&settings, &fake.base_url, Duration::from_secs(10));
     gateway.start(&id, input(true)).await.unwrap();
     let snap = finish(&gateway, &id).await;
     assert_eq!(snap.execution, ExecutionStatus::Completed);
@@ -210,11 +202,7 @@ async fn similarity_500_then_200_is_retried_with_the_seed_policy() {
 async fn similarity_401_fails_at_once_with_lykdats_message() {
     let (settings, gateway, id) = setup();
     let fake = FakeLykdat::start(vec![Reply::error(401, "invalid api key")]).await;
-    let _worker = TestWorker::start(
-        &settings,
-        support::lykdat_client(&fake.base_url, Some("bad"), Duration::from_secs(10)),
-        |s| Arc::new(s),
-    );
+    let _worker = TestWorker::with_lykdat(&settings, &fake.base_url, Duration::from_secs(10));
     gateway.start(&id, input(true)).await.unwrap();
     let snap = finish(&gateway, &id).await;
     assert_eq!(snap.execution, ExecutionStatus::Failed);
@@ -307,11 +295,7 @@ async fn store_retries_exhausted_end_failed_with_the_error() {
 async fn cancel_while_searching(by_signal: bool) {
     let (settings, gateway, id) = setup();
     let fake = FakeLykdat::start(vec![Reply::ok(&[]).after(Duration::from_secs(60))]).await;
-    let _worker = TestWorker::start(
-        &settings,
-        support::lykdat_client(&fake.base_url, Some("key"), Duration::from_secs(90)),
-        |s| Arc::new(s),
-    );
+    let _worker = TestWorker::with_lykdat(&settings, &fake.base_url, Duration::from_secs(90));
     gateway.start(&id, input(true)).await.unwrap();
     eventually(
         "the similarity search to be running",
@@ -440,11 +424,7 @@ async fn the_python_sdk_drives_the_workflow_by_the_seeds_names_and_payloads() {
 async fn the_python_sdk_cancels_by_the_seeds_signal() {
     let (settings, _gateway, _) = setup();
     let fake = FakeLykdat::start(vec![Reply::ok(&[]).after(Duration::from_secs(60))]).await;
-    let _worker = TestWorker::start(
-        &settings,
-        support::lykdat_client(&fake.base_url, Some("key"), Duration::from_secs(90)),
-        |s| Arc::new(s),
-    );
+    let _worker = TestWorker::with_lykdat(&settings, &fake.base_url, Duration::from_secs(90));
     let settings_for_python = settings.clone();
     let seen = tokio::task::spawn_blocking(move || seed_client(&settings_for_python, "cancel"))
         .await

@@ -100,6 +100,15 @@ impl TestWorker {
         }
     }
 
+    /// A worker with a plain embedded store whose Lykdat client points at `base_url` (a fake).
+    pub fn with_lykdat(settings: &TemporalSettings, base_url: &str, timeout: Duration) -> Self {
+        Self::start(
+            settings,
+            lykdat_client(base_url, Some("key"), timeout),
+            |s| Arc::new(s),
+        )
+    }
+
     /// A worker with a plain embedded store and no Lykdat key.
     pub fn plain(settings: &TemporalSettings) -> Self {
         Self::start(
@@ -192,6 +201,32 @@ pub mod kube_env {
         api::{ListParams, ObjectMeta, PostParams},
     };
     use std::{sync::Arc, time::Duration};
+
+    /// What most tests start from: a namespace of their own and a task queue of their own.
+    pub struct Setup {
+        /// Admin client.
+        pub client: Client,
+        /// The test's namespace.
+        pub ns: String,
+        /// ImageJobs in it.
+        pub api: Api<ImageJob>,
+        /// Temporal on the test's task queue.
+        pub settings: TemporalSettings,
+    }
+
+    impl Setup {
+        /// A fresh namespace and task queue named after `prefix`.
+        pub async fn new(prefix: &str) -> Self {
+            let client = client().await;
+            let ns = namespace(&client, prefix).await;
+            Self {
+                api: Api::namespaced(client.clone(), &ns),
+                settings: super::temporal(&super::unique(&format!("{prefix}-queue"))),
+                client,
+                ns,
+            }
+        }
+    }
 
     /// A client from the kubeconfig `scripts/test.sh` exported.
     pub async fn client() -> Client {
