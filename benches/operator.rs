@@ -229,32 +229,21 @@ impl Finished {
     }
 }
 
-/// Phase 2: jobs created through the apiserver, until Completed.
-async fn operator(
-    api: &Api<ImageJob>,
-    finished: &Finished,
-    n: usize,
-    concurrency: usize,
-    tag: &str,
-) -> Run {
+/// Submits `n` jobs through `submit` (which returns each job's uid), `concurrency` at a time,
+/// and times each from its submission until the watch sees it finished.
+async fn through_jobs<F, Fut>(finished: &Finished, n: usize, concurrency: usize, submit: F) -> Run
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = String> + Send,
+{
     let gate = Arc::new(Semaphore::new(concurrency));
     let started = Instant::now();
     let tasks = (0..n).map(|i| {
-        let (api, gate) = (api.clone(), gate.clone());
-        let name = format!("{tag}-{i}");
+        let (gate, submit) = (gate.clone(), submit.clone());
         tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.expect("semaphore");
-            let spec = ImageJobSpec {
-                url: format!("https://example.com/{i}.jpg"),
-                tags: vec!["bench".into()],
-                ..Default::default()
-            };
             let t0 = Instant::now();
-            let job = api
-                .create(&PostParams::default(), &ImageJob::new(&name, spec))
-                .await
-                .expect("create");
-            (job.uid().expect("uid"), t0)
+            (submit(i).await, t0)
         })
     });
     let submitted: Vec<_> = join_all(tasks)
@@ -272,16 +261,39 @@ async fn operator(
     summarize(started.elapsed(), latencies)
 }
 
+/// Phase 2: jobs created through the apiserver, until Completed.
+async fn operator(
+    api: &Api<ImageJob>,
+    finished: &Finished,
+    n: usize,
+    concurrency: usize,
+    tag: &str,
+) -> Run {
+    let (api, tag) = (api.clone(), tag.to_owned());
+    through_jobs(finished, n, concurrency, move |i| {
+        let (api, name) = (api.clone(), format!("{tag}-{i}"));
+        async move {
+            let spec = ImageJobSpec {
+                url: format!("https://example.com/{i}.jpg"),
+                tags: vec!["bench".into()],
+                ..Default::default()
+            };
+            let job = api
+                .create(&PostParams::default(), &ImageJob::new(&name, spec))
+                .await
+                .expect("create");
+            job.uid().expect("uid")
+        }
+    })
+    .await
+}
+
 /// Phase 3a: POST /images/process until completed.
 async fn facade_posts(base: &str, finished: &Finished, n: usize, concurrency: usize) -> Run {
-    let http = reqwest::Client::new();
-    let gate = Arc::new(Semaphore::new(concurrency));
-    let started = Instant::now();
-    let tasks = (0..n).map(|i| {
-        let (http, gate, url) = (http.clone(), gate.clone(), format!("{base}/images/process"));
-        tokio::spawn(async move {
-            let _permit = gate.acquire_owned().await.expect("semaphore");
-            let t0 = Instant::now();
+    let (http, url) = (reqwest::Client::new(), format!("{base}/images/process"));
+    through_jobs(finished, n, concurrency, move |i| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
             let body: Value = http
                 .post(url)
                 .bearer_auth(TOKEN)
@@ -292,26 +304,11 @@ async fn facade_posts(base: &str, finished: &Finished, n: usize, concurrency: us
                 .json()
                 .await
                 .expect("json");
-            let id = body["workflow_id"]
-                .as_str()
-                .expect("workflow_id")
-                .to_owned();
-            (id.trim_start_matches("image-processing-").to_owned(), t0)
-        })
-    });
-    let submitted: Vec<_> = join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.expect("task"))
-        .collect();
-    let uids: Vec<_> = submitted.iter().map(|(u, _)| u.clone()).collect();
-    let done = finished.wait_all(&uids).await;
-    let latencies = submitted
-        .iter()
-        .zip(&done)
-        .map(|((_, t0), t1)| t1.duration_since(*t0).as_secs_f64() * 1000.0)
-        .collect();
-    summarize(started.elapsed(), latencies)
+            let id = body["workflow_id"].as_str().expect("workflow_id");
+            id.trim_start_matches("image-processing-").to_owned()
+        }
+    })
+    .await
 }
 
 fn parse_wrk_latency(text: &str) -> f64 {

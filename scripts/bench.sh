@@ -3,11 +3,9 @@
 # it, prints the table and writes JSON under bench-results/. Arguments go to the harness, e.g.
 #   scripts/bench.sh --jobs 100 --reps 3 --rss-jobs 1000,10000
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
 # shellcheck source=scripts/common.sh
-source scripts/common.sh
-export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$IJ_ROOT"
 scripts/install-deps.sh
 step "building the benchmark (release)"
 cargo bench --bench operator --no-run

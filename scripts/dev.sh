@@ -3,17 +3,15 @@
 # kube-apiserver + Temporal with its UI) and runs the operator (`run`: worker + controller +
 # facade) on its embedded defaults, in the foreground. Ctrl-C stops everything it started.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
 # shellcheck source=scripts/common.sh
-source scripts/common.sh
-export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$IJ_ROOT"
 
 scripts/install-deps.sh
 step "building imagejob-operator"
 cargo build --bin imagejob-operator
 
-stack="$root/.stack/dev"
+stack="$IJ_ROOT/.stack/dev"
 scripts/stack.sh down "$stack" 2>/dev/null || true
 trap 'echo; step "stopping the stack"; scripts/stack.sh down "$stack"' EXIT
 scripts/stack.sh up "$stack"

@@ -12,9 +12,9 @@
 # Several stacks can run side by side, one per DIR.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
 # shellcheck source=scripts/common.sh
 source "$here/common.sh"
+root="$IJ_ROOT"
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'

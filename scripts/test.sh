@@ -3,11 +3,9 @@
 # (etcd + kube-apiserver + Temporal) on free ports, and runs the whole test suite against it:
 # formatting, clippy, unit tests and integration tests. The stack is stopped on exit.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
 # shellcheck source=scripts/common.sh
-source scripts/common.sh
-export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$IJ_ROOT"
 
 scripts/install-deps.sh
 
@@ -23,7 +21,7 @@ trap 'scripts/stack.sh down "$stack"' EXIT
 scripts/stack.sh up "$stack"
 # shellcheck disable=SC1091
 source "$stack/env"
-export IJ_STACK_SCRIPT="$root/scripts/stack.sh"
+export IJ_STACK_SCRIPT="$IJ_ROOT/scripts/stack.sh"
 
 step "cargo test (unit + integration, against the stack in $stack)"
 set +e
