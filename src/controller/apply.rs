@@ -32,6 +32,10 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
 
     let desired = match observe(&job, &id, &current, ctx).await {
         Ok(snapshot) => status::from_snapshot(&job, &id, &snapshot, &now),
+        // Started before (a run id is recorded) yet gone: it will not come back.
+        Err(GatewayError::NotFound) if current.run_id.is_some() => {
+            status::workflow_missing(&job, &id, &now)
+        }
         Err(e) if e.is_unavailable() => {
             let desired = status::temporal_unreachable(&job, &id, &e.to_string(), &now);
             if write_status(&job, &current, &desired, ctx).await? {

@@ -122,6 +122,25 @@ pub fn temporal_unreachable(
     status
 }
 
+/// The status for a job whose recorded workflow no longer exists in Temporal (its retention ran
+/// out, or Temporal's data was lost): Failed, saying so.
+pub fn workflow_missing(job: &ImageJob, workflow_id: &str, now: &Time) -> ImageJobStatus {
+    let mut status = base(job, workflow_id);
+    let message = format!("workflow {workflow_id} no longer exists in Temporal");
+    status.phase = Phase::Failed;
+    status.error = Some(message.clone());
+    status.completion_time.get_or_insert_with(|| now.clone());
+    set_condition(
+        &mut status.conditions,
+        CONDITION_SUCCEEDED,
+        "False",
+        "WorkflowNotFound",
+        &message,
+        now,
+    );
+    status
+}
+
 fn base(job: &ImageJob, workflow_id: &str) -> ImageJobStatus {
     let mut status = job.status.clone().unwrap_or_default();
     status.workflow_id = Some(workflow_id.to_owned());
@@ -340,6 +359,29 @@ mod tests {
         );
         assert!(c.message.contains("connection refused"));
         assert_eq!(condition(&s, CONDITION_SUCCEEDED).status, "Unknown");
+    }
+
+    #[test]
+    fn a_vanished_workflow_fails_the_job_with_a_reason() {
+        let mut j = job();
+        j.status = Some(ImageJobStatus {
+            phase: Phase::Processing,
+            run_id: Some("r".into()),
+            ..Default::default()
+        });
+        let s = workflow_missing(&j, "wf", &now());
+        assert_eq!(s.phase, Phase::Failed);
+        assert!(
+            s.error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("no longer exists")
+        );
+        let c = condition(&s, CONDITION_SUCCEEDED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "WorkflowNotFound")
+        );
     }
 
     #[test]
