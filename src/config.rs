@@ -189,6 +189,10 @@ pub struct WorkerArgs {
     /// Deadline of one Lykdat request, in seconds.
     #[arg(long, env = "LYKDAT_TIMEOUT_SECS", default_value_t = 30)]
     pub lykdat_timeout_secs: u64,
+    /// Address of the worker's `/healthz` and `/readyz` (ready while polling Temporal); unset:
+    /// no probe server.
+    #[arg(long, env = "WORKER_HEALTH_ADDR")]
+    pub worker_health_addr: Option<SocketAddr>,
 }
 
 /// Why the configuration cannot be used.

@@ -13,7 +13,11 @@ use crate::{
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use kube::{Api, runtime::reflector::Store};
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 use tokio::sync::{OnceCell, watch};
 use tracing::{info, warn};
 
@@ -71,6 +75,31 @@ pub async fn worker(
     }
     info!(store = ?args.metadata_store, "metadata store ready");
     let handle = spawn_worker(temporal.settings(), ImageActivities::new(store, lykdat))?;
+    if let Some(addr) = args.worker_health_addr {
+        let polling = handle.polling_flag();
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/readyz",
+                get(move || async move {
+                    if polling.load(Ordering::Acquire) {
+                        "polling".into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not polling Temporal").into_response()
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the worker health address {addr}"))?;
+        info!(%addr, "worker probes listening");
+        let until = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(until.wait())
+                .await;
+        });
+    }
     shutdown.wait().await;
     handle.shutdown().await;
     Ok(())

@@ -126,10 +126,9 @@ fn default_values_render_three_roles_with_hardened_pods_and_no_secret_values() {
             .collect();
         assert_eq!(env["TEMPORAL_TASK_QUEUE"]["value"], "main-task-queue");
         assert_eq!(env["TEMPORAL_PORT"]["value"], "7233");
-        if role != "worker" {
-            assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
-            assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
-        } else {
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        if role == "worker" {
             assert_eq!(
                 env["COUCHBASE_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"],
                 "couchbase-credentials"

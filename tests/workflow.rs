@@ -144,6 +144,7 @@ async fn completes_without_similarity_and_stores_one_document() {
     assert_eq!(doc.title.as_deref(), Some("Product Image"));
     assert_eq!(doc.tags, ["clothing", "shirt"]);
     assert_eq!(worker.store.count().await.unwrap(), 1);
+    assert!(worker.handle.as_ref().is_some_and(|h| h.is_polling()));
 }
 
 #[tokio::test]
@@ -343,17 +344,20 @@ async fn starting_the_same_id_twice_starts_one_workflow() {
 }
 
 fn worker_process(settings: &TemporalSettings, lykdat: &str, dir: &std::path::Path) -> ChildGuard {
-    ChildGuard::spawn(
-        Command::new(support::operator_bin())
-            .arg("worker")
-            .env("TEMPORAL_HOST", &settings.host)
-            .env("TEMPORAL_PORT", settings.port.to_string())
-            .env("TEMPORAL_TASK_QUEUE", &settings.task_queue)
-            .env("EMBEDDED_STORE_PATH", dir.join("meta.redb"))
-            .env("LYKDAT_BASE_URL", lykdat)
-            .env("LYKDAT_API_KEY", "key")
-            .env("RUST_LOG", "warn"),
-    )
+    ChildGuard::spawn(&mut worker_command(settings, lykdat, dir))
+}
+
+fn worker_command(settings: &TemporalSettings, lykdat: &str, dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(support::operator_bin());
+    cmd.arg("worker")
+        .env("TEMPORAL_HOST", &settings.host)
+        .env("TEMPORAL_PORT", settings.port.to_string())
+        .env("TEMPORAL_TASK_QUEUE", &settings.task_queue)
+        .env("EMBEDDED_STORE_PATH", dir.join("meta.redb"))
+        .env("LYKDAT_BASE_URL", lykdat)
+        .env("LYKDAT_API_KEY", "key")
+        .env("RUST_LOG", "warn");
+    cmd
 }
 
 #[tokio::test]
@@ -438,7 +442,10 @@ async fn the_python_sdk_cancels_by_the_seeds_signal() {
 async fn the_worker_process_stops_cleanly_on_sigterm() {
     let (settings, gateway, id) = setup();
     let dir = tempfile::tempdir().unwrap();
-    let mut worker = worker_process(&settings, "http://127.0.0.1:9", dir.path());
+    let port = support::free_port();
+    let mut cmd = worker_command(&settings, "http://127.0.0.1:9", dir.path());
+    cmd.env("WORKER_HEALTH_ADDR", format!("127.0.0.1:{port}"));
+    let mut worker = ChildGuard::spawn(&mut cmd);
     gateway.start(&id, input(false)).await.unwrap();
     let done = finish(&gateway, &id).await;
     assert_eq!(
@@ -446,6 +453,10 @@ async fn the_worker_process_stops_cleanly_on_sigterm() {
         ExecutionStatus::Completed,
         "the worker process served the workflow"
     );
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "a polling worker is ready");
     let status = tokio::task::spawn_blocking(move || worker.terminate())
         .await
         .unwrap();

@@ -2,7 +2,14 @@
 //! worker future is `!Send`, so it gets a thread of its own with a current-thread runtime.
 
 use super::{GatewayError, ImageActivities, ImageProcessingWorkflow, TemporalSettings, connect};
-use std::{thread::JoinHandle, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -11,9 +18,20 @@ use tracing::{error, info, warn};
 pub struct WorkerHandle {
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
+    polling: Arc<AtomicBool>,
 }
 
 impl WorkerHandle {
+    /// Whether the worker is connected and polling its task queue right now.
+    pub fn is_polling(&self) -> bool {
+        self.polling.load(Ordering::Acquire)
+    }
+
+    /// A flag that tracks [`WorkerHandle::is_polling`], for a readiness probe.
+    pub fn polling_flag(&self) -> Arc<AtomicBool> {
+        self.polling.clone()
+    }
+
     /// Asks the worker to finish its running tasks and stop, and waits for it.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
@@ -36,6 +54,8 @@ pub fn spawn_worker(
     activities: ImageActivities,
 ) -> Result<WorkerHandle, GatewayError> {
     let (stop, stopped) = watch::channel(false);
+    let polling = Arc::new(AtomicBool::new(false));
+    let flag = polling.clone();
     let thread = std::thread::Builder::new()
         .name("temporal-worker".into())
         .spawn(move || {
@@ -46,12 +66,13 @@ pub fn spawn_worker(
                 Ok(rt) => rt,
                 Err(e) => return error!(error = %e, "cannot build the worker runtime"),
             };
-            rt.block_on(run_until_stopped(settings, activities, stopped));
+            rt.block_on(run_until_stopped(settings, activities, stopped, flag));
         })
         .map_err(|e| GatewayError::Config(format!("cannot start the worker thread: {e}")))?;
     Ok(WorkerHandle {
         stop,
         thread: Some(thread),
+        polling,
     })
 }
 
@@ -59,10 +80,13 @@ async fn run_until_stopped(
     settings: TemporalSettings,
     activities: ImageActivities,
     mut stopped: watch::Receiver<bool>,
+    polling: Arc<AtomicBool>,
 ) {
     let mut backoff = Duration::from_millis(200);
     while !*stopped.borrow() {
-        match run_once(&settings, activities.clone(), &mut stopped).await {
+        let outcome = run_once(&settings, activities.clone(), &mut stopped, &polling).await;
+        polling.store(false, Ordering::Release);
+        match outcome {
             Ok(()) => break,
             Err(e) => warn!(error = %e, retry_in = ?backoff, "worker stopped; restarting"),
         }
@@ -79,6 +103,7 @@ async fn run_once(
     settings: &TemporalSettings,
     activities: ImageActivities,
     stopped: &mut watch::Receiver<bool>,
+    polling: &AtomicBool,
 ) -> Result<(), String> {
     let runtime = Runtime::from_current_tokio(Default::default()).map_err(|e| format!("{e:#}"))?;
     let client = connect(settings).await.map_err(|e| e.to_string())?;
@@ -90,6 +115,7 @@ async fn run_once(
     let mut worker = Worker::new(&runtime, client, options).map_err(|e| format!("{e:#}"))?;
     let shutdown = worker.shutdown_handle();
     info!(task_queue = %settings.task_queue, namespace = %settings.namespace, "worker polling");
+    polling.store(true, Ordering::Release);
     let mut stop_requested = false;
     let run = worker.run();
     tokio::pin!(run);
