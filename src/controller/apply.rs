@@ -13,7 +13,10 @@ use kube::{
     runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
 use serde_json::json;
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 use tracing::info;
 
 /// Re-read interval of a running job whose close is watched (a safety net only).
@@ -79,17 +82,14 @@ async fn observe(
             .gateway
             .start(id, status::workflow_input(&job.spec))
             .await?;
-        if outcome.already_started {
-            info!(workflow_id = %id, "workflow already started; adopting it");
-        } else {
-            info!(workflow_id = %id, run_id = ?outcome.run_id, "workflow started");
-            ctx.event(
-                job,
-                EventType::Normal,
-                "Started",
-                format!("workflow {id} started"),
-            )
-            .await;
+        match outcome.run_id {
+            Some(run_id) if !outcome.already_started => {
+                info!(workflow_id = %id, %run_id, "workflow started");
+                let note = format!("workflow {id} started");
+                ctx.event(job, EventType::Normal, "Started", note).await;
+                return Ok(WorkflowSnapshot::just_started(run_id, SystemTime::now()));
+            }
+            _ => info!(workflow_id = %id, "workflow already started; adopting it"),
         }
     }
     ctx.gateway.snapshot(id).await
@@ -139,12 +139,8 @@ async fn announce(job: &ImageJob, status: &ImageJobStatus, ctx: &Context) {
             "Cancelled",
             "workflow cancelled".to_owned(),
         ),
-        Phase::Processing => (
-            EventType::Normal,
-            "Processing",
-            "workflow running".to_owned(),
-        ),
-        Phase::Pending => return,
+        // The "Started" event already said it.
+        Phase::Processing | Phase::Pending => return,
     };
     info!(name = %job.name_any(), phase = status.phase.as_str(), workflow_id = ?status.workflow_id, "job phase changed");
     ctx.event(job, type_, reason, note).await;
