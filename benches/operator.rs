@@ -217,7 +217,9 @@ impl Finished {
 
     async fn wait_all(&self, uids: &[String]) -> Vec<Instant> {
         loop {
-            let notified = self.changed.notified();
+            // Registered before the check, so a finish between check and wait is not missed.
+            let mut notified = std::pin::pin!(self.changed.notified());
+            notified.as_mut().enable();
             {
                 let at = self.at.lock().expect("lock");
                 if uids.iter().all(|u| at.contains_key(u)) {
@@ -236,27 +238,23 @@ where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = String> + Send,
 {
+    // Like the raw path, a job holds its slot until it finished: `concurrency` jobs in flight.
     let gate = Arc::new(Semaphore::new(concurrency));
     let started = Instant::now();
     let tasks = (0..n).map(|i| {
-        let (gate, submit) = (gate.clone(), submit.clone());
+        let (gate, submit, finished) = (gate.clone(), submit.clone(), finished.clone());
         tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.expect("semaphore");
             let t0 = Instant::now();
-            (submit(i).await, t0)
+            let uid = submit(i).await;
+            let done = finished.wait_all(std::slice::from_ref(&uid)).await[0];
+            done.duration_since(t0).as_secs_f64() * 1000.0
         })
     });
-    let submitted: Vec<_> = join_all(tasks)
+    let latencies = join_all(tasks)
         .await
         .into_iter()
         .map(|r| r.expect("task"))
-        .collect();
-    let uids: Vec<_> = submitted.iter().map(|(u, _)| u.clone()).collect();
-    let done = finished.wait_all(&uids).await;
-    let latencies = submitted
-        .iter()
-        .zip(&done)
-        .map(|((_, t0), t1)| t1.duration_since(*t0).as_secs_f64() * 1000.0)
         .collect();
     summarize(started.elapsed(), latencies)
 }

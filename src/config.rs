@@ -278,6 +278,10 @@ pub struct ControllerArgs {
     /// closes); further running jobs are polled.
     #[arg(long, env = "MAX_WORKFLOW_WATCHES", default_value_t = 1000)]
     pub max_workflow_watches: usize,
+    /// Most reconciles running at once. Bounds memory and apiserver load when thousands of
+    /// jobs arrive together (or at startup).
+    #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 32)]
+    pub reconcile_concurrency: u16,
 }
 
 /// Facade options.

@@ -168,6 +168,7 @@ pub async fn controller(
         controller::Settings {
             namespaces: args.watch_namespaces.clone(),
             max_workflow_watches: args.max_workflow_watches,
+            concurrency: args.reconcile_concurrency,
             instance: args.identity.clone(),
         },
         stop,

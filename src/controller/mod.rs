@@ -148,6 +148,8 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// Most workflows long-polled at once.
     pub max_workflow_watches: usize,
+    /// Most reconciles at once (0: unbounded).
+    pub concurrency: u16,
     /// This replica's name in events (the pod name).
     pub instance: Option<String>,
 }
@@ -196,6 +198,7 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(trigger_fingerprint, Default::default());
     let controller = Controller::for_stream(jobs, reader.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .reconcile_on(watch_rx)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

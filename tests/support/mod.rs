@@ -320,6 +320,7 @@ pub mod kube_env {
                 controller::Settings {
                     namespaces: vec![ns.to_owned()],
                     max_workflow_watches: 100,
+                    concurrency: 32,
                     instance: Some("in-process".into()),
                 },
                 async move {
