@@ -92,6 +92,9 @@ async fn observe(
             _ => info!(workflow_id = %id, "workflow already started; adopting it"),
         }
     }
+    if let Some(closed) = ctx.watches.take_closed(id) {
+        return Ok(closed);
+    }
     ctx.gateway.snapshot(id).await
 }
 

@@ -24,6 +24,8 @@ pub(super) async fn cleanup(job: Arc<ImageJob>, ctx: &Context) -> Result<Action>
         return Ok(Action::await_change());
     }
     let id = workflow_id(&job)?;
+    // Whatever a watch kept for this workflow is of no use any more.
+    ctx.watches.take_closed(&id);
     match ctx.gateway.snapshot(&id).await {
         Err(GatewayError::NotFound) => return Ok(Action::await_change()),
         Ok(snapshot) if snapshot.execution != ExecutionStatus::Running => {
@@ -61,7 +63,7 @@ async fn ended_after(
         Err(e) => return Err(e.into()),
     }
     match tokio::time::timeout(grace, ctx.gateway.wait_closed(id)).await {
-        Ok(Ok(())) | Ok(Err(GatewayError::NotFound)) => Ok(true),
+        Ok(Ok(_)) | Ok(Err(GatewayError::NotFound)) => Ok(true),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Ok(false),
     }

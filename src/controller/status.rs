@@ -39,7 +39,7 @@ pub fn from_snapshot(
     now: &Time,
 ) -> ImageJobStatus {
     let mut status = base(job, workflow_id);
-    status.run_id = Some(snapshot.run_id.clone());
+    status.run_id = snapshot.run_id.clone().or(status.run_id);
     status.start_time = snapshot.start_time.and_then(time).or(status.start_time);
     status.phase = match snapshot.execution {
         ExecutionStatus::Running => Phase::Processing,
@@ -250,7 +250,7 @@ mod tests {
 
     fn snapshot(execution: ExecutionStatus) -> WorkflowSnapshot {
         WorkflowSnapshot {
-            run_id: "run".into(),
+            run_id: Some("run".into()),
             execution,
             start_time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_799_999_990)),
             close_time: None,

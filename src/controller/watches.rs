@@ -2,11 +2,14 @@
 //! status follows Temporal within milliseconds instead of a polling interval. Bounded in number;
 //! jobs beyond the bound are polled.
 
-use crate::{crd::ImageJob, temporal::WorkflowGateway};
+use crate::{
+    crd::ImageJob,
+    temporal::{WorkflowGateway, WorkflowSnapshot},
+};
 use futures::channel::mpsc::UnboundedSender;
 use kube::runtime::reflector::ObjectRef;
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -14,11 +17,13 @@ use std::{
 /// Pause after a failed long poll before waking the job, so an outage does not spin.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
-/// The set of workflows being watched.
+/// The set of workflows being watched, and what the closed ones left (so the woken reconcile
+/// needs no further Temporal call).
 pub struct WorkflowWatches {
     gateway: Arc<dyn WorkflowGateway>,
     wake: UnboundedSender<ObjectRef<ImageJob>>,
     active: Arc<Mutex<HashSet<String>>>,
+    closed: Arc<Mutex<HashMap<String, WorkflowSnapshot>>>,
     max: usize,
 }
 
@@ -33,6 +38,7 @@ impl WorkflowWatches {
             gateway,
             wake,
             active: Arc::default(),
+            closed: Arc::default(),
             max,
         }
     }
@@ -53,10 +59,18 @@ impl WorkflowWatches {
         let gateway = self.gateway.clone();
         let wake = self.wake.clone();
         let set = self.active.clone();
+        let closed = self.closed.clone();
         tokio::spawn(async move {
-            if let Err(e) = gateway.wait_closed(&id).await {
-                tracing::debug!(workflow_id = %id, error = %e, "workflow watch failed");
-                tokio::time::sleep(ERROR_PAUSE).await;
+            match gateway.wait_closed(&id).await {
+                Ok(snapshot) => {
+                    if let Ok(mut closed) = closed.lock() {
+                        closed.insert(id.clone(), snapshot);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(workflow_id = %id, error = %e, "workflow watch failed");
+                    tokio::time::sleep(ERROR_PAUSE).await;
+                }
             }
             if let Ok(mut active) = set.lock() {
                 active.remove(&id);
@@ -64,5 +78,10 @@ impl WorkflowWatches {
             let _ = wake.unbounded_send(job);
         });
         true
+    }
+
+    /// What the workflow left when it closed, if a watch saw it close (taken once).
+    pub fn take_closed(&self, workflow_id: &str) -> Option<WorkflowSnapshot> {
+        self.closed.lock().ok()?.remove(workflow_id)
     }
 }

@@ -93,8 +93,8 @@ pub enum ExecutionStatus {
 /// Everything we know of a workflow at one moment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkflowSnapshot {
-    /// Run id of the execution.
-    pub run_id: String,
+    /// Run id of the execution, when known.
+    pub run_id: Option<String>,
     /// Temporal's status.
     pub execution: ExecutionStatus,
     /// When the execution started.
@@ -115,7 +115,7 @@ impl WorkflowSnapshot {
     /// and a query (a round trip through the worker) right after the start.
     pub fn just_started(run_id: String, at: SystemTime) -> Self {
         Self {
-            run_id,
+            run_id: Some(run_id),
             execution: ExecutionStatus::Running,
             start_time: Some(at),
             close_time: None,
@@ -141,8 +141,9 @@ pub trait WorkflowGateway: Send + Sync {
     async fn signal_cancel(&self, workflow_id: &str) -> Result<(), GatewayError>;
     /// Asks Temporal to cancel the workflow (request-cancel).
     async fn request_cancel(&self, workflow_id: &str) -> Result<(), GatewayError>;
-    /// Returns once the workflow has closed (a long poll on its history).
-    async fn wait_closed(&self, workflow_id: &str) -> Result<(), GatewayError>;
+    /// Returns once the workflow has closed (a long poll on its history), with what it left;
+    /// its run id and start time are not known there, its close time is the time of return.
+    async fn wait_closed(&self, workflow_id: &str) -> Result<WorkflowSnapshot, GatewayError>;
 }
 
 /// The gateway over a real Temporal server. It connects on first use and again after a failed
@@ -206,39 +207,62 @@ impl TemporalGateway {
     }
 }
 
-/// Maps the closing outcome of a workflow to its state, similarity results and failure text.
-type ClosedOutcome = (
-    Option<WorkflowState>,
-    Option<SimilarityResults>,
-    Option<String>,
-);
+/// What a closed workflow left: how it ended, its state, similarity results and failure text.
+struct Closed {
+    execution: ExecutionStatus,
+    state: Option<WorkflowState>,
+    similarity: Option<SimilarityResults>,
+    failure: Option<String>,
+}
+
+impl Closed {
+    fn new(
+        execution: ExecutionStatus,
+        state: Option<WorkflowState>,
+        failure: Option<&str>,
+    ) -> Self {
+        Self {
+            execution,
+            state,
+            similarity: None,
+            failure: failure.map(str::to_owned),
+        }
+    }
+}
 
 fn closed_outcome(
     result: Result<ImageProcessingResult, WorkflowGetResultError>,
-) -> Result<ClosedOutcome, GatewayError> {
+) -> Result<Closed, GatewayError> {
     match result {
-        Ok(result) => Ok((Some(result.state), result.similarity, None)),
+        Ok(result) => Ok(Closed {
+            similarity: result.similarity,
+            ..Closed::new(ExecutionStatus::Completed, Some(result.state), None)
+        }),
         Err(WorkflowGetResultError::Failed(error)) => {
-            let message = error.failure().message.clone();
             let state = match error.as_ref() {
                 temporalio_common::error::IncomingError::Application(app) => {
                     app.details::<WorkflowState>().ok().flatten()
                 }
                 _ => None,
             };
-            Ok((state, None, Some(message)))
+            let message = &error.failure().message;
+            Ok(Closed::new(ExecutionStatus::Failed, state, Some(message)))
         }
-        Err(WorkflowGetResultError::Cancelled { details }) => {
-            Ok((details.deserialize::<WorkflowState>().ok(), None, None))
-        }
-        Err(WorkflowGetResultError::Terminated { .. }) => Ok((
+        Err(WorkflowGetResultError::Cancelled { details }) => Ok(Closed::new(
+            ExecutionStatus::Cancelled,
+            details.deserialize::<WorkflowState>().ok(),
             None,
-            None,
-            Some("workflow terminated outside the operator".into()),
         )),
-        Err(WorkflowGetResultError::TimedOut) => {
-            Ok((None, None, Some("workflow timed out".into())))
-        }
+        Err(WorkflowGetResultError::Terminated { .. }) => Ok(Closed::new(
+            ExecutionStatus::Terminated,
+            None,
+            Some("workflow terminated outside the operator"),
+        )),
+        Err(WorkflowGetResultError::TimedOut) => Ok(Closed::new(
+            ExecutionStatus::TimedOut,
+            None,
+            Some("workflow timed out"),
+        )),
         Err(WorkflowGetResultError::NotFound(_)) => Err(GatewayError::NotFound),
         Err(WorkflowGetResultError::Rpc(status)) => Err(from_status(&status)),
         Err(other) => Err(GatewayError::Rpc(other.to_string())),
@@ -293,19 +317,19 @@ impl WorkflowGateway for TemporalGateway {
                 )));
             }
         };
-        let (state, similarity, failure) = if execution == ExecutionStatus::Running {
-            (self.query_state(&handle).await, None, None)
+        let closed = if execution == ExecutionStatus::Running {
+            Closed::new(execution, self.query_state(&handle).await, None)
         } else {
             closed_outcome(handle.get_result(WorkflowGetResultOptions::default()).await)?
         };
         Ok(WorkflowSnapshot {
-            run_id: description.run_id().to_owned(),
+            run_id: Some(description.run_id().to_owned()),
             execution,
             start_time: description.start_time(),
             close_time: description.close_time(),
-            state,
-            similarity,
-            failure,
+            state: closed.state,
+            similarity: closed.similarity,
+            failure: closed.failure,
         })
     }
 
@@ -329,13 +353,17 @@ impl WorkflowGateway for TemporalGateway {
             .map_err(from_interaction)
     }
 
-    async fn wait_closed(&self, workflow_id: &str) -> Result<(), GatewayError> {
+    async fn wait_closed(&self, workflow_id: &str) -> Result<WorkflowSnapshot, GatewayError> {
         let handle = self.handle(workflow_id).await?;
-        match handle.get_result(WorkflowGetResultOptions::default()).await {
-            Ok(_) => Ok(()),
-            Err(WorkflowGetResultError::NotFound(_)) => Err(GatewayError::NotFound),
-            Err(WorkflowGetResultError::Rpc(status)) => Err(from_status(&status)),
-            Err(_) => Ok(()),
-        }
+        let closed = closed_outcome(handle.get_result(WorkflowGetResultOptions::default()).await)?;
+        Ok(WorkflowSnapshot {
+            run_id: None,
+            execution: closed.execution,
+            start_time: None,
+            close_time: Some(SystemTime::now()),
+            state: closed.state,
+            similarity: closed.similarity,
+            failure: closed.failure,
+        })
     }
 }
