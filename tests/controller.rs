@@ -13,7 +13,7 @@ use kube::{Api, ResourceExt, api::DeleteParams};
 use std::{process::Command, sync::Arc, time::Duration};
 use support::{
     ChildGuard, TestWorker, eventually,
-    kube_env::{self, InProcessController, Setup, create, wait_job},
+    kube_env::{self, InProcessController, Setup, create, wait_job, wait_phase},
     lykdat::{FakeLykdat, Reply},
 };
 
@@ -28,10 +28,6 @@ fn condition<'a>(
         .conditions
         .iter()
         .find(|c| c.type_ == type_)
-}
-
-fn phase_is(phase: Phase) -> impl Fn(&ImageJob) -> bool {
-    move |j| j.phase() == phase
 }
 
 async fn setup(prefix: &str) -> Setup {
@@ -134,14 +130,7 @@ async fn an_activity_failing_past_its_retries_ends_failed_with_the_error() {
     );
     let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
     create(&s.api, "doomed", kube_env::spec(false)).await;
-    let job = wait_job(
-        &s.api,
-        "doomed",
-        "phase Failed",
-        JOB_WAIT,
-        phase_is(Phase::Failed),
-    )
-    .await;
+    let job = wait_phase(&s.api, "doomed", Phase::Failed).await;
     let status = job.status.clone().unwrap();
     assert!(
         status
@@ -165,14 +154,7 @@ async fn deleting_a_running_job_cancels_its_workflow_and_the_object_goes() {
     let _worker = TestWorker::with_lykdat(&s.settings, &fake.base_url, Duration::from_secs(150));
     let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
     create(&s.api, "slow", kube_env::spec(true)).await;
-    let job = wait_job(
-        &s.api,
-        "slow",
-        "phase Processing",
-        JOB_WAIT,
-        phase_is(Phase::Processing),
-    )
-    .await;
+    let job = wait_phase(&s.api, "slow", Phase::Processing).await;
     let workflow_id = job.status.unwrap().workflow_id.unwrap();
     eventually("the similarity search to run", JOB_WAIT, || async {
         (!fake.requests().is_empty()).then_some(())
@@ -266,14 +248,7 @@ async fn a_controller_killed_right_after_starting_a_workflow_never_starts_a_seco
 
     let _worker = TestWorker::plain(&s.settings);
     let _second = controller_process(&s.settings, &s.ns, &[]);
-    let job = wait_job(
-        &s.api,
-        "crashy",
-        "phase Completed",
-        JOB_WAIT,
-        phase_is(Phase::Completed),
-    )
-    .await;
+    let job = wait_phase(&s.api, "crashy", Phase::Completed).await;
     assert_eq!(
         job.status.unwrap().workflow_id.as_deref(),
         Some(workflow_id.as_str())
@@ -307,14 +282,7 @@ async fn with_two_controllers_one_leads_and_the_other_takes_over_when_it_dies() 
     assert_eq!(first_leader, "ctl-a");
     let _b = controller_process(&s.settings, &s.ns, &election("ctl-b"));
     create(&s.api, "first", kube_env::spec(false)).await;
-    wait_job(
-        &s.api,
-        "first",
-        "first job Completed",
-        JOB_WAIT,
-        phase_is(Phase::Completed),
-    )
-    .await;
+    wait_phase(&s.api, "first", Phase::Completed).await;
     assert_eq!(
         holder(&leases, &lease).await.as_deref(),
         Some("ctl-a"),
@@ -323,14 +291,7 @@ async fn with_two_controllers_one_leads_and_the_other_takes_over_when_it_dies() 
 
     a.kill();
     create(&s.api, "second", kube_env::spec(false)).await;
-    wait_job(
-        &s.api,
-        "second",
-        "second job Completed by the new leader",
-        JOB_WAIT,
-        phase_is(Phase::Completed),
-    )
-    .await;
+    wait_phase(&s.api, "second", Phase::Completed).await;
     assert_eq!(holder(&leases, &lease).await.as_deref(), Some("ctl-b"));
 }
 
@@ -417,7 +378,7 @@ async fn with_temporal_down_the_job_says_so_and_completes_once_it_is_back() {
         "patient",
         "phase Completed after the outage",
         Duration::from_secs(120),
-        phase_is(Phase::Completed),
+        |j| j.phase() == Phase::Completed,
     )
     .await;
     assert_eq!(
@@ -441,14 +402,7 @@ async fn a_finished_job_is_deleted_after_its_ttl_and_its_events_remain() {
     let mut spec = kube_env::spec(false);
     spec.ttl_seconds_after_finished = Some(2);
     create(&s.api, "short-lived", spec).await;
-    wait_job(
-        &s.api,
-        "short-lived",
-        "phase Completed",
-        JOB_WAIT,
-        phase_is(Phase::Completed),
-    )
-    .await;
+    wait_phase(&s.api, "short-lived", Phase::Completed).await;
     eventually(
         "the TTL to delete the job",
         Duration::from_secs(30),

@@ -278,36 +278,14 @@ async fn post_then_status_completes_and_result_equals_the_job_and_the_workflow()
         format!("image-processing-{}", job.uid().unwrap())
     );
 
-    let status_url = facade.url(&format!("/images/workflow/{workflow_id}/status"));
-    let first: Value = facade
-        .http
-        .get(&status_url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status_path = format!("/images/workflow/{workflow_id}/status");
+    let first: Value = facade.get_json(&status_path).await;
     assert_eq!(first["workflow_id"], workflow_id.as_str());
     let result: Value = facade
-        .http
-        .get(facade.url(&format!("/images/workflow/{workflow_id}/result?timeout=60")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/images/workflow/{workflow_id}/result?timeout=60"))
+        .await;
     assert_eq!(result["done"], true, "{result}");
-    let final_status: Value = facade
-        .http
-        .get(&status_url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let final_status: Value = facade.get_json(&status_path).await;
     let state = &final_status["state"];
     assert_eq!(state["status"], "completed");
     assert_eq!(state["metadata_stored"], true);

@@ -285,6 +285,19 @@ pub mod kube_env {
         .await
     }
 
+    /// Waits until the job is in `phase`, returning it.
+    pub async fn wait_phase(
+        api: &Api<ImageJob>,
+        name: &str,
+        phase: imagejob_operator::crd::Phase,
+    ) -> ImageJob {
+        let what = format!("{name} in phase {}", phase.as_str());
+        wait_job(api, name, &what, Duration::from_secs(60), |j| {
+            j.phase() == phase
+        })
+        .await
+    }
+
     /// Reasons of the events recorded on the object `name`.
     pub async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<String> {
         Api::<Event>::namespaced(client.clone(), ns)
@@ -423,6 +436,12 @@ pub mod facade_env {
         /// The URL of `path`.
         pub fn url(&self, path: &str) -> String {
             format!("{}{path}", self.base)
+        }
+
+        /// `GET path` with the accepted token, as JSON.
+        pub async fn get_json(&self, path: &str) -> serde_json::Value {
+            let response = self.http.get(self.url(path)).send().await.expect("GET");
+            response.json().await.expect("a JSON body")
         }
     }
 }
