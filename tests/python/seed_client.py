@@ -8,6 +8,7 @@ Prints one JSON line with what it observed.
 
 import asyncio
 import json
+import os
 import sys
 import uuid
 
@@ -47,8 +48,11 @@ async def main(address: str, task_queue: str, mode: str) -> None:
     else:
         observed["result"] = await handle.result()
     observed["final_state"] = await handle.query("get_status")
-    print(json.dumps(observed))
+    print(json.dumps(observed), flush=True)
 
 
 if __name__ == "__main__":
     asyncio.run(main(*sys.argv[1:4]))
+    # The SDK's native runtime can crash while the interpreter finalizes ("PyGILState_Release:
+    # thread state must be current"); everything observable is printed by now, so skip it.
+    os._exit(0)
