@@ -27,7 +27,7 @@ use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 use tokio::sync::{Notify, Semaphore};
 
@@ -187,7 +187,7 @@ async fn raw_temporal(gateway: &Arc<TemporalGateway>, n: usize, concurrency: usi
 /// When each job (by uid) was first seen finished, fed by a watch on the namespace.
 #[derive(Clone, Default)]
 struct Finished {
-    at: Arc<Mutex<HashMap<String, Instant>>>,
+    at: Arc<Mutex<HashMap<String, (Instant, SystemTime)>>>,
     changed: Arc<Notify>,
 }
 
@@ -208,7 +208,7 @@ impl Finished {
                         .lock()
                         .expect("lock")
                         .entry(uid)
-                        .or_insert_with(Instant::now);
+                        .or_insert_with(|| (Instant::now(), SystemTime::now()));
                     this.changed.notify_waiters();
                 }
             }
@@ -223,17 +223,57 @@ impl Finished {
             {
                 let at = self.at.lock().expect("lock");
                 if uids.iter().all(|u| at.contains_key(u)) {
-                    return uids.iter().map(|u| at[u]).collect();
+                    return uids.iter().map(|u| at[u].0).collect();
                 }
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
         }
     }
+
+    /// When the watch saw the job finished, by the wall clock.
+    fn seen_at(&self, uid: &str) -> Option<SystemTime> {
+        self.at
+            .lock()
+            .expect("lock")
+            .get(uid)
+            .map(|(_, wall)| *wall)
+    }
+}
+
+/// For each job: from Temporal closing its workflow to the watch seeing it finished (ms).
+async fn close_to_visible(
+    gateway: &TemporalGateway,
+    finished: &Finished,
+    uids: &[String],
+) -> Vec<f64> {
+    let mut latencies = Vec::with_capacity(uids.len());
+    for uid in uids {
+        let id = format!("image-processing-{uid}");
+        let closed = gateway
+            .snapshot(&id)
+            .await
+            .expect("snapshot")
+            .close_time
+            .expect("closed");
+        let seen = finished.seen_at(uid).expect("seen");
+        let ms = match seen.duration_since(closed) {
+            Ok(d) => d.as_secs_f64() * 1000.0,
+            Err(e) => -e.duration().as_secs_f64() * 1000.0,
+        };
+        latencies.push(ms);
+    }
+    latencies.sort_by(f64::total_cmp);
+    latencies
 }
 
 /// Submits `n` jobs through `submit` (which returns each job's uid), `concurrency` at a time,
 /// and times each from its submission until the watch sees it finished.
-async fn through_jobs<F, Fut>(finished: &Finished, n: usize, concurrency: usize, submit: F) -> Run
+async fn through_jobs<F, Fut>(
+    finished: &Finished,
+    n: usize,
+    concurrency: usize,
+    submit: F,
+) -> (Run, Vec<String>)
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = String> + Send,
@@ -248,15 +288,15 @@ where
             let t0 = Instant::now();
             let uid = submit(i).await;
             let done = finished.wait_all(std::slice::from_ref(&uid)).await[0];
-            done.duration_since(t0).as_secs_f64() * 1000.0
+            (done.duration_since(t0).as_secs_f64() * 1000.0, uid)
         })
     });
-    let latencies = join_all(tasks)
+    let (latencies, uids) = join_all(tasks)
         .await
         .into_iter()
         .map(|r| r.expect("task"))
-        .collect();
-    summarize(started.elapsed(), latencies)
+        .unzip();
+    (summarize(started.elapsed(), latencies), uids)
 }
 
 /// Phase 2: jobs created through the apiserver, until Completed.
@@ -266,7 +306,7 @@ async fn operator(
     n: usize,
     concurrency: usize,
     tag: &str,
-) -> Run {
+) -> (Run, Vec<String>) {
     let (api, tag) = (api.clone(), tag.to_owned());
     through_jobs(finished, n, concurrency, move |i| {
         let (api, name) = (api.clone(), format!("{tag}-{i}"));
@@ -307,6 +347,7 @@ async fn facade_posts(base: &str, finished: &Finished, n: usize, concurrency: us
         }
     })
     .await
+    .0
 }
 
 fn parse_wrk_latency(text: &str) -> f64 {
@@ -527,6 +568,7 @@ async fn main() {
     facade_posts(&base, &finished, 20, args.concurrency).await;
 
     let (mut raw, mut op, mut posts, mut ratio) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut visible = Vec::new();
     let before = scrape(&metrics_url).await;
     for rep in 0..args.reps {
         eprintln!(
@@ -536,7 +578,7 @@ async fn main() {
             args.jobs
         );
         let r = raw_temporal(&gateway, args.jobs, args.concurrency).await;
-        let o = operator(
+        let (o, uids) = operator(
             &api,
             &finished,
             args.jobs,
@@ -544,6 +586,7 @@ async fn main() {
             &format!("rep{rep}"),
         )
         .await;
+        visible.push(close_to_visible(&gateway, &finished, &uids).await);
         let p = facade_posts(&base, &finished, args.jobs, args.concurrency).await;
         ratio.push(o.per_sec / r.per_sec);
         raw.push(r);
@@ -625,6 +668,8 @@ async fn main() {
     let wrk_rps = stat(wrk_runs.iter().map(|w| w.0).collect());
     let wrk_p50 = stat(wrk_runs.iter().map(|w| w.1).collect());
     let wrk_p99 = stat(wrk_runs.iter().map(|w| w.2).collect());
+    let visible_p50 = stat(visible.iter().map(|l| percentile(l, 0.50)).collect());
+    let visible_p99 = stat(visible.iter().map(|l| percentile(l, 0.99)).collect());
     println!();
     println!("| figure | value | target |");
     println!("|---|---|---|");
@@ -635,6 +680,11 @@ async fn main() {
     println!(
         "| create->Completed overhead, p50 ms | {} | <= 100 |",
         fmt_stat(overhead, 1)
+    );
+    println!(
+        "| Temporal close -> status Completed visible, p50 / p99 ms | {} / {} | p50 <= 100 |",
+        fmt_stat(visible_p50, 1),
+        fmt_stat(visible_p99, 1)
     );
     println!("| status writes per job | {writes_per_job:.2} | <= 3 |");
     println!("| apiserver requests per job (controller) | {requests_per_job:.2} | |");
@@ -658,6 +708,7 @@ async fn main() {
         "paths": paths,
         "operator_over_raw_throughput": stat_json(ratio),
         "create_to_completed_overhead_p50_ms": stat_json(overhead),
+        "close_to_status_visible_ms": {"p50": stat_json(visible_p50), "p99": stat_json(visible_p99)},
         "status_writes_per_job": writes_per_job,
         "apiserver_requests_per_job": requests_per_job,
         "facade_get_status": {"connections": args.wrk_connections, "seconds": args.wrk_seconds,
