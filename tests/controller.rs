@@ -165,16 +165,7 @@ async fn deleting_a_running_job_cancels_its_workflow_and_the_object_goes() {
         .delete("slow", &DeleteParams::default())
         .await
         .unwrap();
-    eventually("the job to disappear", JOB_WAIT, || async {
-        s.api
-            .get_opt("slow")
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    kube_env::wait_gone(&s.api, "slow", JOB_WAIT).await;
     let snapshot = support::gateway(&s.settings)
         .snapshot(&workflow_id)
         .await
@@ -403,20 +394,7 @@ async fn a_finished_job_is_deleted_after_its_ttl_and_its_events_remain() {
     spec.ttl_seconds_after_finished = Some(2);
     create(&s.api, "short-lived", spec).await;
     wait_phase(&s.api, "short-lived", Phase::Completed).await;
-    eventually(
-        "the TTL to delete the job",
-        Duration::from_secs(30),
-        || async {
-            s.api
-                .get_opt("short-lived")
-                .await
-                .ok()
-                .flatten()
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    kube_env::wait_gone(&s.api, "short-lived", Duration::from_secs(30)).await;
     let reasons = kube_env::event_reasons(&s.client, &s.ns, "short-lived").await;
     assert!(
         reasons.contains(&"Started".to_owned()) && reasons.contains(&"Completed".to_owned()),

@@ -298,6 +298,28 @@ pub mod kube_env {
         .await
     }
 
+    /// Waits until the job `name` no longer exists.
+    pub async fn wait_gone(api: &Api<ImageJob>, name: &str, timeout: Duration) {
+        super::eventually(&format!("{name} to disappear"), timeout, || async {
+            api.get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        })
+        .await
+    }
+
+    /// How many jobs `api` lists.
+    pub async fn count(api: &Api<ImageJob>) -> usize {
+        api.list(&ListParams::default())
+            .await
+            .expect("list jobs")
+            .items
+            .len()
+    }
+
     /// Reasons of the events recorded on the object `name`.
     pub async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<String> {
         Api::<Event>::namespaced(client.clone(), ns)
