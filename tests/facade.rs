@@ -455,7 +455,10 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
     // Jobs the fuzzer creates complete at once, so its result calls do not wait out their timeout.
     let _worker = TestWorker::plain(&s.settings);
     let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    // Its cache goes to a scratch folder, not the work tree.
+    let scratch = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new("schemathesis")
+        .current_dir(scratch.path())
         .args(["run", &facade.url("/openapi.json")])
         .args(["--checks", "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance"])
         .args(["--max-examples", "25", "--request-timeout", "10", "--phases", "examples,coverage,fuzzing"])
