@@ -6,8 +6,6 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// API group of the CRD.
-pub const GROUP: &str = "imagejob.dev";
 /// Finalizer the controller puts on every job so deleting it cancels its workflow first.
 pub const FINALIZER: &str = "imagejob.dev/workflow-cancel";
 /// Field manager of every status write (server-side apply).
@@ -29,8 +27,6 @@ pub const MAX_DESCRIPTION_LEN: usize = 4096;
 pub const MAX_TAGS: usize = 32;
 /// Longest accepted tag.
 pub const MAX_TAG_LEN: usize = 64;
-/// Pattern an image URL must match (http or https, no whitespace).
-pub const URL_PATTERN: &str = r"^https?://[^\s]+$";
 
 /// An image to process: its metadata is stored and, optionally, a visual similarity search is
 /// run on it, by one durable Temporal `ImageProcessingWorkflow`.

@@ -282,6 +282,16 @@ fn impersonating_kubeconfig(dir: &std::path::Path, user: &str) -> std::path::Pat
     path
 }
 
+/// Sends a request with the test token and reads the JSON answer.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    let response = request
+        .bearer_auth("rbac-token")
+        .send()
+        .await
+        .expect("request");
+    response.json().await.expect("a JSON body")
+}
+
 fn can_i(user: &str, ns: &str, verb: &str, resource: &str) -> bool {
     let out = Command::new("kubectl")
         .args(["auth", "can-i", verb, resource, "-n", ns, "--as", user])
@@ -372,31 +382,19 @@ async fn the_release_installs_and_its_rbac_is_sufficient_and_minimal() {
         },
     )
     .await;
-    let accepted: Value = http
-        .post(format!("{base}/images/process"))
-        .bearer_auth("rbac-token")
-        .json(&json!({"url": "https://example.com/image.jpg", "tags": ["shirt"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let accepted = json_of(
+        http.post(format!("{base}/images/process"))
+            .json(&json!({"url": "https://example.com/image.jpg", "tags": ["shirt"]})),
+    )
+    .await;
     let workflow_id = accepted["workflow_id"]
         .as_str()
         .expect("accepted")
         .to_owned();
-    let result: Value = http
-        .get(format!(
-            "{base}/images/workflow/{workflow_id}/result?timeout=60"
-        ))
-        .bearer_auth("rbac-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let result = json_of(http.get(format!(
+        "{base}/images/workflow/{workflow_id}/result?timeout=60"
+    )))
+    .await;
     assert_eq!(result["state"]["status"], "completed", "{result}");
     let jobs: Api<ImageJob> = Api::namespaced(client, &ns);
     assert_eq!(

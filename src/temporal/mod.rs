@@ -18,7 +18,7 @@ pub use types::{
     WorkflowState,
 };
 pub use worker::{WorkerHandle, spawn_worker};
-pub use workflow::{ImageProcessingWorkflow, WORKFLOW_TYPE};
+pub use workflow::ImageProcessingWorkflow;
 
 use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions};
 use url::Url;

@@ -19,9 +19,6 @@ use temporalio_sdk::{
     WorkflowContext, WorkflowContextView, WorkflowResult, WorkflowTermination,
 };
 
-/// Workflow type name, as in the seed.
-pub const WORKFLOW_TYPE: &str = "ImageProcessingWorkflow";
-
 /// The seed's image processing workflow.
 #[workflow]
 #[derive(Default)]
