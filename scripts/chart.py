@@ -6,6 +6,7 @@
   chart.py render VALUES.json     render with these values; print {template: manifest} as JSON
   chart.py validate VALUES.json   validate values against values.schema.json; exit 1 if rejected
   chart.py install RELEASE NAMESPACE VALUES.json   install into the cluster of $KUBECONFIG
+  chart.py upgrade RELEASE NAMESPACE VALUES.json   upgrade it with these values
   chart.py uninstall RELEASE NAMESPACE
 """
 
@@ -88,6 +89,15 @@ def install(release, namespace, values):
         config.close()
 
 
+def upgrade(release, namespace, values):
+    config = helm.Config(kubeconfig_path=os.environ["KUBECONFIG"], namespace=namespace)
+    try:
+        result = config.upgrade(str(CHART), release, values, namespace=namespace, timeout=120)
+        print(json.dumps({"release": release, "status": str(getattr(result, "status", result))}, default=str))
+    finally:
+        config.close()
+
+
 def uninstall(release, namespace):
     config = helm.Config(kubeconfig_path=os.environ["KUBECONFIG"], namespace=namespace)
     try:
@@ -112,6 +122,8 @@ if __name__ == "__main__":
         validate(load(args[0]))
     elif cmd == "install":
         install(args[0], args[1], load(args[2]))
+    elif cmd == "upgrade":
+        upgrade(args[0], args[1], load(args[2]))
     elif cmd == "uninstall":
         uninstall(args[0], args[1])
     else:

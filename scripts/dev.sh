@@ -41,5 +41,5 @@ cat <<MSG
 
 MSG
 EMBEDDED_STORE_PATH="${EMBEDDED_STORE_PATH:-$stack/metadata.redb}" \
-  ./target/debug/imagejob-operator run --no-auth \
+  "$CARGO_TARGET_DIR/debug/imagejob-operator" run --no-auth \
   --facade-addr "127.0.0.1:$facade_port" --metrics-addr "127.0.0.1:$metrics_port"

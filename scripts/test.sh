@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# README's second command: installs what the tests need, starts a private real stack
-# (etcd + kube-apiserver + Temporal) on free ports, and runs the whole test suite against it:
-# formatting, clippy, unit tests and integration tests. The stack is stopped on exit.
+# README's second command: installs what the tests need, builds the container image, starts two
+# private real stacks (etcd + kube-apiserver + Temporal on loopback for most suites, and a
+# single-node cluster with kubelet and containerd for the chart's pods), and runs the whole test
+# suite: formatting, clippy, unit tests and integration tests. The stacks are stopped on exit.
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -16,12 +17,18 @@ cargo build --tests --all-targets
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+step "building the container image (release binary)"
+scripts/image.sh >/dev/null
+
 stack="$(mktemp -d /tmp/imagejob-test-stack.XXXXXX)"
-trap 'scripts/stack.sh down "$stack"' EXIT
+cluster="$(mktemp -d /tmp/imagejob-test-cluster.XXXXXX)"
+trap 'scripts/stack.sh down "$stack"; scripts/stack.sh down "$cluster"' EXIT
 scripts/stack.sh up "$stack"
+scripts/stack.sh up "$cluster" --cluster
 # shellcheck disable=SC1091
 source "$stack/env"
 export IJ_STACK_SCRIPT="$IJ_ROOT/scripts/stack.sh"
+export IJ_CLUSTER_ENV="$cluster/env"
 
 step "cargo test (unit + integration, against the stack in $stack)"
 set +e

@@ -2,6 +2,7 @@
 //! The seed's `TEMPORAL_*` variables are part of the contract.
 
 use crate::{
+    controller::LeaseSettings,
     similarity::{LykdatClient, LykdatError},
     store::{CouchbaseSettings, CouchbaseStore, EmbeddedStore, MetadataStore, StoreError},
     temporal::TemporalSettings,
@@ -207,6 +208,14 @@ pub enum ConfigError {
     /// The Lykdat client cannot be built.
     #[error(transparent)]
     Lykdat(#[from] LykdatError),
+    /// An option has a value that cannot work.
+    #[error("{name}: {message}")]
+    Invalid {
+        /// The option (its environment variable).
+        name: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 impl WorkerArgs {
@@ -268,9 +277,17 @@ pub struct ControllerArgs {
     /// Namespace of the Lease.
     #[arg(long, env = "LEASE_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
-    /// Lease duration in seconds: a dead leader is replaced within this time.
+    /// Lease duration in seconds: candidates take over a leader whose Lease they saw unchanged
+    /// for this long.
     #[arg(long, env = "LEASE_DURATION_SECS", default_value_t = 15)]
     pub lease_duration_secs: u64,
+    /// Seconds the leader may act after the start of its last successful renewal; it stops
+    /// every write when this passes without a renewal. Shorter than the lease duration.
+    #[arg(long, env = "LEASE_RENEW_DEADLINE_SECS", default_value_t = 10.0)]
+    pub lease_renew_deadline_secs: f64,
+    /// Seconds between acquire and renew attempts. Shorter than the renew deadline.
+    #[arg(long, env = "LEASE_RETRY_PERIOD_SECS", default_value_t = 2.0)]
+    pub lease_retry_period_secs: f64,
     /// This replica's identity in the Lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -282,6 +299,36 @@ pub struct ControllerArgs {
     /// jobs arrive together (or at startup).
     #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 32)]
     pub reconcile_concurrency: u16,
+    /// Seconds a deleted job waits for its workflow to be cancelled (while Temporal is down, say)
+    /// before it is released anyway with a Warning event. The annotation
+    /// `imagejob.dev/release-without-cancel` releases one at once.
+    #[arg(long, env = "CANCEL_ON_DELETE_TIMEOUT_SECS", default_value_t = 300)]
+    pub cancel_on_delete_timeout_secs: u64,
+}
+
+impl ControllerArgs {
+    /// The Lease settings, checked against client-go's invariants.
+    pub fn lease_settings(&self, identity: String) -> Result<LeaseSettings, ConfigError> {
+        let seconds = |name: &'static str, value: f64| {
+            Duration::try_from_secs_f64(value).map_err(|_| ConfigError::Invalid {
+                name,
+                message: format!("{value} is not a duration in seconds"),
+            })
+        };
+        let settings = LeaseSettings {
+            name: self.lease_name.clone(),
+            namespace: self.lease_namespace.clone(),
+            identity,
+            lease_duration: Duration::from_secs(self.lease_duration_secs),
+            renew_deadline: seconds("LEASE_RENEW_DEADLINE_SECS", self.lease_renew_deadline_secs)?,
+            retry_period: seconds("LEASE_RETRY_PERIOD_SECS", self.lease_retry_period_secs)?,
+        };
+        settings.validate().map_err(|e| ConfigError::Invalid {
+            name: "LEASE_*",
+            message: e.to_string(),
+        })?;
+        Ok(settings)
+    }
 }
 
 /// Facade options.

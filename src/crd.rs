@@ -14,6 +14,15 @@ pub const FIELD_MANAGER: &str = "imagejob-operator";
 pub const WORKFLOW_ID_PREFIX: &str = "image-processing-";
 /// Condition type set True when the job completed, False when it failed or was cancelled.
 pub const CONDITION_SUCCEEDED: &str = "Succeeded";
+/// Whether `id` has the shape of an ImageJob's workflow id (the prefix and a UUID).
+pub fn is_workflow_id(id: &str) -> bool {
+    id.strip_prefix(WORKFLOW_ID_PREFIX)
+        .is_some_and(|uid| uuid::Uuid::parse_str(uid).is_ok())
+}
+
+/// Annotation an admin sets on a job stuck in deletion to release it without cancelling its
+/// workflow (for a Temporal that is gone for good).
+pub const RELEASE_ANNOTATION: &str = "imagejob.dev/release-without-cancel";
 /// Condition type set False while Temporal cannot be reached.
 pub const CONDITION_TEMPORAL_REACHABLE: &str = "TemporalReachable";
 

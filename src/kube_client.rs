@@ -1,12 +1,80 @@
 //! The Kubernetes client of the roles, with every request counted by verb in the metrics
-//! (`imagejob_apiserver_requests_total`), so "apiserver requests per job" can be measured.
+//! (`imagejob_apiserver_requests_total`), so "apiserver requests per job" can be measured, and
+//! every write checked against a [`WriteFence`] right before it is sent.
 
 use crate::metrics::SharedMetrics;
 use kube::{
     Client, Config,
     client::{Body, ClientBuilder},
 };
-use tower::util::MapRequestLayer;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::time::Instant;
+use tower::{filter::FilterLayer, util::MapRequestLayer};
+
+/// Until when this process may write to the apiserver. A leader-elected controller opens it
+/// until its renew deadline on every successful Lease renewal; the client refuses every write
+/// (anything but GET/LIST/WATCH, and Lease calls) while it is closed. The check reads the
+/// monotonic clock synchronously before the request leaves, so a process that was paused past
+/// its deadline cannot send a single write when it wakes.
+#[derive(Clone, Debug)]
+pub struct WriteFence(Arc<Mutex<FenceState>>);
+
+#[derive(Clone, Copy, Debug)]
+enum FenceState {
+    Open,
+    Until(Instant),
+    Closed,
+}
+
+impl WriteFence {
+    /// Always open: a process that does not take part in leader election.
+    pub fn open() -> Self {
+        Self(Arc::new(Mutex::new(FenceState::Open)))
+    }
+
+    /// Closed until [`WriteFence::open_until`].
+    pub fn closed() -> Self {
+        Self(Arc::new(Mutex::new(FenceState::Closed)))
+    }
+
+    fn set(&self, state: FenceState) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = state;
+        }
+    }
+
+    /// Open until `deadline`.
+    pub fn open_until(&self, deadline: Instant) {
+        self.set(FenceState::Until(deadline));
+    }
+
+    /// Closed from now on.
+    pub fn close(&self) {
+        self.set(FenceState::Closed);
+    }
+
+    /// How long it stays open (zero when closed).
+    pub fn remaining(&self) -> Duration {
+        match self.0.lock().map(|s| *s) {
+            Ok(FenceState::Open) => Duration::MAX,
+            Ok(FenceState::Until(deadline)) => deadline.saturating_duration_since(Instant::now()),
+            Ok(FenceState::Closed) | Err(_) => Duration::ZERO,
+        }
+    }
+
+    /// Whether writes may be sent now.
+    pub fn is_open(&self) -> bool {
+        !self.remaining().is_zero()
+    }
+}
+
+/// A write refused by a closed [`WriteFence`].
+#[derive(Debug, thiserror::Error)]
+#[error("write refused: this replica is not the leader (its lease renew deadline passed)")]
+pub struct Fenced;
 
 /// Why no client could be built.
 #[derive(Debug, thiserror::Error)]
@@ -36,12 +104,34 @@ fn verb(request: &http::Request<Body>) -> &'static str {
     }
 }
 
-/// A client from the kubeconfig or the in-cluster configuration, counting its requests.
-pub async fn counted(metrics: SharedMetrics) -> Result<Client, ClientError> {
+/// Whether a request may pass a closed fence: reads, and the Lease calls of the election.
+fn passes_closed_fence(request: &http::Request<Body>) -> bool {
+    matches!(verb(request), "GET" | "WATCH")
+        || request
+            .uri()
+            .path()
+            .starts_with("/apis/coordination.k8s.io/")
+}
+
+/// A client from the kubeconfig or the in-cluster configuration, counting the requests it
+/// sends and refusing writes while `fence` is closed.
+pub async fn counted(metrics: SharedMetrics, fence: WriteFence) -> Result<Client, ClientError> {
     let config = Config::infer().await?;
+    let counter = metrics.clone();
     let count = MapRequestLayer::new(move |request: http::Request<Body>| {
-        metrics.apiserver_request(verb(&request));
+        counter.apiserver_request(verb(&request));
         request
     });
-    Ok(ClientBuilder::try_from(config)?.with_layer(&count).build())
+    let guard = FilterLayer::new(move |request: http::Request<Body>| {
+        if passes_closed_fence(&request) || fence.is_open() {
+            Ok(request)
+        } else {
+            metrics.write_fenced();
+            Err(Fenced)
+        }
+    });
+    Ok(ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .with_layer(&guard)
+        .build())
 }

@@ -60,6 +60,12 @@ pub struct Metrics {
     pub jobs: Family<PhaseLabel, Gauge>,
     /// Facade requests, by status class.
     pub http_requests: Family<ClassLabel, Counter>,
+    /// Writes refused because this replica was not (or no longer) the leader.
+    pub fenced_writes: Counter,
+    /// 1 while this replica holds the leader Lease (or runs without election), else 0.
+    pub leader: Gauge,
+    /// Jobs with per-job entries in the controller's memory.
+    pub tracked_jobs: Gauge,
     writes_by_job: Mutex<HashMap<String, u64>>,
 }
 
@@ -83,6 +89,24 @@ impl Metrics {
         let apiserver_requests = Family::<VerbLabel, Counter>::default();
         let jobs = Family::<PhaseLabel, Gauge>::default();
         let http_requests = Family::<ClassLabel, Counter>::default();
+        let fenced_writes = Counter::default();
+        let leader = Gauge::default();
+        let tracked_jobs = Gauge::default();
+        registry.register(
+            "controller_tracked_jobs",
+            "Per-job entries in the controller's memory (backoffs, watches, write counters)",
+            tracked_jobs.clone(),
+        );
+        registry.register(
+            "fenced_writes",
+            "Apiserver writes refused because this replica was not the leader",
+            fenced_writes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica leads (or runs without election)",
+            leader.clone(),
+        );
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -125,6 +149,9 @@ impl Metrics {
             apiserver_requests,
             jobs,
             http_requests,
+            fenced_writes,
+            leader,
+            tracked_jobs,
             writes_by_job: Mutex::new(HashMap::new()),
         }
     }
@@ -151,6 +178,33 @@ impl Metrics {
     pub fn reconcile_took(&self, took: Duration) {
         self.reconciles.inc();
         self.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    /// Counts one write refused by the write fence.
+    pub fn write_fenced(&self) {
+        self.fenced_writes.inc();
+    }
+
+    /// Records whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Records how many jobs have per-job entries.
+    pub fn set_tracked_jobs(&self, n: usize) {
+        self.tracked_jobs.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Forgets a job that is gone (deleted before it finished): no entry outlives its job.
+    pub fn forget_job(&self, uid: &str) {
+        if let Ok(mut map) = self.writes_by_job.lock() {
+            map.remove(uid);
+        }
+    }
+
+    /// Jobs with per-job bookkeeping (status writes not yet observed).
+    pub fn tracked_jobs(&self) -> usize {
+        self.writes_by_job.lock().map(|m| m.len()).unwrap_or(0)
     }
 
     /// Counts one status write of the job with this uid.

@@ -3,22 +3,23 @@
 
 use crate::{
     config::{ControllerArgs, FacadeArgs, RunCommand, TemporalArgs, WorkerArgs},
-    controller::{self, LeaderElector, LeaseSettings},
+    controller::{self, LeaderElector},
     crd::ImageJob,
     facade::{self, Auth, FacadeState, JobCache, TokenFile},
-    kube_client,
+    kube_client::{self, WriteFence},
     metrics::{Metrics, SharedMetrics},
     temporal::{ImageActivities, TemporalGateway, WorkflowGateway, spawn_worker},
 };
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use futures::FutureExt;
 use kube::{Api, runtime::reflector::Store};
 use std::{
     net::SocketAddr,
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, RwLock, atomic::Ordering},
     time::Duration,
 };
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 /// A shutdown signal every role can wait on.
@@ -105,7 +106,14 @@ pub async fn worker(
     Ok(())
 }
 
+/// The controller's job cache, once it leads (the probes read it).
+type SharedStore = Arc<RwLock<Option<Store<ImageJob>>>>;
+
 /// `controller`: reconciles ImageJobs (as leader, when election is on) until shutdown.
+///
+/// With election, the replica campaigns; once it leads it runs the controller until shutdown
+/// (then releases the Lease) or until leadership is lost: then the write fence is already
+/// closed, every in-flight reconcile is dropped at once, and the replica campaigns again.
 pub async fn controller(
     temporal: &TemporalArgs,
     args: &ControllerArgs,
@@ -113,10 +121,20 @@ pub async fn controller(
 ) -> anyhow::Result<()> {
     let gateway: Arc<dyn WorkflowGateway> = Arc::new(TemporalGateway::new(temporal.settings()));
     let metrics: SharedMetrics = Arc::new(Metrics::new());
-    let client = kube_client::counted(metrics.clone())
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let lease = args
+        .leader_election
+        .then(|| args.lease_settings(identity.clone()))
+        .transpose()?;
+    let fence = if lease.is_some() {
+        WriteFence::closed()
+    } else {
+        WriteFence::open()
+    };
+    let client = kube_client::counted(metrics.clone(), fence.clone())
         .await
         .context("connecting to Kubernetes")?;
-    let store = Arc::new(OnceCell::new());
+    let store: SharedStore = Arc::default();
     let probes = serve_probes(
         args.metrics_addr,
         metrics.clone(),
@@ -125,61 +143,57 @@ pub async fn controller(
     )
     .await?;
     tokio::spawn(probes);
-
-    let mut lost_leadership = None;
-    if args.leader_election {
-        let identity = args.identity.clone().unwrap_or_else(default_identity);
-        let elector = Arc::new(LeaderElector::new(
+    let settings = controller::Settings {
+        namespaces: args.watch_namespaces.clone(),
+        max_workflow_watches: args.max_workflow_watches,
+        concurrency: args.reconcile_concurrency,
+        instance: Some(identity),
+        release_after: Duration::from_secs(args.cancel_on_delete_timeout_secs),
+    };
+    let run_once = |stop: Shutdown| {
+        let (client, gateway, metrics, settings, fence, store) = (
             client.clone(),
-            LeaseSettings {
-                name: args.lease_name.clone(),
-                namespace: args.lease_namespace.clone(),
-                identity,
-                duration: Duration::from_secs(args.lease_duration_secs.max(3)),
-            },
-        ));
+            gateway.clone(),
+            metrics.clone(),
+            settings.clone(),
+            fence.clone(),
+            store.clone(),
+        );
+        async move {
+            let (reader, running) =
+                controller::run(client, gateway, metrics, settings, fence, stop.wait()).await;
+            if let Ok(mut slot) = store.write() {
+                *slot = Some(reader);
+            }
+            running.await;
+        }
+    };
+    let Some(lease) = lease else {
+        metrics.set_leader(true);
+        run_once(shutdown).await;
+        return Ok(());
+    };
+    let mut elector = LeaderElector::new(client.clone(), lease, fence.clone());
+    loop {
         tokio::select! {
             _ = elector.acquire() => {}
             _ = shutdown.clone().wait() => return Ok(()),
         }
-        lost_leadership = Some(async move { elector.hold().await });
-    }
-    let (lost_tx, mut lost_rx) = watch::channel(false);
-    if let Some(lost) = lost_leadership {
-        tokio::spawn(async move {
-            lost.await;
-            let _ = lost_tx.send(true);
-        });
-    }
-    let mut stop_on_loss = lost_rx.clone();
-    let stop = {
-        let shutdown = shutdown.clone();
-        async move {
-            tokio::select! {
-                _ = shutdown.wait() => {}
-                _ = stop_on_loss.wait_for(|lost| *lost) => {}
-            }
+        metrics.set_leader(true);
+        let lost = tokio::select! {
+            _ = run_once(shutdown.clone()) => false,
+            _ = elector.hold() => true,
+        };
+        metrics.set_leader(false);
+        if let Ok(mut slot) = store.write() {
+            *slot = None;
         }
-    };
-    let (reader, running) = controller::run(
-        client,
-        gateway,
-        metrics,
-        controller::Settings {
-            namespaces: args.watch_namespaces.clone(),
-            max_workflow_watches: args.max_workflow_watches,
-            concurrency: args.reconcile_concurrency,
-            instance: args.identity.clone(),
-        },
-        stop,
-    )
-    .await;
-    let _ = store.set(reader);
-    running.await;
-    if *lost_rx.borrow_and_update() {
-        anyhow::bail!("leadership lost: exiting so a fresh process can campaign again");
+        if !lost {
+            elector.release().await;
+            return Ok(());
+        }
+        warn!("leadership lost: reconciles stopped; campaigning again");
     }
-    Ok(())
 }
 
 fn default_identity() -> String {
@@ -191,14 +205,21 @@ fn default_identity() -> String {
 #[derive(Clone)]
 struct ProbeState {
     metrics: SharedMetrics,
-    store: Arc<OnceCell<Store<ImageJob>>>,
+    store: SharedStore,
+}
+
+impl ProbeState {
+    fn store(&self) -> Option<Store<ImageJob>> {
+        self.store.read().ok().and_then(|s| s.clone())
+    }
 }
 
 /// Binds the controller's `/metrics`, `/healthz`, `/readyz` server; returns its future.
+/// Every probe answers at once: readiness looks at the cache, it never waits for it.
 async fn serve_probes(
     addr: SocketAddr,
     metrics: SharedMetrics,
-    store: Arc<OnceCell<Store<ImageJob>>>,
+    store: SharedStore,
     shutdown: Shutdown,
 ) -> anyhow::Result<impl Future<Output = ()>> {
     let app = Router::new()
@@ -206,19 +227,20 @@ async fn serve_probes(
         .route(
             "/readyz",
             get(|State(s): State<ProbeState>| async move {
-                // A standby replica (no store yet) is ready: it is healthy and waiting to lead.
-                match s.store.get() {
-                    Some(store) if store.wait_until_ready().await.is_err() => {
-                        (StatusCode::SERVICE_UNAVAILABLE, "cache not ready").into_response()
+                // A standby replica (no store) is ready: it is healthy and waiting to lead.
+                match s.store() {
+                    Some(store) if store.wait_until_ready().now_or_never().is_none() => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "cache not synced yet").into_response()
                     }
-                    _ => "ready".into_response(),
+                    Some(_) => "ready: leading".into_response(),
+                    None => "ready: standby".into_response(),
                 }
             }),
         )
         .route(
             "/metrics",
             get(|State(s): State<ProbeState>| async move {
-                if let Some(store) = s.store.get() {
+                if let Some(store) = s.store() {
                     let jobs = store.state();
                     s.metrics.count_phases(jobs.iter().map(|j| j.as_ref()));
                 }
@@ -262,7 +284,7 @@ pub async fn facade(
         ))
     };
     let metrics: SharedMetrics = Arc::new(Metrics::new());
-    let client = kube_client::counted(metrics.clone())
+    let client = kube_client::counted(metrics.clone(), WriteFence::open())
         .await
         .context("connecting to Kubernetes")?;
     let api: Api<ImageJob> = Api::namespaced(client, &args.facade_namespace);

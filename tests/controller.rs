@@ -263,6 +263,8 @@ async fn with_two_controllers_one_leads_and_the_other_takes_over_when_it_dies() 
             ("LEASE_NAME", lease.clone()),
             ("LEASE_NAMESPACE", s.ns.clone()),
             ("LEASE_DURATION_SECS", "3".to_owned()),
+            ("LEASE_RENEW_DEADLINE_SECS", "2".to_owned()),
+            ("LEASE_RETRY_PERIOD_SECS", "0.5".to_owned()),
             ("POD_NAME", who.to_owned()),
         ]
     };

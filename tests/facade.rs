@@ -477,3 +477,89 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
         "schemathesis found problems:\n{report}"
     );
 }
+
+/// A facade replica as its own process (the chart's topology: several behind one Service).
+fn facade_process(s: &Setup, tokens: &std::path::Path) -> (support::ChildGuard, String) {
+    let port = support::free_port();
+    let child = support::ChildGuard::spawn(
+        std::process::Command::new(support::operator_bin())
+            .arg("facade")
+            .env("FACADE_ADDR", format!("127.0.0.1:{port}"))
+            .env("FACADE_NAMESPACE", &s.ns)
+            .env("FACADE_TOKENS_FILE", tokens)
+            .env("TEMPORAL_HOST", &s.settings.host)
+            .env("TEMPORAL_PORT", s.settings.port.to_string())
+            .env("TEMPORAL_TASK_QUEUE", &s.settings.task_queue),
+    );
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+#[tokio::test]
+async fn any_replica_answers_for_a_job_another_replica_just_accepted() {
+    let s = Setup::new("replicas").await;
+    let _worker = TestWorker::plain(&s.settings);
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let tokens = tempfile::tempdir().unwrap();
+    let token_file = tokens.path().join("tokens");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let (_a, replica_a) = facade_process(&s, &token_file);
+    let (_b, replica_b) = facade_process(&s, &token_file);
+    let http = reqwest::Client::new();
+    for base in [&replica_a, &replica_b] {
+        eventually(
+            "the facade replica to be ready",
+            Duration::from_secs(30),
+            || async {
+                let r = http.get(format!("{base}/readyz")).send().await.ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
+        .await;
+    }
+    let mut not_found = Vec::new();
+    for i in 0..200 {
+        let created: Value = http
+            .post(format!("{replica_a}/images/process"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"url": format!("https://example.com/{i}.jpg")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = created["workflow_id"]
+            .as_str()
+            .expect("a workflow id")
+            .to_owned();
+        let status = http
+            .get(format!("{replica_b}/images/workflow/{id}/status"))
+            .bearer_auth(TOKEN)
+            .send();
+        let result = http
+            .get(format!(
+                "{replica_b}/images/workflow/{id}/result?timeout=30"
+            ))
+            .bearer_auth(TOKEN)
+            .send();
+        let (status, result) = tokio::join!(status, result);
+        let (status, result) = (status.unwrap(), result.unwrap());
+        if status.status() == StatusCode::NOT_FOUND || result.status() == StatusCode::NOT_FOUND {
+            not_found.push(id.clone());
+        }
+        assert!(
+            status.status().is_success(),
+            "status of {id} on replica B: {}",
+            status.status()
+        );
+        assert_eq!(
+            result.status(),
+            StatusCode::OK,
+            "result of {id} on replica B"
+        );
+        let result: Value = result.json().await.unwrap();
+        assert_eq!(result["done"], true);
+        assert_eq!(result["state"]["status"], "completed", "{result}");
+    }
+    assert!(not_found.is_empty(), "404s from replica B: {not_found:?}");
+}

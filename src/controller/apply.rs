@@ -99,6 +99,10 @@ async fn observe(
 }
 
 /// Writes the status by server-side apply when it changed; returns whether it wrote.
+///
+/// The write is conditional on the resourceVersion the decision was made from, so it can never
+/// land on a job that changed since, such as one a newer leader already finished: on a conflict
+/// the job is read again, and a job that is terminal by then is left as it is.
 async fn write_status(
     job: &ImageJob,
     current: &ImageJobStatus,
@@ -110,19 +114,43 @@ async fn write_status(
     }
     let api: Api<ImageJob> =
         Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    match apply_status(&api, job, desired).await {
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let Some(fresh) = api.get_opt(&job.name_any()).await? else {
+                return Ok(false);
+            };
+            if fresh.phase().is_terminal() || fresh.uid() != job.uid() {
+                return Ok(false);
+            }
+            apply_status(&api, &fresh, desired).await?;
+        }
+        result => {
+            result?;
+        }
+    }
+    ctx.metrics.status_written(&job.uid().unwrap_or_default());
+    Ok(true)
+}
+
+/// One server-side apply of the status, preconditioned on `seen`'s resourceVersion.
+async fn apply_status(
+    api: &Api<ImageJob>,
+    seen: &ImageJob,
+    desired: &ImageJobStatus,
+) -> Result<(), kube::Error> {
     let patch = json!({
         "apiVersion": ImageJob::api_version(&()),
         "kind": ImageJob::kind(&()),
+        "metadata": {"resourceVersion": seen.resource_version()},
         "status": desired,
     });
     api.patch_status(
-        &job.name_any(),
+        &seen.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
-    .await?;
-    ctx.metrics.status_written(&job.uid().unwrap_or_default());
-    Ok(true)
+    .await
+    .map(|_| ())
 }
 
 async fn announce(job: &ImageJob, status: &ImageJobStatus, ctx: &Context) {

@@ -23,6 +23,11 @@ impl Backoffs {
         delay
     }
 
+    /// Keys with failures remembered.
+    pub fn tracked(&self) -> usize {
+        self.attempts.lock().map(|a| a.len()).unwrap_or(0)
+    }
+
     /// Forgets `key`'s failures.
     pub fn reset(&self, key: &str) {
         if let Ok(mut attempts) = self.attempts.lock() {

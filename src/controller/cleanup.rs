@@ -1,70 +1,101 @@
 //! Cleanup on delete: a running workflow is cancelled (the seed's `cancel` signal, then
-//! Temporal's request-cancel if it does not end) before the finalizer goes. Finished jobs and
-//! workflows that do not exist go at once.
+//! Temporal's request-cancel if it has not ended after a grace period) before the finalizer
+//! goes. Finished jobs and workflows that do not exist go at once.
+//!
+//! Cleanup never waits inside a reconcile: each round sends what is due and returns
+//! [`Error::CancelPending`], retried shortly (the workflow's close watch wakes it earlier), so an
+//! unreachable Temporal holds no reconcile slot. A job whose workflow cannot be cancelled is
+//! released after [`super::Settings::release_after`] with a Warning event, or at once when an
+//! admin sets the [`RELEASE_ANNOTATION`].
 
 use super::{Context, Error, Result, workflow_id};
 use crate::{
-    crd::ImageJob,
+    crd::{ImageJob, RELEASE_ANNOTATION},
     temporal::{ExecutionStatus, GatewayError},
 };
+use k8s_openapi::jiff::Timestamp;
 use kube::{
     ResourceExt,
-    runtime::{controller::Action, events::EventType},
+    runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
 use std::{sync::Arc, time::Duration};
-use tracing::info;
+use tracing::{info, warn};
 
-/// How long the workflow gets to end after the signal before request-cancel.
+/// How long after deletion the `cancel` signal alone is given; then request-cancel.
 const SIGNAL_GRACE: Duration = Duration::from_secs(5);
-/// How long the workflow gets to end after request-cancel before the reconcile is retried.
-const CANCEL_GRACE: Duration = Duration::from_secs(10);
+/// Next look at a workflow being cancelled (its close watch usually wakes the job first).
+const CHECK_AGAIN: Duration = Duration::from_secs(1);
 
 pub(super) async fn cleanup(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
-    if job.phase().is_terminal() {
-        return Ok(Action::await_change());
-    }
     let id = workflow_id(&job)?;
-    // Whatever a watch kept for this workflow is of no use any more.
-    ctx.watches.take_closed(&id);
-    match ctx.gateway.snapshot(&id).await {
-        Err(GatewayError::NotFound) => return Ok(Action::await_change()),
-        Ok(snapshot) if snapshot.execution != ExecutionStatus::Running => {
-            return Ok(Action::await_change());
-        }
-        Ok(_) => {}
-        Err(e) => return Err(e.into()),
-    }
-    info!(name = %job.name_any(), workflow_id = %id, "job deleted while running; cancelling its workflow");
-    if ended_after(ctx.gateway.signal_cancel(&id), &id, SIGNAL_GRACE, ctx).await?
-        || ended_after(ctx.gateway.request_cancel(&id), &id, CANCEL_GRACE, ctx).await?
-    {
-        ctx.event(
-            &job,
-            EventType::Normal,
-            "Cancelled",
-            format!("workflow {id} cancelled on delete"),
-        )
-        .await;
-        return Ok(Action::await_change());
-    }
-    Err(Error::StillRunning(id))
+    cancel(&job, &id, ctx).await?;
+    ctx.forget(&job, &id);
+    Ok(Action::await_change())
 }
 
-/// Sends a cancellation and waits up to `grace` for the workflow to close.
-async fn ended_after(
-    cancellation: impl Future<Output = Result<(), GatewayError>>,
-    id: &str,
-    grace: Duration,
-    ctx: &Context,
-) -> Result<bool> {
-    match cancellation.await {
-        Ok(()) => {}
-        Err(GatewayError::NotFound) => return Ok(true),
+/// How long the job has been marked for deletion.
+fn deleting_for(job: &ImageJob) -> Duration {
+    job.metadata
+        .deletion_timestamp
+        .as_ref()
+        .and_then(|t| Duration::try_from(Timestamp::now().duration_since(t.0)).ok())
+        .unwrap_or_default()
+}
+
+/// Ok once the finalizer may go; `CancelPending` while the workflow is being cancelled.
+async fn cancel(job: &ImageJob, id: &str, ctx: &Context) -> Result<()> {
+    if job.phase().is_terminal() {
+        return Ok(());
+    }
+    if job.annotations().contains_key(RELEASE_ANNOTATION) {
+        let note = format!(
+            "released by the {RELEASE_ANNOTATION} annotation without cancelling workflow {id}; it may still run in Temporal"
+        );
+        warn!(name = %job.name_any(), workflow_id = %id, "{note}");
+        ctx.event(job, EventType::Warning, "ReleasedWithoutCancel", note)
+            .await;
+        return Ok(());
+    }
+    let waited = deleting_for(job);
+    if waited >= ctx.settings.release_after {
+        let note = format!(
+            "workflow {id} could not be cancelled within {:?} of deletion; released, it may still run in Temporal",
+            ctx.settings.release_after
+        );
+        warn!(name = %job.name_any(), workflow_id = %id, "{note}");
+        ctx.event(job, EventType::Warning, "CancelTimedOut", note)
+            .await;
+        return Ok(());
+    }
+    let execution = match ctx.watches.take_closed(id) {
+        Some(closed) => Ok(closed.execution),
+        None => ctx.gateway.execution(id).await,
+    };
+    match execution {
+        Err(GatewayError::NotFound) => return Ok(()),
+        Ok(ExecutionStatus::Running) => {}
+        Ok(ExecutionStatus::Cancelled) => {
+            let note = format!("workflow {id} cancelled on delete");
+            ctx.event(job, EventType::Normal, "Cancelled", note).await;
+            return Ok(());
+        }
+        Ok(_) => return Ok(()),
         Err(e) => return Err(e.into()),
     }
-    match tokio::time::timeout(grace, ctx.gateway.wait_closed(id)).await {
-        Ok(Ok(_)) | Ok(Err(GatewayError::NotFound)) => Ok(true),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Ok(false),
+    let sent = if waited < SIGNAL_GRACE {
+        info!(name = %job.name_any(), workflow_id = %id, "job deleted while running; sending the cancel signal");
+        ctx.gateway.signal_cancel(id).await
+    } else {
+        info!(name = %job.name_any(), workflow_id = %id, "workflow still running after the cancel signal; requesting cancellation");
+        ctx.gateway.request_cancel(id).await
+    };
+    match sent {
+        Ok(()) | Err(GatewayError::NotFound) => {}
+        Err(e) => return Err(e.into()),
     }
+    ctx.watches.ensure(id, ObjectRef::from_obj(job));
+    Err(Error::CancelPending {
+        workflow_id: id.to_owned(),
+        retry_in: CHECK_AGAIN,
+    })
 }

@@ -8,10 +8,11 @@ mod leader;
 pub mod status;
 mod watches;
 
-pub use leader::{LeaderElector, LeaseSettings};
+pub use leader::{LeaderElector, LeaseSettings, TimingError};
 
 use crate::{
     crd::{FINALIZER, ImageJob, WORKFLOW_ID_PREFIX},
+    kube_client::WriteFence,
     metrics::SharedMetrics,
     temporal::{GatewayError, WorkflowGateway},
 };
@@ -28,7 +29,10 @@ use kube::{
         watcher,
     },
 };
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use tracing::{info, instrument, warn};
 use watches::WorkflowWatches;
 
@@ -47,9 +51,14 @@ pub enum Error {
     /// The object has no uid (not from the apiserver).
     #[error("object has no uid")]
     MissingUid,
-    /// A cancelled workflow has not closed yet; deletion waits.
-    #[error("workflow {0} has not closed after cancellation yet")]
-    StillRunning(String),
+    /// A cancelled workflow has not closed yet; deletion waits and looks again in `retry_in`.
+    #[error("workflow {workflow_id} has not closed after cancellation yet")]
+    CancelPending {
+        /// The workflow being cancelled.
+        workflow_id: String,
+        /// When to look again.
+        retry_in: Duration,
+    },
 }
 
 impl Error {
@@ -60,7 +69,7 @@ impl Error {
             Error::Temporal(_) => "temporal",
             Error::Finalizer(_) => "finalizer",
             Error::MissingUid => "missing_uid",
-            Error::StillRunning(_) => "still_running",
+            Error::CancelPending { .. } => "cancel_pending",
         }
     }
 }
@@ -76,6 +85,9 @@ pub struct Context {
     pub gateway: Arc<dyn WorkflowGateway>,
     /// Metrics.
     pub metrics: SharedMetrics,
+    /// Open while this replica may write (it leads).
+    pub fence: WriteFence,
+    settings: Settings,
     recorder: Recorder,
     watches: WorkflowWatches,
     backoffs: Backoffs,
@@ -90,6 +102,20 @@ pub fn workflow_id(job: &ImageJob) -> Result<String> {
 }
 
 impl Context {
+    /// Drops every per-job entry of a job that is gone.
+    fn forget(&self, job: &ImageJob, workflow_id: &str) {
+        let uid = job.uid().unwrap_or_default();
+        self.backoffs.reset(&uid);
+        self.metrics.forget_job(&uid);
+        self.watches.forget(workflow_id);
+    }
+
+    /// Per-job entries held in memory (backoffs, watches, write counters): bounded by the jobs
+    /// that exist and are not finished; exported as `imagejob_controller_tracked_jobs`.
+    fn tracked(&self) -> usize {
+        self.backoffs.tracked() + self.watches.tracked() + self.metrics.tracked_jobs()
+    }
+
     /// Publishes an event on the job; failures are logged, never fatal.
     async fn event(&self, job: &ImageJob, type_: EventType, reason: &str, note: String) {
         let event = Event {
@@ -107,6 +133,10 @@ impl Context {
 
 #[instrument(skip_all, fields(namespace = ?job.namespace(), name = %job.name_any()))]
 async fn reconcile(job: Arc<ImageJob>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.fence.is_open() {
+        // No longer the leader: touch nothing (the controller is being stopped).
+        return Ok(Action::await_change());
+    }
     let started = Instant::now();
     let api: Api<ImageJob> =
         Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
@@ -119,12 +149,22 @@ async fn reconcile(job: Arc<ImageJob>, ctx: Arc<Context>) -> Result<Action> {
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.reconcile_took(started.elapsed());
+    ctx.metrics.set_tracked_jobs(ctx.tracked());
     result
 }
 
 fn error_policy(job: Arc<ImageJob>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(error.kind());
-    let delay = ctx.backoffs.next(&job.uid().unwrap_or_default());
+    let delay = match error {
+        Error::Finalizer(e) => match e.as_ref() {
+            kube::runtime::finalizer::Error::CleanupFailed(Error::CancelPending {
+                retry_in,
+                ..
+            }) => *retry_in,
+            _ => ctx.backoffs.next(&job.uid().unwrap_or_default()),
+        },
+        _ => ctx.backoffs.next(&job.uid().unwrap_or_default()),
+    };
     warn!(namespace = ?job.namespace(), name = %job.name_any(), error = %error, retry_in = ?delay,
         "reconcile failed");
     Action::requeue(delay)
@@ -152,6 +192,9 @@ pub struct Settings {
     pub concurrency: u16,
     /// This replica's name in events (the pod name).
     pub instance: Option<String>,
+    /// How long a deleted job waits for its workflow to be cancelled before it is released
+    /// anyway (with a Warning event).
+    pub release_after: Duration,
 }
 
 /// Runs the controller until `shutdown` resolves. The returned store is filled with the
@@ -161,20 +204,23 @@ pub async fn run(
     gateway: Arc<dyn WorkflowGateway>,
     metrics: SharedMetrics,
     settings: Settings,
+    fence: WriteFence,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> (Store<ImageJob>, impl Future<Output = ()>) {
     let reporter = Reporter {
         controller: "imagejob-operator".into(),
-        instance: settings.instance,
+        instance: settings.instance.clone(),
     };
     let (watch_tx, watch_rx) = futures::channel::mpsc::unbounded();
     let ctx = Arc::new(Context {
         client: client.clone(),
         gateway: gateway.clone(),
         metrics,
+        fence,
         recorder: Recorder::new(client.clone(), reporter),
         watches: WorkflowWatches::new(gateway, watch_tx, settings.max_workflow_watches),
         backoffs: Backoffs::default(),
+        settings: settings.clone(),
     });
     let (reader, writer) = reflector::store::<ImageJob>();
     let streams: Vec<_> = match settings.namespaces.as_slice() {

@@ -17,13 +17,20 @@ use std::{
 /// Pause after a failed long poll before waking the job, so an outage does not spin.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
+/// Workflows being watched, and what the closed ones left until their job takes it. One lock,
+/// so a job forgotten while its watch ends cannot leave an entry behind.
+#[derive(Default)]
+struct Watched {
+    active: HashSet<String>,
+    closed: HashMap<String, WorkflowSnapshot>,
+}
+
 /// The set of workflows being watched, and what the closed ones left (so the woken reconcile
 /// needs no further Temporal call).
 pub struct WorkflowWatches {
     gateway: Arc<dyn WorkflowGateway>,
     wake: UnboundedSender<ObjectRef<ImageJob>>,
-    active: Arc<Mutex<HashSet<String>>>,
-    closed: Arc<Mutex<HashMap<String, WorkflowSnapshot>>>,
+    watched: Arc<Mutex<Watched>>,
     max: usize,
 }
 
@@ -37,51 +44,66 @@ impl WorkflowWatches {
         Self {
             gateway,
             wake,
-            active: Arc::default(),
-            closed: Arc::default(),
+            watched: Arc::default(),
             max,
         }
     }
 
     /// Makes sure `workflow_id` is watched; false when the bound is reached (poll instead).
     pub fn ensure(&self, workflow_id: &str, job: ObjectRef<ImageJob>) -> bool {
-        let Ok(mut active) = self.active.lock() else {
+        let Ok(mut watched) = self.watched.lock() else {
             return false;
         };
-        if active.contains(workflow_id) {
+        if watched.active.contains(workflow_id) {
             return true;
         }
-        if active.len() >= self.max {
+        if watched.active.len() >= self.max {
             return false;
         }
-        active.insert(workflow_id.to_owned());
+        watched.active.insert(workflow_id.to_owned());
         let id = workflow_id.to_owned();
         let gateway = self.gateway.clone();
         let wake = self.wake.clone();
-        let set = self.active.clone();
-        let closed = self.closed.clone();
+        let state = self.watched.clone();
         tokio::spawn(async move {
-            match gateway.wait_closed(&id).await {
-                Ok(snapshot) => {
-                    if let Ok(mut closed) = closed.lock() {
-                        closed.insert(id.clone(), snapshot);
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(workflow_id = %id, error = %e, "workflow watch failed");
-                    tokio::time::sleep(ERROR_PAUSE).await;
-                }
+            let outcome = gateway.wait_closed(&id).await;
+            if let Err(e) = &outcome {
+                tracing::debug!(workflow_id = %id, error = %e, "workflow watch failed");
+                tokio::time::sleep(ERROR_PAUSE).await;
             }
-            if let Ok(mut active) = set.lock() {
-                active.remove(&id);
+            let still_wanted = state.lock().is_ok_and(|mut w| {
+                let wanted = w.active.remove(&id);
+                if let (true, Ok(snapshot)) = (wanted, outcome) {
+                    w.closed.insert(id.clone(), snapshot);
+                }
+                wanted
+            });
+            if still_wanted {
+                let _ = wake.unbounded_send(job);
             }
-            let _ = wake.unbounded_send(job);
         });
         true
     }
 
     /// What the workflow left when it closed, if a watch saw it close (taken once).
     pub fn take_closed(&self, workflow_id: &str) -> Option<WorkflowSnapshot> {
-        self.closed.lock().ok()?.remove(workflow_id)
+        self.watched.lock().ok()?.closed.remove(workflow_id)
+    }
+
+    /// Drops everything kept for a workflow whose job is gone; a watch still running for it
+    /// keeps nothing when it ends.
+    pub fn forget(&self, workflow_id: &str) {
+        if let Ok(mut w) = self.watched.lock() {
+            w.active.remove(workflow_id);
+            w.closed.remove(workflow_id);
+        }
+    }
+
+    /// Workflows watched or with a close snapshot waiting.
+    pub fn tracked(&self) -> usize {
+        self.watched
+            .lock()
+            .map(|w| w.active.len() + w.closed.len())
+            .unwrap_or(0)
     }
 }

@@ -123,19 +123,42 @@ pub async fn process(
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-/// The job behind a workflow id: from the cache, or from the apiserver for a job created a
-/// moment ago whose watch event has not arrived yet.
+/// How long a lookup that misses the cache waits for the watch to deliver the job. Another
+/// replica may have created it a moment ago (read-your-writes across replicas): the apiserver
+/// has committed it, and its watch event is on the way.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
+
+/// The job behind a workflow id: from the cache, or, for a job created a moment ago (by this
+/// replica or another) whose watch event has not arrived yet, once the watch delivers it.
 async fn find(state: &FacadeState, workflow_id: &str) -> Result<Arc<ImageJob>, ApiError> {
     if let Some(job) = state.cache.get(workflow_id) {
         return Ok(job);
     }
-    let name = state
-        .cache
-        .name_of(workflow_id)
-        .ok_or_else(|| ApiError::NotFound(workflow_id.to_owned()))?;
-    match state.api.get_opt(&name).await? {
-        Some(job) => Ok(Arc::new(job)),
-        None => Err(ApiError::NotFound(workflow_id.to_owned())),
+    if !state.cache.is_ready() {
+        return Err(ApiError::Unavailable(
+            "the job cache is still filling".into(),
+        ));
+    }
+    // Created by this replica: its name is known, read it straight from the apiserver.
+    if let Some(name) = state.cache.name_of(workflow_id) {
+        return match state.api.get_opt(&name).await? {
+            Some(job) => Ok(Arc::new(job)),
+            None => Err(ApiError::NotFound(workflow_id.to_owned())),
+        };
+    }
+    if !crate::crd::is_workflow_id(workflow_id) {
+        return Err(ApiError::NotFound(workflow_id.to_owned()));
+    }
+    let mut changes = state.cache.subscribe();
+    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+    loop {
+        if let Some(job) = state.cache.get(workflow_id) {
+            return Ok(job);
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return Err(ApiError::NotFound(workflow_id.to_owned())),
+        }
     }
 }
 

@@ -28,9 +28,13 @@ pub enum GatewayError {
     /// Temporal could not be reached or did not answer in time; retrying may help.
     #[error("Temporal unavailable: {0}")]
     Unavailable(String),
-    /// The workflow does not exist.
+    /// The workflow does not exist (Temporal said so about the workflow itself).
     #[error("workflow not found")]
     NotFound,
+    /// The configured namespace does not exist: a configuration or server problem, never a
+    /// statement about any workflow; retrying after the namespace is fixed or created helps.
+    #[error("Temporal namespace not found: {0}")]
+    NamespaceNotFound(String),
     /// The client is misconfigured.
     #[error("Temporal client misconfigured: {0}")]
     Config(String),
@@ -40,15 +44,34 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    /// Whether the failure is Temporal being unreachable (as opposed to an answer).
+    /// Whether the failure is Temporal not being usable as configured (unreachable, or its
+    /// namespace missing) as opposed to an answer about a workflow; it is retried with backoff.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, GatewayError::Unavailable(_))
+        matches!(
+            self,
+            GatewayError::Unavailable(_) | GatewayError::NamespaceNotFound(_)
+        )
+    }
+}
+
+/// A gRPC NotFound names what is missing in its details (`NamespaceNotFoundFailure` for the
+/// namespace, `NotFoundFailure` for an execution); only the second is about the workflow.
+fn from_not_found(status: &Status) -> GatewayError {
+    const NAMESPACE_NOT_FOUND: &[u8] = b"errordetails.v1.NamespaceNotFoundFailure";
+    let about_namespace = status
+        .details()
+        .windows(NAMESPACE_NOT_FOUND.len())
+        .any(|w| w == NAMESPACE_NOT_FOUND);
+    if about_namespace {
+        GatewayError::NamespaceNotFound(status.message().to_owned())
+    } else {
+        GatewayError::NotFound
     }
 }
 
 fn from_status(status: &Status) -> GatewayError {
     match status.code() {
-        Code::NotFound => GatewayError::NotFound,
+        Code::NotFound => from_not_found(status),
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
             GatewayError::Unavailable(status.message().to_owned())
         }
@@ -58,7 +81,7 @@ fn from_status(status: &Status) -> GatewayError {
 
 fn from_interaction(e: WorkflowInteractionError) -> GatewayError {
     match e {
-        WorkflowInteractionError::NotFound(_) => GatewayError::NotFound,
+        WorkflowInteractionError::NotFound(status) => from_not_found(&status),
         WorkflowInteractionError::Rpc(status) => from_status(&status),
         other => GatewayError::Rpc(other.to_string()),
     }
@@ -137,6 +160,8 @@ pub trait WorkflowGateway: Send + Sync {
     ) -> Result<StartOutcome, GatewayError>;
     /// Reads the workflow's status and state.
     async fn snapshot(&self, workflow_id: &str) -> Result<WorkflowSnapshot, GatewayError>;
+    /// Reads only how the execution stands (one describe; no query, no result fetch).
+    async fn execution(&self, workflow_id: &str) -> Result<ExecutionStatus, GatewayError>;
     /// Sends the seed's `cancel` signal.
     async fn signal_cancel(&self, workflow_id: &str) -> Result<(), GatewayError>;
     /// Asks Temporal to cancel the workflow (request-cancel).
@@ -264,10 +289,26 @@ fn closed_outcome(
             None,
             Some("workflow timed out"),
         )),
-        Err(WorkflowGetResultError::NotFound(_)) => Err(GatewayError::NotFound),
+        Err(WorkflowGetResultError::NotFound(status)) => Err(from_not_found(&status)),
         Err(WorkflowGetResultError::Rpc(status)) => Err(from_status(&status)),
         Err(other) => Err(GatewayError::Rpc(other.to_string())),
     }
+}
+
+fn execution_status(status: WorkflowExecutionStatus) -> Result<ExecutionStatus, GatewayError> {
+    Ok(match status {
+        WorkflowExecutionStatus::Running => ExecutionStatus::Running,
+        WorkflowExecutionStatus::Completed => ExecutionStatus::Completed,
+        WorkflowExecutionStatus::Failed => ExecutionStatus::Failed,
+        WorkflowExecutionStatus::Canceled => ExecutionStatus::Cancelled,
+        WorkflowExecutionStatus::Terminated => ExecutionStatus::Terminated,
+        WorkflowExecutionStatus::TimedOut => ExecutionStatus::TimedOut,
+        other => {
+            return Err(GatewayError::Rpc(format!(
+                "unexpected workflow status {other:?}"
+            )));
+        }
+    })
 }
 
 #[async_trait]
@@ -305,19 +346,7 @@ impl WorkflowGateway for TemporalGateway {
             .describe(WorkflowDescribeOptions::default())
             .await
             .map_err(from_interaction)?;
-        let execution = match description.status() {
-            WorkflowExecutionStatus::Running => ExecutionStatus::Running,
-            WorkflowExecutionStatus::Completed => ExecutionStatus::Completed,
-            WorkflowExecutionStatus::Failed => ExecutionStatus::Failed,
-            WorkflowExecutionStatus::Canceled => ExecutionStatus::Cancelled,
-            WorkflowExecutionStatus::Terminated => ExecutionStatus::Terminated,
-            WorkflowExecutionStatus::TimedOut => ExecutionStatus::TimedOut,
-            other => {
-                return Err(GatewayError::Rpc(format!(
-                    "unexpected workflow status {other:?}"
-                )));
-            }
-        };
+        let execution = execution_status(description.status())?;
         let closed = if execution == ExecutionStatus::Running {
             Closed::new(execution, self.query_state(&handle).await, None)
         } else {
@@ -332,6 +361,16 @@ impl WorkflowGateway for TemporalGateway {
             similarity: closed.similarity,
             failure: closed.failure,
         })
+    }
+
+    async fn execution(&self, workflow_id: &str) -> Result<ExecutionStatus, GatewayError> {
+        let description = self
+            .handle(workflow_id)
+            .await?
+            .describe(WorkflowDescribeOptions::default())
+            .await
+            .map_err(from_interaction)?;
+        execution_status(description.status())
     }
 
     async fn signal_cancel(&self, workflow_id: &str) -> Result<(), GatewayError> {

@@ -357,7 +357,9 @@ pub mod kube_env {
                     max_workflow_watches: 100,
                     concurrency: 32,
                     instance: Some("in-process".into()),
+                    release_after: std::time::Duration::from_secs(300),
                 },
+                imagejob_operator::kube_client::WriteFence::open(),
                 async move {
                     let _ = stopped.await;
                 },

@@ -1,0 +1,451 @@
+//! The chart's multi-replica topology and Temporal faults, on the real stack: a paused leader
+//! makes no write when it wakes, graceful handover, a wrong Temporal namespace, deletion while
+//! cancellation cannot happen, probes that answer at once, per-job memory that goes away.
+
+mod support;
+
+use imagejob_operator::{
+    crd::{CONDITION_TEMPORAL_REACHABLE, ImageJob, Phase, RELEASE_ANNOTATION},
+    temporal::TemporalSettings,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+};
+use std::{
+    collections::BTreeMap,
+    process::Command,
+    time::{Duration, Instant},
+};
+use support::{
+    ChildGuard, TestWorker, eventually,
+    kube_env::{self, InProcessController, Setup, create, wait_job, wait_phase},
+    lykdat::{FakeLykdat, Reply},
+};
+
+const JOB_WAIT: Duration = Duration::from_secs(90);
+
+/// A controller process with its metrics address.
+struct ControllerProcess {
+    child: ChildGuard,
+    metrics: String,
+}
+
+impl ControllerProcess {
+    fn start(settings: &TemporalSettings, ns: &str, extra: &[(&str, String)]) -> Self {
+        let port = support::free_port();
+        let mut cmd = Command::new(support::operator_bin());
+        cmd.arg("controller")
+            .env("TEMPORAL_HOST", &settings.host)
+            .env("TEMPORAL_PORT", settings.port.to_string())
+            .env("TEMPORAL_NAMESPACE", &settings.namespace)
+            .env("TEMPORAL_TASK_QUEUE", &settings.task_queue)
+            .env("WATCH_NAMESPACES", ns)
+            .env("CONTROLLER_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "RUST_LOG",
+                std::env::var("IJ_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        Self {
+            child: ChildGuard::spawn(&mut cmd),
+            metrics: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn pid(&self) -> String {
+        self.child.0.id().to_string()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// Its metrics as `name{labels}` -> value.
+    async fn metrics(&self) -> Option<BTreeMap<String, f64>> {
+        let text = reqwest::get(format!("{}/metrics", self.metrics))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let (name, value) = l.rsplit_once(' ')?;
+                    Some((name.to_owned(), value.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// Writes (every verb but GET and WATCH) it sent to the apiserver.
+    async fn writes(&self) -> Option<f64> {
+        let m = self.metrics().await?;
+        Some(
+            ["POST", "PUT", "PATCH", "DELETE"]
+                .iter()
+                .map(|v| {
+                    m.get(&format!(
+                        "imagejob_apiserver_requests_total{{verb=\"{v}\"}}"
+                    ))
+                    .copied()
+                    .unwrap_or(0.0)
+                })
+                .sum(),
+        )
+    }
+
+    async fn gauge(&self, name: &str) -> Option<f64> {
+        self.metrics().await?.get(name).copied()
+    }
+}
+
+fn election(lease: &str, ns: &str, who: &str, timing: [&str; 3]) -> Vec<(&'static str, String)> {
+    vec![
+        ("LEADER_ELECTION", "true".to_owned()),
+        ("LEASE_NAME", lease.to_owned()),
+        ("LEASE_NAMESPACE", ns.to_owned()),
+        ("LEASE_DURATION_SECS", timing[0].to_owned()),
+        ("LEASE_RENEW_DEADLINE_SECS", timing[1].to_owned()),
+        ("LEASE_RETRY_PERIOD_SECS", timing[2].to_owned()),
+        ("POD_NAME", who.to_owned()),
+    ]
+}
+
+async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
+    leases
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()?
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
+}
+
+async fn resource_versions(api: &Api<ImageJob>) -> BTreeMap<String, (String, Phase)> {
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| (j.name_any(), (j.resource_version().unwrap(), j.phase())))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_paused_leader_makes_no_write_after_waking_and_finished_jobs_stay_finished() {
+    let s = Setup::new("fence").await;
+    // Searches that take a while: jobs sit in Processing, with nothing to write, when the
+    // leader is paused; they finish while it sleeps.
+    let fake = FakeLykdat::start(vec![
+        Reply::ok(&[("Shirt", 0.9)]).after(Duration::from_secs(8)),
+    ])
+    .await;
+    let _worker = TestWorker::with_lykdat(&s.settings, &fake.base_url, Duration::from_secs(60));
+    let lease = support::unique("lease");
+    let timing = ["3", "2", "0.5"];
+    let a = ControllerProcess::start(
+        &s.settings,
+        &s.ns,
+        &election(&lease, &s.ns, "ctl-a", timing),
+    );
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
+    let first = eventually("a leader", JOB_WAIT, || holder(&leases, &lease)).await;
+    assert_eq!(first, "ctl-a");
+    let _b = ControllerProcess::start(
+        &s.settings,
+        &s.ns,
+        &election(&lease, &s.ns, "ctl-b", timing),
+    );
+
+    let names: Vec<String> = (0..6).map(|i| format!("job-{i}")).collect();
+    for name in &names {
+        create(&s.api, name, kube_env::spec(true)).await;
+    }
+    for name in &names {
+        wait_phase(&s.api, name, Phase::Processing).await;
+    }
+    // Quiescent: the leader's write count holds still while the searches run.
+    let before = eventually("the leader to be quiescent", JOB_WAIT, || async {
+        let first = a.writes().await?;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        (a.writes().await? == first).then_some(first)
+    })
+    .await;
+    a.signal("STOP");
+
+    eventually("ctl-b to take over", JOB_WAIT, || async {
+        (holder(&leases, &lease).await.as_deref() == Some("ctl-b")).then_some(())
+    })
+    .await;
+    for name in &names {
+        wait_phase(&s.api, name, Phase::Completed).await;
+    }
+    let finished = resource_versions(&s.api).await;
+
+    a.signal("CONT");
+    // Awake: it has seen its deadline pass and campaigns again (its Lease GETs go on).
+    eventually("ctl-a to notice it lost the lead", JOB_WAIT, || async {
+        (a.gauge("imagejob_leader").await? == 0.0).then_some(())
+    })
+    .await;
+    let lease_gets = a
+        .gauge("imagejob_apiserver_requests_total{verb=\"GET\"}")
+        .await
+        .unwrap();
+    eventually("ctl-a to campaign a few rounds", JOB_WAIT, || async {
+        let now = a
+            .gauge("imagejob_apiserver_requests_total{verb=\"GET\"}")
+            .await?;
+        (now >= lease_gets + 3.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        a.writes().await.unwrap(),
+        before,
+        "the old leader sent a write after waking"
+    );
+    assert_eq!(
+        resource_versions(&s.api).await,
+        finished,
+        "a finished job changed"
+    );
+    assert_eq!(holder(&leases, &lease).await.as_deref(), Some("ctl-b"));
+}
+
+#[tokio::test]
+async fn a_leader_stopped_gracefully_hands_over_at_once() {
+    let s = Setup::new("handover").await;
+    let _worker = TestWorker::plain(&s.settings);
+    let lease = support::unique("lease");
+    // A long lease: without the release a takeover would wait 15 s.
+    let timing = ["15", "10", "2"];
+    let mut a = ControllerProcess::start(
+        &s.settings,
+        &s.ns,
+        &election(&lease, &s.ns, "ctl-a", timing),
+    );
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
+    let first = eventually("a leader", JOB_WAIT, || holder(&leases, &lease)).await;
+    assert_eq!(first, "ctl-a");
+    let b = ControllerProcess::start(
+        &s.settings,
+        &s.ns,
+        &election(&lease, &s.ns, "ctl-b", timing),
+    );
+    eventually("ctl-b to stand by", JOB_WAIT, || async {
+        (b.gauge("imagejob_leader").await? == 0.0).then_some(())
+    })
+    .await;
+
+    let stopped = Instant::now();
+    assert!(
+        a.child.terminate().success(),
+        "ctl-a exits cleanly on SIGTERM"
+    );
+    eventually("ctl-b to lead", JOB_WAIT, || async {
+        (holder(&leases, &lease).await.as_deref() == Some("ctl-b")).then_some(())
+    })
+    .await;
+    let handover = stopped.elapsed();
+    assert!(
+        handover < Duration::from_secs(2),
+        "handover took {handover:?}: the Lease was not released"
+    );
+    create(&s.api, "after-handover", kube_env::spec(false)).await;
+    wait_phase(&s.api, "after-handover", Phase::Completed).await;
+}
+
+#[tokio::test]
+async fn probes_answer_at_once_for_leader_and_standby() {
+    let s = Setup::new("probes").await;
+    let lease = support::unique("lease");
+    let timing = ["15", "10", "2"];
+    let a = ControllerProcess::start(
+        &s.settings,
+        &s.ns,
+        &election(&lease, &s.ns, "ctl-a", timing),
+    );
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
+    eventually("a leader", JOB_WAIT, || holder(&leases, &lease)).await;
+    let b = ControllerProcess::start(
+        &s.settings,
+        &s.ns,
+        &election(&lease, &s.ns, "ctl-b", timing),
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    for (who, expected) in [(&a, "ready: leading"), (&b, "ready: standby")] {
+        let body = eventually("a ready answer", JOB_WAIT, || async {
+            let r = http
+                .get(format!("{}/readyz", who.metrics))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())?;
+            r.text().await.ok()
+        })
+        .await;
+        assert_eq!(body, expected);
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_temporal_namespace_is_reported_and_jobs_complete_once_it_exists() {
+    let s = Setup::new("namespace").await;
+    let namespace = support::unique("tns");
+    let settings = TemporalSettings {
+        namespace: namespace.clone(),
+        ..s.settings.clone()
+    };
+    let _controller = ControllerProcess::start(&settings, &s.ns, &[]);
+    create(&s.api, "patient", kube_env::spec(false)).await;
+    let job = wait_job(
+        &s.api,
+        "patient",
+        "TemporalReachable=False",
+        JOB_WAIT,
+        |j| {
+            j.status.as_ref().is_some_and(|st| {
+                st.conditions
+                    .iter()
+                    .any(|c| c.type_ == CONDITION_TEMPORAL_REACHABLE && c.status == "False")
+            })
+        },
+    )
+    .await;
+    let status = job.status.unwrap();
+    let reachable = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_TEMPORAL_REACHABLE)
+        .unwrap();
+    assert!(
+        reachable.message.contains("namespace"),
+        "the condition names the namespace: {reachable:?}"
+    );
+    assert!(
+        !status.phase.is_terminal(),
+        "the job is not failed for good"
+    );
+
+    // Fix it: the namespace appears; nothing is restarted.
+    let created = Command::new("temporal")
+        .args(["operator", "namespace", "create", "--namespace", &namespace])
+        .arg("--address")
+        .arg(format!("{}:{}", settings.host, settings.port))
+        .status()
+        .unwrap();
+    assert!(created.success(), "temporal operator namespace create");
+    let _worker = TestWorker::plain(&settings);
+    let job = wait_job(
+        &s.api,
+        "patient",
+        "phase Completed once the namespace exists",
+        Duration::from_secs(180),
+        |j| j.phase() == Phase::Completed,
+    )
+    .await;
+    assert!(job.status.unwrap().error.is_none());
+}
+
+#[tokio::test]
+async fn a_job_whose_workflow_cannot_be_cancelled_is_released_after_the_timeout_or_at_once_by_annotation()
+ {
+    let s = Setup::new("release").await;
+    // No worker: workflows start but never end, so a cancellation never completes. One
+    // reconcile at a time: a cleanup that held its slot would stall every other job.
+    let controller = ControllerProcess::start(
+        &s.settings,
+        &s.ns,
+        &[
+            ("CANCEL_ON_DELETE_TIMEOUT_SECS", "15".to_owned()),
+            ("RECONCILE_CONCURRENCY", "1".to_owned()),
+        ],
+    );
+    create(&s.api, "stuck", kube_env::spec(false)).await;
+    create(&s.api, "forced", kube_env::spec(false)).await;
+    wait_phase(&s.api, "stuck", Phase::Processing).await;
+    wait_phase(&s.api, "forced", Phase::Processing).await;
+    s.api
+        .delete("stuck", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // Other jobs go on meanwhile.
+    create(&s.api, "meanwhile", kube_env::spec(false)).await;
+    wait_phase(&s.api, "meanwhile", Phase::Processing).await;
+    assert!(
+        s.api.get_opt("stuck").await.unwrap().is_some(),
+        "the stuck job is still waiting for its cancellation"
+    );
+
+    // The admin's annotation releases a job at once.
+    s.api
+        .delete("forced", &DeleteParams::default())
+        .await
+        .unwrap();
+    let annotate = serde_json::json!({"metadata": {"annotations": {RELEASE_ANNOTATION: "true"}}});
+    s.api
+        .patch("forced", &PatchParams::default(), &Patch::Merge(&annotate))
+        .await
+        .unwrap();
+    kube_env::wait_gone(&s.api, "forced", JOB_WAIT).await;
+    assert!(
+        kube_env::event_reasons(&s.client, &s.ns, "forced")
+            .await
+            .contains(&"ReleasedWithoutCancel".to_owned())
+    );
+
+    kube_env::wait_gone(&s.api, "stuck", JOB_WAIT).await;
+    let reasons = kube_env::event_reasons(&s.client, &s.ns, "stuck").await;
+    assert!(
+        reasons.contains(&"CancelTimedOut".to_owned()),
+        "{reasons:?}"
+    );
+    drop(controller);
+}
+
+#[tokio::test]
+async fn per_job_memory_is_released_for_finished_and_deleted_jobs() {
+    let s = Setup::new("leaks").await;
+    let controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    // Without a worker the first jobs stay running; they are deleted while running.
+    let running: Vec<String> = (0..10).map(|i| format!("deleted-{i}")).collect();
+    for name in &running {
+        create(&s.api, name, kube_env::spec(false)).await;
+    }
+    for name in &running {
+        wait_phase(&s.api, name, Phase::Processing).await;
+    }
+    assert!(controller.metrics.tracked_jobs.get() > 0);
+    for name in &running {
+        s.api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    let _worker = TestWorker::plain(&s.settings);
+    for name in &running {
+        kube_env::wait_gone(&s.api, name, JOB_WAIT).await;
+    }
+    let finished: Vec<String> = (0..10).map(|i| format!("finished-{i}")).collect();
+    for name in &finished {
+        create(&s.api, name, kube_env::spec(false)).await;
+    }
+    for name in &finished {
+        wait_phase(&s.api, name, Phase::Completed).await;
+    }
+    eventually("no per-job entry left", JOB_WAIT, || async {
+        (controller.metrics.tracked_jobs.get() == 0).then_some(())
+    })
+    .await;
+}
