@@ -104,6 +104,15 @@ fn verb(request: &http::Request<Body>) -> &'static str {
     }
 }
 
+/// The resource label of a request.
+fn resource(request: &http::Request<Body>) -> &'static str {
+    let path = request.uri().path();
+    ["imagejobs", "events", "leases"]
+        .into_iter()
+        .find(|r| path.split('/').any(|segment| segment == *r))
+        .unwrap_or("other")
+}
+
 /// Whether a request may pass a closed fence: reads, and the Lease calls of the election.
 fn passes_closed_fence(request: &http::Request<Body>) -> bool {
     matches!(verb(request), "GET" | "WATCH")
@@ -119,7 +128,7 @@ pub async fn counted(metrics: SharedMetrics, fence: WriteFence) -> Result<Client
     let config = Config::infer().await?;
     let counter = metrics.clone();
     let count = MapRequestLayer::new(move |request: http::Request<Body>| {
-        counter.apiserver_request(verb(&request));
+        counter.apiserver_request(verb(&request), resource(&request));
         request
     });
     let guard = FilterLayer::new(move |request: http::Request<Body>| {

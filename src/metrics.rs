@@ -20,11 +20,13 @@ pub struct ErrorLabel {
     pub kind: String,
 }
 
-/// Label of apiserver requests.
+/// Labels of apiserver requests.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VerbLabel {
+pub struct RequestLabel {
     /// Request verb.
     pub verb: String,
+    /// Resource: `imagejobs`, `events`, `leases` or `other`.
+    pub resource: String,
 }
 
 /// Label of the jobs gauge.
@@ -55,7 +57,7 @@ pub struct Metrics {
     /// Status writes per finished job.
     pub status_writes_per_job: Histogram,
     /// Requests the controller made to the apiserver, by verb.
-    pub apiserver_requests: Family<VerbLabel, Counter>,
+    pub apiserver_requests: Family<RequestLabel, Counter>,
     /// ImageJobs in the controller's cache, by phase.
     pub jobs: Family<PhaseLabel, Gauge>,
     /// Facade requests, by status class.
@@ -86,7 +88,7 @@ impl Metrics {
         ]);
         let status_writes = Counter::default();
         let status_writes_per_job = Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 13.0]);
-        let apiserver_requests = Family::<VerbLabel, Counter>::default();
+        let apiserver_requests = Family::<RequestLabel, Counter>::default();
         let jobs = Family::<PhaseLabel, Gauge>::default();
         let http_requests = Family::<ClassLabel, Counter>::default();
         let fenced_writes = Counter::default();
@@ -157,10 +159,11 @@ impl Metrics {
     }
 
     /// Counts one request to the apiserver.
-    pub fn apiserver_request(&self, verb: &str) {
+    pub fn apiserver_request(&self, verb: &str, resource: &str) {
         self.apiserver_requests
-            .get_or_create(&VerbLabel {
+            .get_or_create(&RequestLabel {
                 verb: verb.to_owned(),
+                resource: resource.to_owned(),
             })
             .inc();
     }

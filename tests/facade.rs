@@ -489,7 +489,8 @@ fn facade_process(s: &Setup, tokens: &std::path::Path) -> (support::ChildGuard, 
             .env("FACADE_TOKENS_FILE", tokens)
             .env("TEMPORAL_HOST", &s.settings.host)
             .env("TEMPORAL_PORT", s.settings.port.to_string())
-            .env("TEMPORAL_TASK_QUEUE", &s.settings.task_queue),
+            .env("TEMPORAL_TASK_QUEUE", &s.settings.task_queue)
+            .env("RUST_LOG", "warn"),
     );
     (child, format!("http://127.0.0.1:{port}"))
 }
