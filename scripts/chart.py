@@ -80,11 +80,18 @@ def validate(values):
     print("accepted")
 
 
+def status_of(release):
+    """A release's status word (the SDK returns a dict or an object, depending on the call)."""
+    if isinstance(release, dict):
+        return str(release.get("status"))
+    return str(getattr(release, "status", release))
+
+
 def install(release, namespace, values):
     config = helm.Config(kubeconfig_path=os.environ["KUBECONFIG"], namespace=namespace)
     try:
         result = config.install(str(CHART), release, values, namespace=namespace, create_namespace=True, timeout=120)
-        print(json.dumps({"release": release, "status": str(getattr(result, "status", result))}, default=str))
+        print(json.dumps({"release": release, "status": status_of(result)}))
     finally:
         config.close()
 
@@ -93,7 +100,7 @@ def upgrade(release, namespace, values):
     config = helm.Config(kubeconfig_path=os.environ["KUBECONFIG"], namespace=namespace)
     try:
         result = config.upgrade(str(CHART), release, values, namespace=namespace, timeout=120)
-        print(json.dumps({"release": release, "status": str(getattr(result, "status", result))}, default=str))
+        print(json.dumps({"release": release, "status": status_of(result)}))
     finally:
         config.close()
 

@@ -6,8 +6,10 @@
 # install-deps.sh, all inside DIR. Networking stays on this machine:
 #   - pods live on a bridge of their own, 10.88.N.0/24, whose host side (10.88.N.1) is where the
 #     apiserver, Temporal and the kubelet listen; Services are 10.89.N.0/24;
-#   - the Service range has a blackhole route, so a ClusterIP that kube-proxy does not rewrite
-#     fails at once instead of leaving by the default route;
+#   - the Service range is routed onto the pod bridge, so a ClusterIP that kube-proxy does not
+#     rewrite dies on the bridge (nobody answers ARP for it) instead of leaving by the default
+#     route (a blackhole route would also refuse the host's own connections before kube-proxy's
+#     OUTPUT rules rewrite them);
 #   - forwarding from the pod subnet to anywhere but the pod subnet is dropped, and pods resolve
 #     names through a nameserver that does not exist (there is no cluster DNS: use addresses).
 # One cluster stack at a time (kube-proxy owns the host's KUBE-* iptables chains).
@@ -29,11 +31,11 @@ cluster_ids() { # sets N, BRIDGE, POD_NET, SVC_NET, HOST_IP from DIR/cluster.env
 }
 
 cluster_network_up() {
-  step "pod bridge $BRIDGE ($POD_NET), Services $SVC_NET (blackholed outside kube-proxy)"
+  step "pod bridge $BRIDGE ($POD_NET), Services $SVC_NET (routed onto the bridge only)"
   ip link add "$BRIDGE" type bridge
   ip addr add "$HOST_IP/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
-  ip route add blackhole "$SVC_NET"
+  ip route add "$SVC_NET" dev "$BRIDGE"
   iptables -I FORWARD -s "$POD_NET" ! -d "$POD_NET" -j DROP
   mkdir -p "$dir/cni"
   cat >"$dir/cni/10-ij.conflist" <<CNI
@@ -61,8 +63,8 @@ cluster_network_down() {
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
     ip -n "$ns" -4 addr 2>/dev/null | grep -q "inet 10\.88\.$N\." && ip netns delete "$ns" || true
   done
+  ip route del "$SVC_NET" 2>/dev/null || true
   ip link delete "$BRIDGE" 2>/dev/null || true
-  ip route del blackhole "$SVC_NET" 2>/dev/null || true
   while iptables -D FORWARD -s "$POD_NET" ! -d "$POD_NET" -j DROP 2>/dev/null; do :; done
 }
 

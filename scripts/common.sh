@@ -7,5 +7,18 @@ IJ_CACHE="${IJ_CACHE:-$HOME/.cache/imagejob-operator}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$IJ_CACHE/target}"
 # The pod sandbox image of cluster stacks (built from Kubernetes' pause.c by install-deps.sh).
 IJ_PAUSE_IMAGE="imagejob.local/pause:3.4"
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+# pick_port WANTED WHAT [ADDRESS]: WANTED when it is free, else a free port and a line saying so.
+pick_port() {
+  if python3 -c "import socket; s=socket.socket(); s.bind(('${3:-127.0.0.1}', $1)); s.close()" 2>/dev/null; then
+    echo "$1"
+  else
+    local other; other=$(free_port)
+    printf '\033[1m==>\033[0m port %s (%s) is in use: using %s instead\n' "$1" "$2" "$other" >&2
+    echo "$other"
+  fi
+}
 step() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 fail() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }

@@ -14,12 +14,14 @@ cargo build --bin imagejob-operator
 stack="$IJ_ROOT/.stack/dev"
 scripts/stack.sh down "$stack" 2>/dev/null || true
 trap 'echo; step "stopping the stack"; scripts/stack.sh down "$stack"' EXIT
-scripts/stack.sh up "$stack"
+scripts/stack.sh up "$stack" --seed-ports
 # shellcheck disable=SC1091
 source "$stack/env"
-facade_port="${FACADE_PORT:-8080}"
-metrics_port="${METRICS_PORT:-9090}"
+facade_port="${FACADE_PORT:-$(pick_port 8080 facade)}"
+metrics_port="${METRICS_PORT:-$(pick_port 9090 metrics)}"
 
+temporal_cli="temporal workflow list"
+[ "$TEMPORAL_PORT" = 7233 ] || temporal_cli="temporal workflow list --address 127.0.0.1:$TEMPORAL_PORT"
 cat <<MSG
 
   The stack is up. In another shell:
@@ -34,7 +36,9 @@ cat <<MSG
     curl -s localhost:$facade_port/images/workflow/<workflow_id>/status
     curl -s localhost:$facade_port/images/workflow/<workflow_id>/result
 
-  API docs:     http://localhost:$facade_port/docs
+    $temporal_cli
+
+  API explorer: http://localhost:$facade_port/docs
   Temporal UI:  $TEMPORAL_UI_URL
   Metrics:      http://localhost:$metrics_port/metrics
   Ctrl-C stops the operator and the stack.

@@ -3,6 +3,8 @@
 #   etcd + kube-apiserver (1.20, built by install-deps.sh) and the Temporal dev server (with UI).
 #
 #   scripts/stack.sh up DIR [--only kube|temporal]   start; writes DIR/env and DIR/kubeconfig
+#   scripts/stack.sh up DIR --seed-ports              Temporal on the seed's ports (gRPC 7233, UI
+#                                                     8233) when free (dev.sh); else free ports
 #   scripts/stack.sh up DIR --cluster                 the same plus a real node: controller-manager,
 #                                                     scheduler, containerd, kubelet, kube-proxy,
 #                                                     the project's image loaded (scripts/cluster.sh)
@@ -24,8 +26,9 @@ root="$IJ_ROOT"
 # Where the stack's servers listen: loopback, or the pod bridge's host address in a cluster.
 bind_ip=127.0.0.1
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+# port_or_free WANTED WHAT: with --seed-ports, WANTED when free; otherwise a free port.
+port_or_free() {
+  if [ -n "$seed_ports" ]; then pick_port "$1" "$2" "$bind_ip"; else free_port; fi
 }
 
 # wait_for NAME SECONDS CMD...: polls CMD until it succeeds, or fails with NAME's log.
@@ -145,16 +148,26 @@ start_temporal() {
   # shellcheck disable=SC1091
   source "$dir/temporal.ports"
   command -v temporal >/dev/null || fail "temporal CLI missing: run scripts/install-deps.sh"
-  start_bg temporal temporal server start-dev --ip "$bind_ip" --port "$TEMPORAL_PORT" \
+  # Always on loopback: the dev server bound to another address dials some of its own internal
+  # services on 127.0.0.1 and fails (worker heartbeats, describes). A cluster's pods reach it
+  # through a relay on the bridge address instead.
+  start_bg temporal temporal server start-dev --ip 127.0.0.1 --port "$TEMPORAL_PORT" \
     --ui-port "$TEMPORAL_UI_PORT" --http-port "$TEMPORAL_HTTP_PORT" --metrics-port "$TEMPORAL_METRICS_PORT" \
     --db-filename "$dir/temporal.db" --log-level warn --ui-disable-news-fetch
-  wait_for temporal 60 temporal operator cluster health --address "$bind_ip:$TEMPORAL_PORT"
+  wait_for temporal 60 temporal operator cluster health --address "127.0.0.1:$TEMPORAL_PORT"
+  if [ "$bind_ip" != 127.0.0.1 ]; then
+    local port
+    for port in "$TEMPORAL_PORT" "$TEMPORAL_UI_PORT"; do
+      start_bg "temporal-relay-$port" socat "TCP-LISTEN:$port,bind=$bind_ip,fork,reuseaddr" "TCP:127.0.0.1:$port"
+    done
+    wait_for "temporal-relay-$TEMPORAL_PORT" 30 temporal operator cluster health --address "$bind_ip:$TEMPORAL_PORT"
+  fi
 }
 
 up_temporal() {
   {
-    echo "TEMPORAL_PORT=$(free_port)"
-    echo "TEMPORAL_UI_PORT=$(free_port)"
+    echo "TEMPORAL_PORT=$(port_or_free 7233 "Temporal gRPC")"
+    echo "TEMPORAL_UI_PORT=$(port_or_free 8233 "Temporal UI")"
     echo "TEMPORAL_HTTP_PORT=$(free_port)"
     echo "TEMPORAL_METRICS_PORT=$(free_port)"
   } >"$dir/temporal.ports"
@@ -173,9 +186,10 @@ cmd=${1:-}; dir=${2:-}
 [ -n "$cmd" ] && [ -n "$dir" ] || fail "usage: $0 up|down|stop-temporal|start-temporal DIR [--only kube|temporal] [--cluster]"
 mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
 shift 2
-only="" cluster=""
+only="" cluster="" seed_ports=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --seed-ports) seed_ports=1; shift ;;
     --only) only=${2:?--only needs kube or temporal}; shift 2 ;;
     --cluster) cluster=1; shift ;;
     *) fail "unknown option $1" ;;
@@ -189,7 +203,11 @@ case "$cmd" in
     : >"$dir/env"
     rm -f "$dir/cluster.env"
     trap 'echo "stack start failed; stopping what started" >&2; "$0" down "$dir"' ERR
-    if [ -n "$cluster" ]; then cluster_ids; cluster_network_up; bind_ip=$HOST_IP; fi
+    if [ -n "$cluster" ]; then
+      # A cluster never starts from an earlier run's etcd: its nodes, endpoints and pods are gone.
+      rm -rf "$dir/etcd"
+      cluster_ids; cluster_network_up; bind_ip=$HOST_IP
+    fi
     [ "$only" = temporal ] || up_kube
     [ "$only" = kube ] || up_temporal
     [ -z "$cluster" ] || up_cluster_node
@@ -199,6 +217,9 @@ case "$cmd" in
     ;;
   down)
     down_cluster_node
+    for relay in "$dir"/temporal-relay-*.pid; do
+      [ -e "$relay" ] && stop_one "$(basename "$relay" .pid)"
+    done
     for name in temporal kube-apiserver etcd; do stop_one "$name"; done
     ;;
   stop-temporal) stop_one temporal ;;

@@ -350,3 +350,10 @@ pub struct FacadeArgs {
     #[arg(long, env = "FACADE_SIMILARITY_DEFAULT", default_value_t = false)]
     pub similarity_search_default: bool,
 }
+
+/// This machine's host name (the pod name in a cluster).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}

@@ -153,7 +153,7 @@ pub struct ImageJobStatus {
     /// Whether the similarity search ran to completion.
     #[serde(default)]
     pub similarity_search_completed: bool,
-    /// Why the job failed or what it skipped, in words.
+    /// Why the job failed, in words (null on success).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Standard conditions; `Succeeded` is True, False or Unknown.
@@ -178,8 +178,11 @@ pub struct ImageJobStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SimilaritySummary {
-    /// One line for `kubectl get`: match count and best score.
+    /// One line for `kubectl get`: match count and best score, or `skipped`.
     pub summary: String,
+    /// Why the requested search did not run (`summary` is `skipped`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_reason: Option<String>,
     /// How many similar products were found.
     pub total_matches: u32,
     /// The best matches, best first (at most five).

@@ -9,10 +9,12 @@ pub mod controller;
 pub mod crd;
 /// REST facade: the seed's endpoints over ImageJobs.
 pub mod facade;
-/// The Kubernetes client, with its requests counted.
+/// The Kubernetes client, with its requests counted and its writes fenced.
 pub mod kube_client;
 /// Prometheus metrics shared by the roles.
 pub mod metrics;
+/// The worker's readiness probe: polling, and Temporal answering.
+pub mod probes;
 /// The `run` role: worker, controller and facade in one process.
 pub mod run;
 /// Lykdat visual similarity search client.

@@ -8,6 +8,7 @@ use crate::{
     facade::{self, Auth, FacadeState, JobCache, TokenFile},
     kube_client::{self, WriteFence},
     metrics::{Metrics, SharedMetrics},
+    probes::{Readiness, WorkerReadiness},
     temporal::{ImageActivities, TemporalGateway, WorkflowGateway, spawn_worker},
 };
 use anyhow::Context as _;
@@ -16,7 +17,7 @@ use futures::FutureExt;
 use kube::{Api, runtime::reflector::Store};
 use std::{
     net::SocketAddr,
-    sync::{Arc, RwLock, atomic::Ordering},
+    sync::{Arc, RwLock},
     time::Duration,
 };
 use tokio::sync::watch;
@@ -77,16 +78,20 @@ pub async fn worker(
     info!(store = ?args.metadata_store, "metadata store ready");
     let handle = spawn_worker(temporal.settings(), ImageActivities::new(store, lykdat))?;
     if let Some(addr) = args.worker_health_addr {
-        let polling = handle.polling_flag();
+        let readiness = WorkerReadiness::start(
+            TemporalGateway::new(temporal.settings()),
+            handle.polling_flag(),
+        );
         let app = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route(
                 "/readyz",
                 get(move || async move {
-                    if polling.load(Ordering::Acquire) {
-                        "polling".into_response()
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not polling Temporal").into_response()
+                    match readiness.now() {
+                        Readiness::Ready => "polling".into_response(),
+                        Readiness::NotReady(why) => {
+                            (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+                        }
                     }
                 }),
             );
@@ -197,9 +202,7 @@ pub async fn controller(
 }
 
 fn default_identity() -> String {
-    let host =
-        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
-    format!("{}-{}", host.trim(), std::process::id())
+    format!("{}-{}", crate::config::hostname(), std::process::id())
 }
 
 #[derive(Clone)]

@@ -277,7 +277,9 @@ fn the_chart_runs_in_pods_and_survives_failover_restart_upgrade_and_uninstall() 
         return;
     };
     let ns = support::unique("cluster");
-    let release = "ij";
+    // Cluster-scoped objects (ClusterRoles) carry the release name: one of its own per run.
+    let release_name = support::unique("ij");
+    let release = release_name.as_str();
     let prefix = format!("{release}-imagejob-operator");
     let lease = format!("{prefix}-controller");
     c.kubectl(&["create", "namespace", &ns]);
@@ -478,14 +480,15 @@ fn the_chart_runs_in_pods_and_survives_failover_restart_upgrade_and_uninstall() 
     }
 
     // Jobs deleted while the controller runs lose their finalizer; then helm uninstall leaves no
-    // pod behind and the Lease released.
+    // pod and no Lease behind.
     c.kubectl(&["delete", "imagejobs", "-n", &ns, "--all", "--timeout=120s"]);
     c.chart(&["uninstall", release, &ns]);
-    until("every pod to go", || {
-        let left = c.json(&["get", "pods", "-n", &ns]);
-        left["items"].as_array().unwrap().is_empty().then_some(())
-    });
-    assert_eq!(leader(&c, &ns, &lease), None, "the Lease was released");
+    for kind in ["pods", "leases"] {
+        until(&format!("no {kind} left"), || {
+            let left = c.json(&["get", kind, "-n", &ns]);
+            left["items"].as_array().unwrap().is_empty().then_some(())
+        });
+    }
     let jobs = c.json(&["get", "imagejobs", "-n", &ns]);
     assert!(jobs["items"].as_array().unwrap().is_empty());
 

@@ -298,59 +298,13 @@ async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
         .holder_identity
 }
 
-/// A Temporal server of this test's own, so stopping it disturbs no other test.
-struct PrivateTemporal {
-    dir: tempfile::TempDir,
-    settings: TemporalSettings,
-}
-
-impl PrivateTemporal {
-    fn start(task_queue: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        Self::script(&dir, &["up", "--only", "temporal"]);
-        let env = std::fs::read_to_string(dir.path().join("env")).unwrap();
-        let port = env
-            .lines()
-            .find_map(|l| l.strip_prefix("export TEMPORAL_PORT="))
-            .expect("port in env")
-            .parse()
-            .unwrap();
-        let settings = TemporalSettings {
-            host: "127.0.0.1".into(),
-            port,
-            namespace: "default".into(),
-            task_queue: task_queue.into(),
-        };
-        Self { dir, settings }
-    }
-
-    fn script(dir: &tempfile::TempDir, args: &[&str]) {
-        let script = support::stack_env("IJ_STACK_SCRIPT");
-        let (cmd, rest) = args.split_first().unwrap();
-        let status = Command::new("bash")
-            .arg(&script)
-            .arg(cmd)
-            .arg(dir.path())
-            .args(rest)
-            .status()
-            .unwrap();
-        assert!(status.success(), "stack.sh {args:?}");
-    }
-}
-
-impl Drop for PrivateTemporal {
-    fn drop(&mut self) {
-        Self::script(&self.dir, &["down"]);
-    }
-}
-
 #[tokio::test]
 async fn with_temporal_down_the_job_says_so_and_completes_once_it_is_back() {
     let s = setup("outage").await;
-    let temporal = PrivateTemporal::start(&s.settings.task_queue);
+    let temporal = support::PrivateTemporal::start(&s.settings.task_queue);
     let _worker = TestWorker::plain(&temporal.settings);
     let _controller = InProcessController::start(&s.client, &temporal.settings, &s.ns).await;
-    PrivateTemporal::script(&temporal.dir, &["stop-temporal"]);
+    support::PrivateTemporal::script(&temporal.dir, &["stop-temporal"]);
 
     create(&s.api, "patient", kube_env::spec(false)).await;
     let job = wait_job(
@@ -365,7 +319,7 @@ async fn with_temporal_down_the_job_says_so_and_completes_once_it_is_back() {
     assert_eq!(c.reason, "TemporalUnavailable");
     assert_ne!(job.phase(), Phase::Completed);
 
-    PrivateTemporal::script(&temporal.dir, &["start-temporal"]);
+    support::PrivateTemporal::script(&temporal.dir, &["start-temporal"]);
     let job = wait_job(
         &s.api,
         "patient",
@@ -402,4 +356,58 @@ async fn a_finished_job_is_deleted_after_its_ttl_and_its_events_remain() {
         reasons.contains(&"Started".to_owned()) && reasons.contains(&"Completed".to_owned()),
         "{reasons:?}"
     );
+}
+
+#[tokio::test]
+async fn the_example_job_without_a_lykdat_key_succeeds_and_says_the_search_was_skipped() {
+    let s = setup("skipped").await;
+    let _worker = TestWorker::plain(&s.settings);
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/imagejob.yaml");
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .args(args)
+            .args(["-n", &s.ns])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    kubectl(&["apply", "-f", example]);
+    let name = kubectl(&["get", "-f", example, "-o", "jsonpath={.metadata.name}"]);
+    let job = wait_phase(&s.api, &name, Phase::Completed).await;
+    assert!(job.spec.similarity_search, "the example asks for a search");
+    let status = job.status.unwrap();
+    assert_eq!(status.error, None, "a success reads as one");
+    assert!(status.metadata_stored && !status.similarity_search_completed);
+    let similarity = status
+        .similarity
+        .expect("the similarity part says what happened");
+    assert_eq!(similarity.summary, "skipped");
+    assert!(
+        similarity
+            .skipped_reason
+            .unwrap_or_default()
+            .contains("LYKDAT_API_KEY")
+    );
+    let table = kubectl(&["get", "ij", &name]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    let column = header.iter().position(|h| *h == "SIMILARITY").unwrap();
+    assert_eq!(row[column], "skipped", "{table}");
+    eventually(
+        "a SimilaritySearchSkipped event",
+        Duration::from_secs(10),
+        || async {
+            kube_env::event_reasons(&s.client, &s.ns, &name)
+                .await
+                .contains(&"SimilaritySearchSkipped".to_owned())
+                .then_some(())
+        },
+    )
+    .await;
 }

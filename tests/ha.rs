@@ -449,3 +449,49 @@ async fn per_job_memory_is_released_for_finished_and_deleted_jobs() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_worker_is_ready_only_while_it_polls_a_reachable_temporal() {
+    let temporal = support::PrivateTemporal::start(&support::unique("ready-queue"));
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let settings = &temporal.settings;
+    let _worker = ChildGuard::spawn(
+        Command::new(support::operator_bin())
+            .arg("worker")
+            .env("TEMPORAL_HOST", &settings.host)
+            .env("TEMPORAL_PORT", settings.port.to_string())
+            .env("TEMPORAL_TASK_QUEUE", &settings.task_queue)
+            .env("METADATA_STORE", "embedded")
+            .env("EMBEDDED_STORE_PATH", dir.path().join("m.redb"))
+            .env("WORKER_HEALTH_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn"),
+    );
+    // Every answer within a second, whatever Temporal does.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let readyz = |want: u16| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+                .ok()?;
+            (r.status().as_u16() == want).then_some(r.text().await.ok()?)
+        }
+    };
+    eventually("the worker to be ready", JOB_WAIT, || readyz(200)).await;
+    support::PrivateTemporal::script(&temporal.dir, &["stop-temporal"]);
+    let why = eventually(
+        "the worker to be unready with Temporal gone",
+        JOB_WAIT,
+        || readyz(503),
+    )
+    .await;
+    assert!(why.contains("Temporal") || why.contains("polling"), "{why}");
+    support::PrivateTemporal::script(&temporal.dir, &["start-temporal"]);
+    eventually("the worker to be ready again", JOB_WAIT, || readyz(200)).await;
+}

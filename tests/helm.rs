@@ -92,6 +92,7 @@ fn default_values_render_three_roles_with_hardened_pods_and_no_secret_values() {
             "Deployment",
             "Deployment",
             "Deployment",
+            "Lease",
             "Role",
             "Role",
             "RoleBinding",
@@ -230,6 +231,42 @@ fn values_that_break_the_schema_are_rejected() {
         assert!(!ok, "{bad} was accepted: {out}");
         assert!(out.contains("rejected"), "{out}");
     }
+}
+
+#[test]
+fn an_embedded_store_with_several_workers_is_refused_at_render_time() {
+    for (bad, says) in [
+        (
+            json!({"worker": {"replicas": 2, "metadataStore": {"backend": "embedded"}}}),
+            "worker.replicas must be 1",
+        ),
+        (
+            json!({"worker": {"replicas": 1, "autoscaling": {"enabled": true},
+                              "metadataStore": {"backend": "embedded"}}}),
+            "worker.autoscaling.enabled cannot be used",
+        ),
+    ] {
+        let (ok, out) = chart(&["render", values_file(&bad).path().to_str().unwrap()]);
+        assert!(!ok, "{bad} rendered");
+        assert!(out.contains(says), "{bad}: {out}");
+        assert!(
+            out.contains("one file owned by one worker process"),
+            "{out}"
+        );
+    }
+    let objects =
+        render(&json!({"worker": {"replicas": 1, "metadataStore": {"backend": "embedded"}}}));
+    let worker = &objects["Deployment/imagejob-operator-worker"]["spec"];
+    assert_eq!(worker["strategy"]["type"], "Recreate");
+    assert_eq!(
+        worker["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "imagejob-operator-worker-data"
+    );
+    let claim = &objects["PersistentVolumeClaim/imagejob-operator-worker-data"];
+    assert_eq!(
+        claim["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
 }
 
 #[test]

@@ -231,7 +231,12 @@ async fn without_a_lykdat_key_the_job_completes_and_says_the_search_was_skipped(
     let state = snap.state.unwrap();
     assert_eq!(state.status, ProcessingStatus::Completed);
     assert!(state.metadata_stored && !state.similarity_search_completed);
-    assert!(state.error.unwrap_or_default().contains("LYKDAT_API_KEY"));
+    assert_eq!(state.error, None, "a skipped search is not an error");
+    assert!(
+        snap.similarity_skipped
+            .unwrap_or_default()
+            .contains("LYKDAT_API_KEY")
+    );
 }
 
 #[tokio::test]

@@ -175,6 +175,14 @@ async fn announce(job: &ImageJob, status: &ImageJobStatus, ctx: &Context) {
     };
     info!(name = %job.name_any(), phase = status.phase.as_str(), workflow_id = ?status.workflow_id, "job phase changed");
     ctx.event(job, type_, reason, note).await;
+    if let Some(skipped) = status
+        .similarity
+        .as_ref()
+        .and_then(|s| s.skipped_reason.clone())
+    {
+        ctx.event(job, EventType::Normal, "SimilaritySearchSkipped", skipped)
+            .await;
+    }
 }
 
 fn requeue_for_ttl(job: &ImageJob, status: &ImageJobStatus) -> Action {

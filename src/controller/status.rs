@@ -67,6 +67,13 @@ pub fn from_snapshot(
     if let Some(results) = &snapshot.similarity {
         status.similarity = Some(summarize(results));
     }
+    if let Some(reason) = &snapshot.similarity_skipped {
+        status.similarity = Some(SimilaritySummary {
+            summary: "skipped".into(),
+            skipped_reason: Some(reason.clone()),
+            ..Default::default()
+        });
+    }
     let (value, reason, message) = succeeded_condition(snapshot.execution, status.error.as_deref());
     set_condition(
         &mut status.conditions,
@@ -199,6 +206,7 @@ pub fn summarize(results: &SimilarityResults) -> SimilaritySummary {
     };
     SimilaritySummary {
         summary,
+        skipped_reason: None,
         total_matches: u32::try_from(results.products.len()).unwrap_or(u32::MAX),
         top_matches: results
             .products
@@ -262,6 +270,7 @@ mod tests {
                 error: None,
             }),
             similarity: None,
+            similarity_skipped: None,
             failure: None,
         }
     }
@@ -328,6 +337,18 @@ mod tests {
             (c.status.as_str(), c.reason.as_str()),
             ("True", "Completed")
         );
+    }
+
+    #[test]
+    fn a_skipped_search_is_a_success_with_the_reason_in_the_similarity_part() {
+        let mut snap = snapshot(ExecutionStatus::Completed);
+        snap.similarity_skipped = Some("no key".into());
+        let s = from_snapshot(&job(), "wf", &snap, &now());
+        assert_eq!(s.phase, Phase::Completed);
+        assert_eq!(s.error, None);
+        let sim = s.similarity.unwrap();
+        assert_eq!(sim.summary, "skipped");
+        assert_eq!(sim.skipped_reason.as_deref(), Some("no key"));
     }
 
     #[test]

@@ -193,6 +193,9 @@ pub struct ResultResponse {
     /// All similarity results, best first, when the search ran.
     #[schema(value_type = Option<Object>)]
     pub similarity: Option<SimilarityResults>,
+    /// Why the requested similarity search did not run (e.g. no Lykdat API key configured);
+    /// the job still succeeded.
+    pub similarity_skipped: Option<String>,
 }
 
 /// `?timeout=` of the result endpoint.

@@ -215,6 +215,7 @@ pub async fn result(
                 done: false,
                 state: StateView::of(&job),
                 similarity: None,
+                similarity_skipped: None,
             };
             let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
             response
@@ -245,6 +246,11 @@ pub async fn result(
         done: true,
         state: StateView::of(&job),
         similarity,
+        similarity_skipped: job
+            .status
+            .as_ref()
+            .and_then(|s| s.similarity.as_ref())
+            .and_then(|s| s.skipped_reason.clone()),
     };
     Ok(Json(body).into_response())
 }

@@ -129,6 +129,8 @@ pub struct WorkflowSnapshot {
     pub state: Option<WorkflowState>,
     /// Similarity results of a completed workflow.
     pub similarity: Option<SimilarityResults>,
+    /// Why a requested similarity search was skipped.
+    pub similarity_skipped: Option<String>,
     /// Temporal's reason for a failure, termination or timeout.
     pub failure: Option<String>,
 }
@@ -144,6 +146,7 @@ impl WorkflowSnapshot {
             close_time: None,
             state: Some(WorkflowState::default()),
             similarity: None,
+            similarity_skipped: None,
             failure: None,
         }
     }
@@ -238,6 +241,7 @@ struct Closed {
     execution: ExecutionStatus,
     state: Option<WorkflowState>,
     similarity: Option<SimilarityResults>,
+    similarity_skipped: Option<String>,
     failure: Option<String>,
 }
 
@@ -251,6 +255,7 @@ impl Closed {
             execution,
             state,
             similarity: None,
+            similarity_skipped: None,
             failure: failure.map(str::to_owned),
         }
     }
@@ -262,6 +267,7 @@ fn closed_outcome(
     match result {
         Ok(result) => Ok(Closed {
             similarity: result.similarity,
+            similarity_skipped: result.similarity_skipped,
             ..Closed::new(ExecutionStatus::Completed, Some(result.state), None)
         }),
         Err(WorkflowGetResultError::Failed(error)) => {
@@ -359,6 +365,7 @@ impl WorkflowGateway for TemporalGateway {
             close_time: description.close_time(),
             state: closed.state,
             similarity: closed.similarity,
+            similarity_skipped: closed.similarity_skipped,
             failure: closed.failure,
         })
     }
@@ -403,6 +410,7 @@ impl WorkflowGateway for TemporalGateway {
             close_time: Some(SystemTime::now()),
             state: closed.state,
             similarity: closed.similarity,
+            similarity_skipped: closed.similarity_skipped,
             failure: closed.failure,
         })
     }

@@ -23,6 +23,12 @@ pub use workflow::ImageProcessingWorkflow;
 use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions};
 use url::Url;
 
+/// This process in Temporal's histories, its usual `pid@host` form (the host is the pod name
+/// in a cluster), so a workflow's history names the very pod that ran each task.
+fn identity() -> String {
+    format!("{}@{}", std::process::id(), crate::config::hostname())
+}
+
 /// Where the Temporal server is and which queue we use (the seed's `TEMPORAL_*` variables).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TemporalSettings {
@@ -49,7 +55,7 @@ pub async fn connect(settings: &TemporalSettings) -> Result<Client, GatewayError
         .url()
         .map_err(|e| GatewayError::Config(format!("bad Temporal address: {e}")))?;
     let options = ConnectionOptions::new(url)
-        .identity(format!("imagejob-operator@{}", std::process::id()))
+        .identity(identity())
         .connect_timeout(std::time::Duration::from_secs(5))
         .build();
     let connection = Connection::connect(options)

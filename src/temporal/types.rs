@@ -60,6 +60,9 @@ pub struct ImageProcessingResult {
     pub state: WorkflowState,
     /// Similarity results, when the search ran.
     pub similarity: Option<SimilarityResults>,
+    /// Why the requested similarity search did not run (no API key configured), when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub similarity_skipped: Option<String>,
 }
 
 /// Input of the `store_image_metadata` activity.

@@ -25,6 +25,7 @@ use temporalio_sdk::{
 pub struct ImageProcessingWorkflow {
     state: WorkflowState,
     similarity: Option<crate::similarity::SimilarityResults>,
+    similarity_skipped: Option<String>,
     cancel_requested: bool,
 }
 
@@ -88,8 +89,9 @@ impl ImageProcessingWorkflow {
                     w.state.similarity_search_completed = true;
                     w.similarity = Some(results);
                 }),
+                // A skip is not an error: the job succeeded; the result says why no search ran.
                 Ok(SimilaritySearchOutcome::Skipped { reason }) => {
-                    ctx.state_mut(|w| w.state.error = Some(reason))
+                    ctx.state_mut(|w| w.similarity_skipped = Some(reason))
                 }
                 Err(e) => return Err(step_failed(ctx, &e)),
             }
@@ -100,6 +102,7 @@ impl ImageProcessingWorkflow {
             ImageProcessingResult {
                 state: w.state.clone(),
                 similarity: w.similarity.clone(),
+                similarity_skipped: w.similarity_skipped.clone(),
             }
         }))
     }

@@ -179,6 +179,56 @@ impl Drop for ChildGuard {
     }
 }
 
+/// A Temporal server of this test's own, so stopping it disturbs no other test.
+pub struct PrivateTemporal {
+    /// Its stack folder.
+    pub dir: tempfile::TempDir,
+    /// Where it listens, on the given task queue.
+    pub settings: TemporalSettings,
+}
+
+impl PrivateTemporal {
+    /// Starts one for `task_queue`.
+    pub fn start(task_queue: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::script(&dir, &["up", "--only", "temporal"]);
+        let env = std::fs::read_to_string(dir.path().join("env")).unwrap();
+        let port = env
+            .lines()
+            .find_map(|l| l.strip_prefix("export TEMPORAL_PORT="))
+            .expect("port in env")
+            .parse()
+            .unwrap();
+        let settings = TemporalSettings {
+            host: "127.0.0.1".into(),
+            port,
+            namespace: "default".into(),
+            task_queue: task_queue.into(),
+        };
+        Self { dir, settings }
+    }
+
+    /// Runs `scripts/stack.sh ARGS[0] DIR ARGS[1..]`.
+    pub fn script(dir: &tempfile::TempDir, args: &[&str]) {
+        let script = stack_env("IJ_STACK_SCRIPT");
+        let (cmd, rest) = args.split_first().unwrap();
+        let status = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(cmd)
+            .arg(dir.path())
+            .args(rest)
+            .status()
+            .unwrap();
+        assert!(status.success(), "stack.sh {args:?}");
+    }
+}
+
+impl Drop for PrivateTemporal {
+    fn drop(&mut self) {
+        Self::script(&self.dir, &["down"]);
+    }
+}
+
 /// A TCP port free right now on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
