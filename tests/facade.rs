@@ -564,3 +564,47 @@ async fn any_replica_answers_for_a_job_another_replica_just_accepted() {
     }
     assert!(not_found.is_empty(), "404s from replica B: {not_found:?}");
 }
+
+#[tokio::test]
+async fn the_api_explorer_loads_offline_in_chromium_and_lists_the_five_operations() {
+    let (_s, facade) = setup("explorer").await;
+    let url = facade.url("/docs/");
+    let page = tokio::task::spawn_blocking(move || support::browser::load(&url))
+        .await
+        .unwrap();
+    let mut paths: Vec<&str> = page
+        .dom
+        .split("opblock-summary-path\" data-path=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/images/process",
+            "/images/workflow/{workflow_id}",
+            "/images/workflow/{workflow_id}/result",
+            "/images/workflow/{workflow_id}/status",
+            "/images/workflows"
+        ],
+        "the explorer lists the five operations"
+    );
+    assert!(page.dom.contains("Authorize"), "the bearer scheme is wired");
+    assert!(
+        page.page_requests
+            .iter()
+            .any(|u| u.ends_with("/openapi.json")),
+        "{:?}",
+        page.page_requests
+    );
+    let outside: Vec<_> = page
+        .page_requests
+        .iter()
+        .filter(|u| !u.starts_with(&facade.base))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "requests leaving localhost: {outside:?}"
+    );
+}

@@ -1,5 +1,5 @@
 //! The REST facade: the seed's endpoints over ImageJobs, served from a watch cache, with bearer
-//! auth, JSON errors, `/openapi.json` and a docs page.
+//! auth, JSON errors, `/openapi.json` and an interactive explorer at `/docs`.
 
 mod auth;
 mod cache;
@@ -15,7 +15,7 @@ pub use model::{ProcessResponse, ResultResponse, StatusResponse};
 
 use crate::{crd::ImageJob, metrics::SharedMetrics, temporal::WorkflowGateway};
 use axum::{
-    Json, Router,
+    Router,
     extract::{DefaultBodyLimit, Request, State},
     http::StatusCode,
     middleware::{self, Next},
@@ -58,8 +58,7 @@ pub fn router(state: Arc<FacadeState>, auth: Auth) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(|| async { Json(docs::openapi()) }))
-        .route("/docs", get(docs::page))
+        .merge(docs::explorer())
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(

@@ -4,6 +4,7 @@
 //! wait-for-condition helpers.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod lykdat;
 
 use imagejob_operator::{
