@@ -349,6 +349,11 @@ pub struct FacadeArgs {
     /// Whether jobs posted without `similarity_search` run the search.
     #[arg(long, env = "FACADE_SIMILARITY_DEFAULT", default_value_t = false)]
     pub similarity_search_default: bool,
+    /// Seconds a job created through the facade is kept after it finished (its
+    /// `ttlSecondsAfterFinished`); its status and result are then answered from Temporal for as
+    /// long as Temporal retains the workflow. 0 keeps jobs forever.
+    #[arg(long, env = "FACADE_JOB_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub job_ttl_secs: u32,
 }
 
 /// This machine's host name (the pod name in a cluster).

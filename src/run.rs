@@ -299,6 +299,7 @@ pub async fn facade(
         cache,
         gateway: Arc::new(TemporalGateway::new(temporal.settings())),
         similarity_default: args.similarity_search_default,
+        job_ttl: (args.job_ttl_secs > 0).then_some(args.job_ttl_secs),
         metrics,
     });
     let listener = tokio::net::TcpListener::bind(args.facade_addr)

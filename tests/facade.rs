@@ -366,19 +366,40 @@ async fn delete_cancels_a_running_job() {
     )
     .await;
 
-    let r = facade
+    let name = kube_env::only_name(&s.api).await;
+    // A client already waiting for the result gets the final, cancelled state, not a 404.
+    let waiter = facade
         .http
-        .delete(facade.url(&format!("/images/workflow/{workflow_id}")))
-        .send()
-        .await
-        .unwrap();
+        .get(facade.url(&format!(
+            "/images/workflow/{workflow_id}/result?timeout=120"
+        )))
+        .send();
+    let delete = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        facade
+            .http
+            .delete(facade.url(&format!("/images/workflow/{workflow_id}")))
+            .send()
+            .await
+            .unwrap()
+    };
+    let (waited, r) = tokio::join!(waiter, delete);
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelling");
-    let status_url = facade.url(&format!("/images/workflow/{workflow_id}/status"));
-    eventually("the job to be gone", Duration::from_secs(60), || async {
-        (facade.http.get(&status_url).send().await.ok()?.status() == 404).then_some(())
-    })
-    .await;
+    let waited = waited.unwrap();
+    assert_eq!(waited.status(), StatusCode::OK);
+    let waited: Value = waited.json().await.unwrap();
+    assert_eq!(waited["done"], true, "{waited}");
+    assert_eq!(waited["state"]["status"], "cancelled", "{waited}");
+
+    // Once the job is gone, its status still answers, from Temporal.
+    kube_env::wait_gone(&s.api, &name, Duration::from_secs(60)).await;
+    let status = facade
+        .get_json(&format!("/images/workflow/{workflow_id}/status"))
+        .await;
+    assert_eq!(status["job_deleted"], true, "{status}");
+    assert_eq!(status["state"]["status"], "cancelled", "{status}");
+    assert_eq!(status["state"]["metadata_stored"], true, "{status}");
     let workflow = support::gateway(&s.settings)
         .snapshot(&workflow_id)
         .await
@@ -607,4 +628,80 @@ async fn the_api_explorer_loads_offline_in_chromium_and_lists_the_five_operation
         outside.is_empty(),
         "requests leaving localhost: {outside:?}"
     );
+}
+
+#[tokio::test]
+async fn a_retried_post_with_the_same_idempotency_key_makes_one_job_on_any_replica() {
+    let (s, facade) = setup("idempotent").await;
+    let other_replica = TestFacade::start(&s.client, &s.ns, &s.settings).await;
+    let _worker = TestWorker::plain(&s.settings);
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let send = |f: &TestFacade, key: &str, body: &Value| {
+        f.http
+            .post(f.url("/images/process"))
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+    };
+    let first = send(&facade, "order-42", &valid()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+    for f in [&facade, &other_replica] {
+        let again = send(f, "order-42", &valid()).await.unwrap();
+        assert_eq!(again.status(), StatusCode::ACCEPTED);
+        let again: Value = again.json().await.unwrap();
+        assert_eq!(again["workflow_id"], first["workflow_id"]);
+    }
+    let mut different = valid();
+    different["title"] = json!("Another image");
+    let conflict = send(&facade, "order-42", &different).await.unwrap();
+    assert_eq!(conflict.status(), StatusCode::CONFLICT);
+    let conflict: Value = conflict.json().await.unwrap();
+    assert_eq!(conflict["error"]["field"], "Idempotency-Key", "{conflict}");
+    assert_eq!(kube_env::count(&s.api).await, 1, "one ImageJob");
+
+    // Without the header nothing changes: two posts, two jobs.
+    post(&facade, &valid()).await;
+    post(&facade, &valid()).await;
+    assert_eq!(kube_env::count(&s.api).await, 3);
+}
+
+#[tokio::test]
+async fn a_job_whose_ttl_ran_out_still_answers_from_temporal() {
+    let s = Setup::new("after-ttl").await;
+    let facade = TestFacade::start_with_ttl(&s.client, &s.ns, &s.settings, Some(1)).await;
+    let _worker = TestWorker::plain(&s.settings);
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let (_, accepted) = post(&facade, &valid()).await;
+    let id = accepted["workflow_id"].as_str().unwrap().to_owned();
+    let done = facade
+        .get_json(&format!("/images/workflow/{id}/result?timeout=60"))
+        .await;
+    assert_eq!(done["state"]["status"], "completed", "{done}");
+    assert_eq!(done["job_deleted"], false);
+    let name = kube_env::only_name(&s.api).await;
+    assert_eq!(
+        s.api
+            .get(&name)
+            .await
+            .unwrap()
+            .spec
+            .ttl_seconds_after_finished,
+        Some(1),
+        "facade jobs get the configured TTL"
+    );
+    kube_env::wait_gone(&s.api, &name, Duration::from_secs(60)).await;
+    let status = facade
+        .get_json(&format!("/images/workflow/{id}/status"))
+        .await;
+    assert_eq!(status["job_deleted"], true, "{status}");
+    assert_eq!(
+        status["state"], done["state"],
+        "the same state as before the TTL"
+    );
+    let result = facade
+        .get_json(&format!("/images/workflow/{id}/result"))
+        .await;
+    assert_eq!(result["done"], true);
+    assert_eq!(result["state"], done["state"]);
 }

@@ -132,6 +132,18 @@ async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
+/// Waits until the job says Temporal cannot be reached (`TemporalReachable=False`).
+async fn wait_unreachable(api: &Api<ImageJob>, name: &str) -> ImageJob {
+    wait_job(api, name, "TemporalReachable=False", JOB_WAIT, |j| {
+        j.status.as_ref().is_some_and(|st| {
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == CONDITION_TEMPORAL_REACHABLE && c.status == "False")
+        })
+    })
+    .await
+}
+
 async fn resource_versions(api: &Api<ImageJob>) -> BTreeMap<String, (String, Phase)> {
     api.list(&Default::default())
         .await
@@ -311,20 +323,7 @@ async fn a_wrong_temporal_namespace_is_reported_and_jobs_complete_once_it_exists
     };
     let _controller = ControllerProcess::start(&settings, &s.ns, &[]);
     create(&s.api, "patient", kube_env::spec(false)).await;
-    let job = wait_job(
-        &s.api,
-        "patient",
-        "TemporalReachable=False",
-        JOB_WAIT,
-        |j| {
-            j.status.as_ref().is_some_and(|st| {
-                st.conditions
-                    .iter()
-                    .any(|c| c.type_ == CONDITION_TEMPORAL_REACHABLE && c.status == "False")
-            })
-        },
-    )
-    .await;
+    let job = wait_unreachable(&s.api, "patient").await;
     let status = job.status.unwrap();
     let reachable = status
         .conditions
@@ -494,4 +493,38 @@ async fn the_worker_is_ready_only_while_it_polls_a_reachable_temporal() {
     assert!(why.contains("Temporal") || why.contains("polling"), "{why}");
     support::PrivateTemporal::script(&temporal.dir, &["start-temporal"]);
     eventually("the worker to be ready again", JOB_WAIT, || readyz(200)).await;
+}
+
+#[tokio::test]
+async fn a_job_deleted_while_temporal_is_down_is_released_after_the_timeout_without_blocking_others()
+ {
+    let s = Setup::new("down-delete").await;
+    let temporal = support::PrivateTemporal::start(&s.settings.task_queue);
+    let _controller = ControllerProcess::start(
+        &temporal.settings,
+        &s.ns,
+        &[
+            ("CANCEL_ON_DELETE_TIMEOUT_SECS", "10".to_owned()),
+            ("RECONCILE_CONCURRENCY", "1".to_owned()),
+        ],
+    );
+    // No worker: the workflow runs until it is cancelled.
+    create(&s.api, "orphan", kube_env::spec(false)).await;
+    wait_phase(&s.api, "orphan", Phase::Processing).await;
+    support::PrivateTemporal::script(&temporal.dir, &["stop-temporal"]);
+    s.api
+        .delete("orphan", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // The single reconcile slot stays free for other jobs meanwhile.
+    create(&s.api, "newcomer", kube_env::spec(false)).await;
+    wait_unreachable(&s.api, "newcomer").await;
+
+    kube_env::wait_gone(&s.api, "orphan", JOB_WAIT).await;
+    let reasons = kube_env::event_reasons(&s.client, &s.ns, "orphan").await;
+    assert!(
+        reasons.contains(&"CancelTimedOut".to_owned()),
+        "{reasons:?}"
+    );
 }

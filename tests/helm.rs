@@ -346,7 +346,7 @@ async fn the_release_installs_and_its_rbac_is_sufficient_and_minimal() {
     let settings = support::temporal(&support::unique("helm-queue"));
     let values = json!({
         "controller": {"watchNamespaces": [ns], "replicas": 1},
-        "worker": {"autoscaling": {"enabled": true}, "metadataStore": {"backend": "embedded"}},
+        "worker": {"replicas": 1, "metadataStore": {"backend": "embedded"}},
         "facade": {"ingress": {"enabled": true}},
     });
     let file = values_file(&values);

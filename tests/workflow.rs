@@ -50,6 +50,26 @@ impl MetadataStore for FlakyStore {
     }
 }
 
+/// A store whose writes take a while: a cancellation arrives while one is under way.
+struct SlowStore {
+    inner: Arc<dyn MetadataStore>,
+    delay: Duration,
+    started: Arc<AtomicU32>,
+}
+
+#[async_trait]
+impl MetadataStore for SlowStore {
+    async fn upsert(&self, doc: &ImageDocument) -> Result<(), StoreError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        self.inner.upsert(doc).await
+    }
+
+    async fn get(&self, image_id: &str) -> Result<Option<ImageDocument>, StoreError> {
+        self.inner.get(image_id).await
+    }
+}
+
 fn input(similarity_search: bool) -> ImageProcessingInput {
     ImageProcessingInput {
         url: "https://example.com/image.jpg".into(),
@@ -468,5 +488,40 @@ async fn the_worker_process_stops_cleanly_on_sigterm() {
     assert!(
         status.success(),
         "worker exit status after SIGTERM: {status}"
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_during_the_write_reports_cancelled_only_after_it_with_the_document_stored() {
+    let (settings, gateway, id) = setup();
+    let started = Arc::new(AtomicU32::new(0));
+    let counter = started.clone();
+    let worker = TestWorker::start(
+        &settings,
+        support::lykdat_client("http://127.0.0.1:9", None, Duration::from_secs(1)),
+        move |s| {
+            Arc::new(SlowStore {
+                inner: Arc::new(s),
+                delay: Duration::from_secs(3),
+                started: counter,
+            })
+        },
+    );
+    gateway.start(&id, input(true)).await.unwrap();
+    support::eventually("the write to start", Duration::from_secs(30), || async {
+        (started.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    gateway.signal_cancel(&id).await.unwrap();
+    let snap = finish(&gateway, &id).await;
+    assert_eq!(snap.execution, ExecutionStatus::Cancelled);
+    let state = snap.state.expect("the final state");
+    assert_eq!(state.status, ProcessingStatus::Cancelled);
+    let image_id = state.image_id.expect("an image id");
+    let stored = worker.store.get(&image_id).await.unwrap();
+    assert!(stored.is_some(), "the write finished");
+    assert!(
+        state.metadata_stored,
+        "metadata_stored says true for the document that was written"
     );
 }

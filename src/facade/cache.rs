@@ -28,6 +28,31 @@ pub struct JobCache {
     names_by_uid: Arc<RwLock<HashMap<String, String>>>,
     changes: watch::Sender<u64>,
     ready: Arc<AtomicBool>,
+    deleted: Arc<RwLock<Tombstones>>,
+}
+
+/// Uids of jobs this replica saw deleted, the most recent [`TOMBSTONES`] of them: a lookup for
+/// one of them answers at once instead of waiting for a watch event that will not come.
+#[derive(Default)]
+struct Tombstones {
+    order: std::collections::VecDeque<String>,
+    set: std::collections::HashSet<String>,
+}
+
+/// How many deleted uids are remembered.
+const TOMBSTONES: usize = 100_000;
+
+impl Tombstones {
+    fn insert(&mut self, uid: String) {
+        if self.set.insert(uid.clone()) {
+            self.order.push_back(uid);
+        }
+        while self.order.len() > TOMBSTONES {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
 }
 
 impl JobCache {
@@ -41,6 +66,7 @@ impl JobCache {
             names_by_uid: Arc::default(),
             changes: watch::channel(0).0,
             ready: Arc::default(),
+            deleted: Arc::default(),
         };
         let events = watcher(api, watcher::Config::default())
             .default_backoff()
@@ -59,6 +85,9 @@ impl JobCache {
                 Ok(Event::Delete(job)) => {
                     if let (Some(uid), Ok(mut map)) = (job.uid(), self.names_by_uid.write()) {
                         map.remove(&uid);
+                        if let Ok(mut deleted) = self.deleted.write() {
+                            deleted.insert(uid);
+                        }
                     }
                 }
                 Ok(Event::Init) => relisted = Some(HashMap::new()),
@@ -98,6 +127,13 @@ impl JobCache {
         let name = self.name_of(workflow_id)?;
         self.store
             .get(&ObjectRef::new(&name).within(&self.namespace))
+    }
+
+    /// Whether this replica saw the job behind a workflow id deleted.
+    pub fn was_deleted(&self, workflow_id: &str) -> bool {
+        workflow_id
+            .strip_prefix(WORKFLOW_ID_PREFIX)
+            .is_some_and(|uid| self.deleted.read().is_ok_and(|d| d.set.contains(uid)))
     }
 
     /// All cached jobs.

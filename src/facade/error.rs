@@ -60,6 +60,9 @@ pub enum ApiError {
         /// The apiserver's message.
         message: String,
     },
+    /// An `Idempotency-Key` already used for a different request.
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyKeyReused,
     /// A dependency (apiserver, Temporal) cannot be reached.
     #[error("{0} unavailable")]
     Unavailable(String),
@@ -101,6 +104,7 @@ impl ApiError {
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Kubernetes { status, .. } => (*status, "kubernetes_error"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::IdempotencyKeyReused => (StatusCode::CONFLICT, "idempotency_key_reused"),
         }
     }
 
@@ -109,6 +113,7 @@ impl ApiError {
             ApiError::InvalidField { field, .. } | ApiError::InvalidQuery { field, .. } => {
                 Some(field.clone())
             }
+            ApiError::IdempotencyKeyReused => Some("Idempotency-Key".into()),
             _ => None,
         }
     }

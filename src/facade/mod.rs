@@ -5,6 +5,7 @@ mod auth;
 mod cache;
 mod docs;
 mod error;
+mod idempotency;
 mod model;
 mod routes;
 
@@ -40,6 +41,8 @@ pub struct FacadeState {
     pub gateway: Arc<dyn WorkflowGateway>,
     /// Default of `similarity_search`.
     pub similarity_default: bool,
+    /// `ttlSecondsAfterFinished` of the jobs the facade creates (none when `None`).
+    pub job_ttl: Option<u32>,
     /// Metrics.
     pub metrics: SharedMetrics,
 }

@@ -8,6 +8,7 @@ use crate::{
         MAX_URL_LEN, Phase,
     },
     similarity::SimilarityResults,
+    temporal::{ExecutionStatus, WorkflowSnapshot},
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -159,6 +160,26 @@ pub fn seed_status(phase: Phase) -> &'static str {
 }
 
 impl StateView {
+    /// The state as Temporal tells it, for a workflow whose ImageJob is gone.
+    pub fn of_snapshot(snapshot: &WorkflowSnapshot) -> Self {
+        let state = snapshot.state.clone().unwrap_or_default();
+        let status = match snapshot.execution {
+            ExecutionStatus::Running => "processing",
+            ExecutionStatus::Completed => "completed",
+            ExecutionStatus::Cancelled => "cancelled",
+            ExecutionStatus::Failed | ExecutionStatus::Terminated | ExecutionStatus::TimedOut => {
+                "failed"
+            }
+        };
+        Self {
+            image_id: state.image_id,
+            status: status.to_owned(),
+            metadata_stored: state.metadata_stored,
+            similarity_search_completed: state.similarity_search_completed,
+            error: state.error.or_else(|| snapshot.failure.clone()),
+        }
+    }
+
     /// The state as the ImageJob's status shows it.
     pub fn of(job: &ImageJob) -> Self {
         let status = job.status.clone().unwrap_or_default();
@@ -179,6 +200,9 @@ pub struct StatusResponse {
     pub workflow_id: String,
     /// Its state.
     pub state: StateView,
+    /// True when no ImageJob exists for the workflow any more (deleted, or its TTL ran out):
+    /// the state comes from Temporal, for as long as Temporal retains the workflow.
+    pub job_deleted: bool,
 }
 
 /// `GET /images/workflow/{workflow_id}/result` answer.
@@ -196,6 +220,8 @@ pub struct ResultResponse {
     /// Why the requested similarity search did not run (e.g. no Lykdat API key configured);
     /// the job still succeeded.
     pub similarity_skipped: Option<String>,
+    /// True when no ImageJob exists for the workflow any more; the answer comes from Temporal.
+    pub job_deleted: bool,
 }
 
 /// `?timeout=` of the result endpoint.

@@ -3,12 +3,17 @@
 use super::{
     FacadeState,
     error::ApiError,
+    idempotency,
     model::{
         CancelResponse, ListQuery, ListResponse, ProcessRequest, ProcessResponse, ResultQuery,
         ResultResponse, StateView, StatusResponse, WorkflowSummary, seed_status,
     },
 };
-use crate::{controller::workflow_id, crd::ImageJob, temporal::GatewayError};
+use crate::{
+    controller::workflow_id,
+    crd::ImageJob,
+    temporal::{ExecutionStatus, GatewayError},
+};
 use axum::{
     Json,
     body::Bytes,
@@ -85,7 +90,10 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 
 /// Start processing an image: creates an ImageJob; its controller starts the workflow.
 #[utoipa::path(post, path = "/images/process", request_body = ProcessRequest,
+    params(("Idempotency-Key" = Option<String>, Header, max_length = 255,
+        description = "Makes retries safe: the same key with the same body returns the same workflow_id and creates nothing; with another body it is a 409")),
     responses((status = 202, body = ProcessResponse), (status = 400, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody, description = "Idempotency-Key already used with a different request"),
               (status = 415, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
               (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
               (status = 403, body = super::error::ErrorBody, description = "token not accepted")),
@@ -97,9 +105,14 @@ pub async fn process(
 ) -> Result<Response, ApiError> {
     let request: ProcessRequest = parse_json(&headers, &body)?;
     request.validate()?;
-    let mut job = ImageJob::new("", request.into_spec(state.similarity_default));
+    let mut spec = request.into_spec(state.similarity_default);
+    spec.ttl_seconds_after_finished = state.job_ttl.map(i64::from);
+    let keyed = idempotency::keyed(&headers, &spec)?;
+    let mut job = ImageJob::new("", spec);
     job.metadata = ObjectMeta {
-        generate_name: Some("image-".into()),
+        name: keyed.as_ref().map(|k| k.name.clone()),
+        generate_name: keyed.is_none().then(|| "image-".into()),
+        annotations: keyed.as_ref().map(|k| k.annotations.clone()),
         namespace: Some(state.namespace.clone()),
         labels: Some(
             [(
@@ -110,7 +123,16 @@ pub async fn process(
         ),
         ..Default::default()
     };
-    let created = state.api.create(&PostParams::default(), &job).await?;
+    let created = match (state.api.create(&PostParams::default(), &job).await, &keyed) {
+        (Ok(created), _) => created,
+        // The key was used before: the same request gets the same job, another is refused.
+        (Err(kube::Error::Api(e)), Some(keyed)) if e.code == 409 => {
+            let existing = state.api.get(&keyed.name).await?;
+            idempotency::same_request(&existing, keyed)?;
+            existing
+        }
+        (Err(e), _) => return Err(e.into()),
+    };
     state.cache.remember(&created);
     let workflow_id =
         workflow_id(&created).map_err(|_| ApiError::Unavailable("Kubernetes apiserver".into()))?;
@@ -146,7 +168,7 @@ async fn find(state: &FacadeState, workflow_id: &str) -> Result<Arc<ImageJob>, A
             None => Err(ApiError::NotFound(workflow_id.to_owned())),
         };
     }
-    if !crate::crd::is_workflow_id(workflow_id) {
+    if !crate::crd::is_workflow_id(workflow_id) || state.cache.was_deleted(workflow_id) {
         return Err(ApiError::NotFound(workflow_id.to_owned()));
     }
     let mut changes = state.cache.subscribe();
@@ -173,11 +195,38 @@ pub async fn status(
     State(state): State<Arc<FacadeState>>,
     Path(workflow_id): Path<String>,
 ) -> Result<Json<StatusResponse>, ApiError> {
-    let job = find(&state, &workflow_id).await?;
+    let (view, job_deleted) = match find(&state, &workflow_id).await {
+        Ok(job) => (StateView::of(&job), false),
+        Err(ApiError::NotFound(_)) => {
+            let snapshot = from_temporal(&state, &workflow_id).await?;
+            (StateView::of_snapshot(&snapshot), true)
+        }
+        Err(e) => return Err(e),
+    };
     Ok(Json(StatusResponse {
-        state: StateView::of(&job),
+        state: view,
         workflow_id,
+        job_deleted,
     }))
+}
+
+/// What Temporal still holds of a workflow whose ImageJob is gone (deleted, or its TTL ran
+/// out): answered for as long as Temporal retains the workflow, 404 after that.
+async fn from_temporal(
+    state: &FacadeState,
+    workflow_id: &str,
+) -> Result<crate::temporal::WorkflowSnapshot, ApiError> {
+    if !crate::crd::is_workflow_id(workflow_id) {
+        return Err(ApiError::NotFound(workflow_id.to_owned()));
+    }
+    match state.gateway.snapshot(workflow_id).await {
+        Ok(snapshot) => Ok(snapshot),
+        Err(GatewayError::NotFound) => Err(ApiError::NotFound(workflow_id.to_owned())),
+        Err(e) => {
+            tracing::warn!(%workflow_id, error = %e, "Temporal lookup failed");
+            Err(ApiError::Unavailable("Temporal".into()))
+        }
+    }
 }
 
 /// Waits until the workflow finished (woken by the watch, not polled) and returns its result
@@ -204,7 +253,13 @@ pub async fn result(
     let mut changes = state.cache.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     let job = loop {
-        let job = find(&state, &workflow_id).await?;
+        let job = match find(&state, &workflow_id).await {
+            Ok(job) => job,
+            Err(ApiError::NotFound(_)) => {
+                return result_from_temporal(&state, workflow_id, deadline).await;
+            }
+            Err(e) => return Err(e),
+        };
         if job.phase().is_terminal() {
             break job;
         }
@@ -216,6 +271,7 @@ pub async fn result(
                 state: StateView::of(&job),
                 similarity: None,
                 similarity_skipped: None,
+                job_deleted: false,
             };
             let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
             response
@@ -251,8 +307,40 @@ pub async fn result(
             .as_ref()
             .and_then(|s| s.similarity.as_ref())
             .and_then(|s| s.skipped_reason.clone()),
+        job_deleted: false,
     };
     Ok(Json(body).into_response())
+}
+
+/// The result of a workflow whose ImageJob is gone (deleted while a client waited, or its TTL
+/// ran out): from Temporal, waiting for the close until `deadline` if it still runs.
+async fn result_from_temporal(
+    state: &FacadeState,
+    workflow_id: String,
+    deadline: tokio::time::Instant,
+) -> Result<Response, ApiError> {
+    let mut snapshot = from_temporal(state, &workflow_id).await?;
+    if snapshot.execution == ExecutionStatus::Running
+        && let Ok(Ok(closed)) =
+            tokio::time::timeout_at(deadline, state.gateway.wait_closed(&workflow_id)).await
+    {
+        snapshot = closed;
+    }
+    let done = snapshot.execution != ExecutionStatus::Running;
+    let body = ResultResponse {
+        workflow_id,
+        done,
+        state: StateView::of_snapshot(&snapshot),
+        similarity: snapshot.similarity,
+        similarity_skipped: snapshot.similarity_skipped,
+        job_deleted: true,
+    };
+    let code = if done {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((code, Json(body)).into_response())
 }
 
 /// Cancels a workflow: deletes its ImageJob; the controller cancels the running workflow first.

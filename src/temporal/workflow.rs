@@ -69,11 +69,13 @@ impl ImageProcessingWorkflow {
             return Err(step_failed(ctx, &e));
         }
         ctx.state_mut(|w| w.state.metadata_stored = true);
+        // A cancellation that arrived while the document was being written ends the workflow
+        // here, with the document reported as stored.
+        if cancel_requested(ctx) {
+            return Err(cancelled(ctx));
+        }
 
         if input.similarity_search {
-            if cancel_requested(ctx) {
-                return Err(cancelled(ctx));
-            }
             let search_input = SimilaritySearchInput {
                 image_id,
                 image_url: input.url,

@@ -362,6 +362,13 @@ pub mod kube_env {
         .await
     }
 
+    /// The name of the one job `api` lists.
+    pub async fn only_name(api: &Api<ImageJob>) -> String {
+        let list = api.list(&ListParams::default()).await.expect("list jobs");
+        assert_eq!(list.items.len(), 1, "exactly one job");
+        kube::ResourceExt::name_any(&list.items[0])
+    }
+
     /// How many jobs `api` lists.
     pub async fn count(api: &Api<ImageJob>) -> usize {
         api.list(&ListParams::default())
@@ -459,6 +466,16 @@ pub mod facade_env {
     impl TestFacade {
         /// Serves the facade for namespace `ns`, with token auth, once its cache is filled.
         pub async fn start(client: &Client, ns: &str, settings: &TemporalSettings) -> Self {
+            Self::start_with_ttl(client, ns, settings, None).await
+        }
+
+        /// The same, giving the jobs it creates this TTL after finishing.
+        pub async fn start_with_ttl(
+            client: &Client,
+            ns: &str,
+            settings: &TemporalSettings,
+            job_ttl: Option<u32>,
+        ) -> Self {
             let tokens = tempfile::tempdir().unwrap();
             let path = tokens.path().join("tokens");
             std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
@@ -478,6 +495,7 @@ pub mod facade_env {
                 cache,
                 gateway: Arc::new(TemporalGateway::new(settings.clone())),
                 similarity_default: false,
+                job_ttl,
                 metrics: Arc::new(Metrics::new()),
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
