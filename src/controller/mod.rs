@@ -62,6 +62,23 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the error says the ImageJob no longer exists (a 404 from the apiserver).
+    fn is_object_gone(&self) -> bool {
+        use kube::runtime::finalizer::Error as FinalizerError;
+        let gone = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404);
+        match self {
+            Error::Kube(e) => gone(e),
+            Error::Finalizer(e) => match e.as_ref() {
+                FinalizerError::AddFinalizer(e) | FinalizerError::RemoveFinalizer(e) => gone(e),
+                FinalizerError::ApplyFailed(inner) | FinalizerError::CleanupFailed(inner) => {
+                    inner.is_object_gone()
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// Short label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -154,16 +171,28 @@ async fn reconcile(job: Arc<ImageJob>, ctx: Arc<Context>) -> Result<Action> {
 }
 
 fn error_policy(job: Arc<ImageJob>, error: &Error, ctx: Arc<Context>) -> Action {
+    use kube::runtime::finalizer::Error as FinalizerError;
     ctx.metrics.reconcile_failed(error.kind());
+    let uid = job.uid().unwrap_or_default();
     let delay = match error {
+        _ if error.is_object_gone() => {
+            // Deleted under our feet: nothing to retry, nothing to remember.
+            if let Ok(id) = workflow_id(&job) {
+                ctx.forget(&job, &id);
+            }
+            ctx.metrics.set_tracked_jobs(ctx.tracked());
+            return Action::await_change();
+        }
         Error::Finalizer(e) => match e.as_ref() {
-            kube::runtime::finalizer::Error::CleanupFailed(Error::CancelPending {
-                retry_in,
-                ..
-            }) => *retry_in,
-            _ => ctx.backoffs.next(&job.uid().unwrap_or_default()),
+            FinalizerError::CleanupFailed(Error::CancelPending { retry_in, .. }) => {
+                // Not a failure: the workflow is being cancelled; look again shortly.
+                info!(namespace = ?job.namespace(), name = %job.name_any(), retry_in = ?retry_in,
+                    "waiting for the workflow to close after cancellation");
+                return Action::requeue(*retry_in);
+            }
+            _ => ctx.backoffs.next(&uid),
         },
-        _ => ctx.backoffs.next(&job.uid().unwrap_or_default()),
+        _ => ctx.backoffs.next(&uid),
     };
     warn!(namespace = ?job.namespace(), name = %job.name_any(), error = %error, retry_in = ?delay,
         "reconcile failed");
