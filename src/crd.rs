@@ -25,6 +25,12 @@ pub fn is_workflow_id(id: &str) -> bool {
 pub const RELEASE_ANNOTATION: &str = "imagejob.dev/release-without-cancel";
 /// Condition type set False while Temporal cannot be reached.
 pub const CONDITION_TEMPORAL_REACHABLE: &str = "TemporalReachable";
+/// Condition type set True once the controller asked the workflow to stop (`spec.status:
+/// Cancelled`); its transition time is when the `cancel` signal was sent.
+pub const CONDITION_CANCEL_REQUESTED: &str = "CancelRequested";
+/// Condition type set False when the spec was edited after the workflow started (the workflow
+/// keeps the spec it started with), True again when the edit is undone.
+pub const CONDITION_SPEC_APPLIED: &str = "SpecApplied";
 
 /// Longest accepted image URL.
 pub const MAX_URL_LEN: usize = 2048;
@@ -95,6 +101,27 @@ pub struct ImageJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i64>,
+    /// Set to `Cancelled` to cancel the job and keep its record (as Tekton's `spec.status`): the
+    /// workflow gets the `cancel` signal, then Temporal's request-cancel if it has not stopped
+    /// within a few seconds, and the job ends `Cancelled` with the workflow's final state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RequestedStatus>,
+}
+
+/// Set to `Cancelled` to cancel the job and keep its record (as Tekton's `spec.status`): the
+/// workflow gets the `cancel` signal, then Temporal's request-cancel if it has not stopped within
+/// a few seconds, and the job ends `Cancelled` with the workflow's final state.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RequestedStatus {
+    /// Stop the job; its ImageJob stays.
+    Cancelled,
+}
+
+impl ImageJobSpec {
+    /// Whether the user asked for the job to be cancelled (`spec.status: Cancelled`).
+    pub fn cancel_requested(&self) -> bool {
+        self.status == Some(RequestedStatus::Cancelled)
+    }
 }
 
 /// Where a job is in its life.
@@ -160,9 +187,14 @@ pub struct ImageJobStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// The spec generation this status was computed for.
+    /// The spec generation this status was computed for (edits after start are reported by
+    /// the `SpecApplied` condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Digest of the spec fields the workflow was started with (url, title, description, tags,
+    /// similaritySearch): how an edit after start is recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_spec_digest: Option<String>,
     /// When the workflow started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,

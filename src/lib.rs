@@ -7,6 +7,8 @@ pub mod config;
 pub mod controller;
 /// The `ImageJob` custom resource.
 pub mod crd;
+/// SHA-256 digests in hex.
+pub mod digest;
 /// REST facade: the seed's endpoints over ImageJobs.
 pub mod facade;
 /// The Kubernetes client, with its requests counted and its writes fenced.

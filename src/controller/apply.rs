@@ -1,9 +1,9 @@
 //! Apply: start the job's workflow once, mirror its state into the status, wake on its close,
 //! delete the job when its TTL after finishing runs out.
 
-use super::{Context, Error, Result, status, workflow_id};
+use super::{Context, Error, Result, cancel, status, workflow_id};
 use crate::{
-    crd::{FIELD_MANAGER, ImageJob, ImageJobStatus, Phase},
+    crd::{CONDITION_SPEC_APPLIED, FIELD_MANAGER, ImageJob, ImageJobStatus, Phase},
     temporal::{GatewayError, WorkflowSnapshot},
 };
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
@@ -32,12 +32,17 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
     let id = workflow_id(&job)?;
     let current = job.status.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
+    let cancelling = job.spec.cancel_requested();
 
-    let desired = match observe(&job, &id, &current, ctx).await {
+    let mut desired = match observe(&job, &id, &current, !cancelling, ctx).await {
         Ok(snapshot) => status::from_snapshot(&job, &id, &snapshot, &now),
         // Started before (a run id is recorded) yet gone: it will not come back.
         Err(GatewayError::NotFound) if current.run_id.is_some() => {
             status::workflow_missing(&job, &id, &now)
+        }
+        // Cancelled before its workflow started: none will.
+        Err(GatewayError::NotFound) if cancelling => {
+            status::cancelled_before_start(&job, &id, &now)
         }
         Err(e) if e.is_unavailable() => {
             let desired = status::temporal_unreachable(&job, &id, &e.to_string(), &now);
@@ -54,30 +59,59 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
         }
         Err(e) => return Err(e.into()),
     };
+    let edited = status::check_spec_edits(&job, &mut desired, &now);
+    let cancel_check = match cancelling && !desired.phase.is_terminal() {
+        true => Some(cancel::request(&id, &mut desired, &now, ctx).await?),
+        false => None,
+    };
     ctx.backoffs.reset(&uid);
-    if write_status(&job, &current, &desired, ctx).await? && desired.phase != current.phase {
-        announce(&job, &desired, ctx).await;
+    if write_status(&job, &current, &desired, ctx).await? {
+        if desired.phase != current.phase {
+            announce(&job, &desired, ctx).await;
+        }
+        if edited && !spec_edit_reported(&current) {
+            ctx.event(
+                &job,
+                EventType::Warning,
+                "SpecEditedAfterStart",
+                "the workflow keeps the spec it started with; create a new ImageJob for the new spec".into(),
+            )
+            .await;
+        }
     }
     if desired.phase.is_terminal() {
         ctx.metrics.job_finished(&uid);
         return Ok(requeue_for_ttl(&job, &desired));
     }
     let watched = ctx.watches.ensure(&id, ObjectRef::from_obj(job.as_ref()));
-    Ok(Action::requeue(if watched {
+    let resync = if watched {
         WATCHED_RESYNC
     } else {
         POLLED_RESYNC
-    }))
+    };
+    Ok(Action::requeue(
+        cancel_check.map_or(resync, |c| c.min(resync)),
+    ))
 }
 
-/// Starts the job's workflow unless the status shows it started, then reads it.
+/// Whether the status already reports a spec edit after start.
+fn spec_edit_reported(status: &ImageJobStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == CONDITION_SPEC_APPLIED && c.status == "False")
+}
+
+/// Starts the job's workflow unless the status shows it started (or `may_start` is false: the
+/// job is being cancelled), then reads it.
 async fn observe(
     job: &ImageJob,
     id: &str,
     current: &ImageJobStatus,
+    may_start: bool,
     ctx: &Context,
 ) -> Result<WorkflowSnapshot, GatewayError> {
-    if current.run_id.is_none() {
+    if current.run_id.is_none() && may_start {
         let outcome = ctx
             .gateway
             .start(id, status::workflow_input(&job.spec))

@@ -8,7 +8,11 @@
 //! released after [`super::Settings::release_after`] with a Warning event, or at once when an
 //! admin sets the [`RELEASE_ANNOTATION`].
 
-use super::{Context, Error, Result, workflow_id};
+use super::{
+    Context, Error, Result,
+    cancel::{self, SIGNAL_GRACE, Stop},
+    workflow_id,
+};
 use crate::{
     crd::{ImageJob, RELEASE_ANNOTATION},
     temporal::{ExecutionStatus, GatewayError},
@@ -21,8 +25,6 @@ use kube::{
 use std::{sync::Arc, time::Duration};
 use tracing::{info, warn};
 
-/// How long after deletion the `cancel` signal alone is given; then request-cancel.
-const SIGNAL_GRACE: Duration = Duration::from_secs(5);
 /// Next look at a workflow being cancelled (its close watch usually wakes the job first).
 const CHECK_AGAIN: Duration = Duration::from_secs(1);
 
@@ -82,17 +84,14 @@ async fn cancel(job: &ImageJob, id: &str, ctx: &Context) -> Result<()> {
         Ok(_) => return Ok(()),
         Err(e) => return Err(e.into()),
     }
-    let sent = if waited < SIGNAL_GRACE {
+    let how = if waited < SIGNAL_GRACE {
         info!(name = %job.name_any(), workflow_id = %id, "job deleted while running; sending the cancel signal");
-        ctx.gateway.signal_cancel(id).await
+        Stop::Signal
     } else {
         info!(name = %job.name_any(), workflow_id = %id, "workflow still running after the cancel signal; requesting cancellation");
-        ctx.gateway.request_cancel(id).await
+        Stop::RequestCancel
     };
-    match sent {
-        Ok(()) | Err(GatewayError::NotFound) => {}
-        Err(e) => return Err(e.into()),
-    }
+    cancel::send(ctx, id, how).await?;
     ctx.watches.ensure(id, ObjectRef::from_obj(job));
     Err(Error::CancelPending {
         workflow_id: id.to_owned(),

@@ -3,6 +3,7 @@
 
 mod apply;
 mod backoff;
+mod cancel;
 mod cleanup;
 mod leader;
 pub mod status;

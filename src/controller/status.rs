@@ -3,9 +3,11 @@
 
 use crate::{
     crd::{
-        CONDITION_SUCCEEDED, CONDITION_TEMPORAL_REACHABLE, ImageJob, ImageJobSpec, ImageJobStatus,
-        Phase, SimilarMatch, SimilaritySummary,
+        CONDITION_CANCEL_REQUESTED, CONDITION_SPEC_APPLIED, CONDITION_SUCCEEDED,
+        CONDITION_TEMPORAL_REACHABLE, ImageJob, ImageJobSpec, ImageJobStatus, Phase, SimilarMatch,
+        SimilaritySummary,
     },
+    digest::sha256_hex,
     similarity::SimilarityResults,
     temporal::{ExecutionStatus, ImageProcessingInput, WorkflowSnapshot},
 };
@@ -25,6 +27,13 @@ pub fn workflow_input(spec: &ImageJobSpec) -> ImageProcessingInput {
         tags: spec.tags.clone(),
         similarity_search: spec.similarity_search,
     }
+}
+
+/// Digest of the spec fields a workflow is started with (its input): a later spec with another
+/// digest was edited after start.
+pub fn spec_digest(spec: &ImageJobSpec) -> String {
+    let input = serde_json::to_vec(&workflow_input(spec)).unwrap_or_default();
+    sha256_hex(&input)[..16].to_owned()
 }
 
 fn time(t: SystemTime) -> Option<Time> {
@@ -152,6 +161,86 @@ fn base(job: &ImageJob, workflow_id: &str) -> ImageJobStatus {
     let mut status = job.status.clone().unwrap_or_default();
     status.workflow_id = Some(workflow_id.to_owned());
     status.observed_generation = job.metadata.generation;
+    // Until the workflow started, it will start with the current spec.
+    if status.run_id.is_none() || status.started_spec_digest.is_none() {
+        status.started_spec_digest = Some(spec_digest(&job.spec));
+    }
+    status
+}
+
+/// Reports an edit of the spec after the workflow started: `SpecApplied` False (the workflow
+/// keeps the spec it started with), True again once the edit is undone. Returns whether the
+/// spec now differs from the started one.
+pub fn check_spec_edits(job: &ImageJob, status: &mut ImageJobStatus, now: &Time) -> bool {
+    let Some(started) = status.started_spec_digest.as_deref() else {
+        return false;
+    };
+    let edited = started != spec_digest(&job.spec);
+    let reported = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == CONDITION_SPEC_APPLIED);
+    if edited {
+        let message = format!(
+            "the spec was edited after the workflow started (now generation {}); the workflow keeps the spec it started with: create a new ImageJob to process the new one",
+            job.metadata.generation.unwrap_or_default()
+        );
+        set_condition(
+            &mut status.conditions,
+            CONDITION_SPEC_APPLIED,
+            "False",
+            "EditedAfterStart",
+            &message,
+            now,
+        );
+    } else if reported {
+        set_condition(
+            &mut status.conditions,
+            CONDITION_SPEC_APPLIED,
+            "True",
+            "AsStarted",
+            "the spec is the one the workflow started with",
+            now,
+        );
+    }
+    edited
+}
+
+/// When the controller sent the `cancel` signal for `spec.status: Cancelled`, if it did.
+pub fn cancel_signalled_at(status: &ImageJobStatus) -> Option<Timestamp> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_CANCEL_REQUESTED && c.status == "True")
+        .map(|c| c.last_transition_time.0)
+}
+
+/// Records that the controller asked the workflow to stop; `how` says by which means.
+pub fn mark_cancel_requested(status: &mut ImageJobStatus, how: &str, message: &str, now: &Time) {
+    set_condition(
+        &mut status.conditions,
+        CONDITION_CANCEL_REQUESTED,
+        "True",
+        how,
+        message,
+        now,
+    );
+}
+
+/// The status of a job cancelled (`spec.status: Cancelled`) before its workflow started: no
+/// workflow will run.
+pub fn cancelled_before_start(job: &ImageJob, workflow_id: &str, now: &Time) -> ImageJobStatus {
+    let mut status = base(job, workflow_id);
+    status.phase = Phase::Cancelled;
+    status.completion_time.get_or_insert_with(|| now.clone());
+    set_condition(
+        &mut status.conditions,
+        CONDITION_SUCCEEDED,
+        "False",
+        "Cancelled",
+        "cancelled before its workflow started",
+        now,
+    );
     status
 }
 

@@ -1,6 +1,8 @@
-//! Long polls on running workflows: each wakes its job the moment its workflow closes, so the
-//! status follows Temporal within milliseconds instead of a polling interval. Bounded in number;
-//! jobs beyond the bound are polled.
+//! Long polls on running workflows' histories: each wakes its job when its workflow makes
+//! progress (steps landing within [`PROGRESS_WINDOW`] of each other wake it once, and not at all
+//! when the workflow closes within it) and the moment it closes, so the status follows Temporal
+//! within a second instead of a polling interval, with few writes. Bounded in number; jobs
+//! beyond the bound are polled.
 
 use crate::{
     crd::ImageJob,
@@ -14,6 +16,9 @@ use std::{
     time::Duration,
 };
 
+/// How long progress waits for more (or for the close) before it wakes the job: a job that
+/// finishes within it gets no progress write.
+pub const PROGRESS_WINDOW: Duration = Duration::from_millis(400);
 /// Pause after a failed long poll before waking the job, so an outage does not spin.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
@@ -66,7 +71,13 @@ impl WorkflowWatches {
         let wake = self.wake.clone();
         let state = self.watched.clone();
         tokio::spawn(async move {
-            let outcome = gateway.wait_closed(&id).await;
+            let progressed = || {
+                let wanted = state.lock().is_ok_and(|w| w.active.contains(&id));
+                if wanted {
+                    let _ = wake.unbounded_send(job.clone());
+                }
+            };
+            let outcome = gateway.follow(&id, PROGRESS_WINDOW, &progressed).await;
             if let Err(e) = &outcome {
                 tracing::debug!(workflow_id = %id, error = %e, "workflow watch failed");
                 tokio::time::sleep(ERROR_PAUSE).await;

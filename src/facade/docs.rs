@@ -11,7 +11,7 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 #[derive(OpenApi)]
 #[openapi(
     info(title = "imagejob-operator facade", description = "The image-processing REST API over ImageJobs."),
-    paths(routes::process, routes::status, routes::result, routes::cancel, routes::list),
+    paths(routes::process, routes::status, routes::result, routes::cancel, routes::delete, routes::list),
     components(schemas(model::ProcessRequest, model::Tag, model::ProcessResponse, model::StatusResponse, model::StateView,
         model::ResultResponse, model::ListResponse, model::WorkflowSummary, model::CancelResponse,
         error::ErrorBody, error::ErrorDetail)),

@@ -63,6 +63,14 @@ pub enum ApiError {
     /// An `Idempotency-Key` already used for a different request.
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
+    /// The job has finished; there is nothing to cancel.
+    #[error("workflow {workflow_id} already finished ({status}); nothing to cancel")]
+    AlreadyFinished {
+        /// The workflow.
+        workflow_id: String,
+        /// How it ended (the seed's status string).
+        status: &'static str,
+    },
     /// A dependency (apiserver, Temporal) cannot be reached.
     #[error("{0} unavailable")]
     Unavailable(String),
@@ -105,6 +113,7 @@ impl ApiError {
             ApiError::Kubernetes { status, .. } => (*status, "kubernetes_error"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::IdempotencyKeyReused => (StatusCode::CONFLICT, "idempotency_key_reused"),
+            ApiError::AlreadyFinished { .. } => (StatusCode::CONFLICT, "already_finished"),
         }
     }
 

@@ -6,9 +6,9 @@
 
 use super::error::ApiError;
 use crate::crd::{ImageJob, ImageJobSpec};
+use crate::digest::sha256_hex as sha256;
 use axum::http::HeaderMap;
 use kube::ResourceExt;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// The request header.
@@ -27,13 +27,6 @@ pub struct Keyed {
     pub name: String,
     /// The annotations that identify key and request.
     pub annotations: BTreeMap<String, String>,
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The keyed creation for these headers and this spec; `None` without the header.

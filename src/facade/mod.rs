@@ -53,7 +53,11 @@ pub fn router(state: Arc<FacadeState>, auth: Auth) -> Router {
         .route("/images/process", post(routes::process))
         .route("/images/workflow/{workflow_id}/status", get(routes::status))
         .route("/images/workflow/{workflow_id}/result", get(routes::result))
-        .route("/images/workflow/{workflow_id}", delete(routes::cancel))
+        .route(
+            "/images/workflow/{workflow_id}/cancel",
+            post(routes::cancel),
+        )
+        .route("/images/workflow/{workflow_id}", delete(routes::delete))
         .route("/images/workflows", get(routes::list))
         .route_layer(middleware::from_fn_with_state(auth, auth::require_token));
     Router::new()

@@ -118,6 +118,7 @@ impl ProcessRequest {
             tags: self.tags.unwrap_or_default(),
             similarity_search: self.similarity_search.unwrap_or(similarity_default),
             ttl_seconds_after_finished: None,
+            status: None,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The handlers: the seed's three endpoints, cancel and list.
+//! The handlers: the seed's three endpoints, cancel, delete and list.
 
 use super::{
     FacadeState,
@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     controller::workflow_id,
-    crd::ImageJob,
+    crd::{ImageJob, RequestedStatus},
     temporal::{ExecutionStatus, GatewayError},
 };
 use axum::{
@@ -23,7 +23,7 @@ use axum::{
 };
 use kube::{
     ResourceExt,
-    api::{DeleteParams, ObjectMeta, PostParams},
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
 };
 use serde::de::DeserializeOwned;
 use std::{sync::Arc, time::Duration};
@@ -343,14 +343,80 @@ async fn result_from_temporal(
     Ok((code, Json(body)).into_response())
 }
 
-/// Cancels a workflow: deletes its ImageJob; the controller cancels the running workflow first.
+/// Cancels a workflow and keeps its record: sets the ImageJob's `spec.status` to `Cancelled`;
+/// the controller sends the `cancel` signal and the job ends `cancelled` with the workflow's
+/// final state. Asking again is harmless; a finished job answers 409.
+#[utoipa::path(post, path = "/images/workflow/{workflow_id}/cancel",
+    params(("workflow_id" = String, Path, description = "Workflow id")),
+    responses((status = 202, body = CancelResponse), (status = 404, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody, description = "the workflow already finished"),
+              (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
+              (status = 403, body = super::error::ErrorBody, description = "token not accepted")),
+    security(("bearer" = [])))]
+pub async fn cancel(
+    State(state): State<Arc<FacadeState>>,
+    Path(workflow_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = find(&state, &workflow_id).await?;
+    let finished = |job: &ImageJob| ApiError::AlreadyFinished {
+        workflow_id: workflow_id.clone(),
+        status: seed_status(job.phase()),
+    };
+    if job.phase().is_terminal() {
+        return Err(finished(&job));
+    }
+    // Conditional on the job not having changed since it was read, so a job that finished in
+    // between is told as finished, not silently marked.
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": job.resource_version()},
+        "spec": {"status": RequestedStatus::Cancelled},
+    });
+    let patched = state
+        .api
+        .patch(
+            &job.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await;
+    match patched {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => return Err(ApiError::NotFound(workflow_id)),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let fresh = state.api.get(&job.name_any()).await?;
+            if fresh.phase().is_terminal() {
+                return Err(finished(&fresh));
+            }
+            let patch = serde_json::json!({"spec": {"status": RequestedStatus::Cancelled}});
+            state
+                .api
+                .patch(
+                    &job.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(name = %job.name_any(), %workflow_id, "cancel requested");
+    let body = CancelResponse {
+        workflow_id,
+        status: "cancelling".into(),
+        message: "Image processing workflow is being cancelled; its record is kept".into(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Cancels a workflow and removes its record: deletes its ImageJob; the controller cancels the
+/// running workflow first. Its status and result stay readable from Temporal.
 #[utoipa::path(delete, path = "/images/workflow/{workflow_id}",
     params(("workflow_id" = String, Path, description = "Workflow id")),
     responses((status = 202, body = CancelResponse), (status = 404, body = super::error::ErrorBody),
               (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
               (status = 403, body = super::error::ErrorBody, description = "token not accepted")),
     security(("bearer" = [])))]
-pub async fn cancel(
+pub async fn delete(
     State(state): State<Arc<FacadeState>>,
     Path(workflow_id): Path<String>,
 ) -> Result<Response, ApiError> {

@@ -7,17 +7,21 @@ use super::{
 };
 use crate::similarity::SimilarityResults;
 use async_trait::async_trait;
+use futures::StreamExt;
 use std::time::{Duration, SystemTime};
 use temporalio_client::{
     Client, RpcOptions, WorkflowCancelOptions, WorkflowDescribeOptions, WorkflowExecutionStatus,
-    WorkflowGetResultOptions, WorkflowHandle, WorkflowIdReusePolicy, WorkflowQueryOptions,
-    WorkflowSignalOptions, WorkflowStartOptions,
+    WorkflowFetchHistoryOptions, WorkflowGetResultOptions, WorkflowHandle, WorkflowIdReusePolicy,
+    WorkflowQueryOptions, WorkflowSignalOptions, WorkflowStartOptions,
     errors::{
         WorkflowGetResultError, WorkflowInteractionError, WorkflowQueryError, WorkflowStartError,
     },
     tonic::{Code, Status},
 };
-use tokio::sync::OnceCell;
+use temporalio_common::protos::temporal::api::history::v1::{
+    HistoryEvent, history_event::Attributes,
+};
+use tokio::{sync::OnceCell, time::Instant};
 
 /// Deadline of a state query: a workflow with no live worker would otherwise hang ~30 s.
 const QUERY_DEADLINE: Duration = Duration::from_secs(5);
@@ -172,6 +176,49 @@ pub trait WorkflowGateway: Send + Sync {
     /// Returns once the workflow has closed (a long poll on its history), with what it left;
     /// its run id and start time are not known there, its close time is the time of return.
     async fn wait_closed(&self, workflow_id: &str) -> Result<WorkflowSnapshot, GatewayError>;
+    /// Follows the workflow's history with long polls (no polling) until it closes, and returns
+    /// what it left, as [`WorkflowGateway::wait_closed`]. On the way, `progressed` is called
+    /// when a step was scheduled or ended and `window` passed without the workflow closing:
+    /// steps that land within the window give one call, and a workflow that closes within it
+    /// gives none.
+    async fn follow(
+        &self,
+        workflow_id: &str,
+        window: Duration,
+        progressed: &(dyn Fn() + Send + Sync),
+    ) -> Result<WorkflowSnapshot, GatewayError>;
+}
+
+/// What a history event means to someone following the workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HistoryStep {
+    /// A step was scheduled or ended: the workflow's state moved.
+    Progress,
+    /// The workflow closed.
+    Closed,
+    /// Bookkeeping (workflow tasks, signals, markers).
+    Other,
+}
+
+fn history_step(event: &HistoryEvent) -> HistoryStep {
+    match &event.attributes {
+        Some(
+            Attributes::ActivityTaskScheduledEventAttributes(_)
+            | Attributes::ActivityTaskCompletedEventAttributes(_)
+            | Attributes::ActivityTaskFailedEventAttributes(_)
+            | Attributes::ActivityTaskTimedOutEventAttributes(_)
+            | Attributes::ActivityTaskCanceledEventAttributes(_),
+        ) => HistoryStep::Progress,
+        Some(
+            Attributes::WorkflowExecutionCompletedEventAttributes(_)
+            | Attributes::WorkflowExecutionFailedEventAttributes(_)
+            | Attributes::WorkflowExecutionCanceledEventAttributes(_)
+            | Attributes::WorkflowExecutionTerminatedEventAttributes(_)
+            | Attributes::WorkflowExecutionTimedOutEventAttributes(_)
+            | Attributes::WorkflowExecutionContinuedAsNewEventAttributes(_),
+        ) => HistoryStep::Closed,
+        _ => HistoryStep::Other,
+    }
 }
 
 /// The gateway over a real Temporal server. It connects on first use and again after a failed
@@ -398,6 +445,46 @@ impl WorkflowGateway for TemporalGateway {
             .cancel(WorkflowCancelOptions::default())
             .await
             .map_err(from_interaction)
+    }
+
+    async fn follow(
+        &self,
+        workflow_id: &str,
+        window: Duration,
+        progressed: &(dyn Fn() + Send + Sync),
+    ) -> Result<WorkflowSnapshot, GatewayError> {
+        let options = WorkflowFetchHistoryOptions::builder()
+            .skip_archival(true)
+            .wait_new_event(true)
+            .build();
+        let mut events = self.handle(workflow_id).await?.fetch_history(options);
+        // When the progress seen so far is reported, unless the workflow closes first.
+        let mut report_at: Option<Instant> = None;
+        loop {
+            let next = match report_at {
+                // Dropping `next()` on timeout leaves the stream's long poll running.
+                Some(at) => match tokio::time::timeout_at(at, events.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        report_at = None;
+                        progressed();
+                        continue;
+                    }
+                },
+                None => events.next().await,
+            };
+            match next.transpose().map_err(from_interaction)? {
+                None => break,
+                Some(event) => match history_step(&event) {
+                    HistoryStep::Closed => break,
+                    HistoryStep::Progress => {
+                        report_at.get_or_insert_with(|| Instant::now() + window);
+                    }
+                    HistoryStep::Other => {}
+                },
+            }
+        }
+        self.wait_closed(workflow_id).await
     }
 
     async fn wait_closed(&self, workflow_id: &str) -> Result<WorkflowSnapshot, GatewayError> {

@@ -99,6 +99,11 @@ async fn run_until_stopped(
     info!("worker stopped");
 }
 
+/// Longest time the SDK holds back a heartbeat (its default is 80% of the heartbeat timeout):
+/// a cancellation reaches a running search with its next heartbeat, so within about a second,
+/// well inside the controller's grace before request-cancel.
+const HEARTBEAT_THROTTLE: Duration = Duration::from_secs(1);
+
 async fn run_once(
     settings: &TemporalSettings,
     activities: ImageActivities,
@@ -111,6 +116,7 @@ async fn run_once(
         .register_workflow::<ImageProcessingWorkflow>()
         .map_err(|e| format!("{e:#}"))?
         .register_activities(activities)
+        .max_heartbeat_throttle_interval(HEARTBEAT_THROTTLE)
         .build();
     let mut worker = Worker::new(&runtime, client, options).map_err(|e| format!("{e:#}"))?;
     let shutdown = worker.shutdown_handle();

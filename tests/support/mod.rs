@@ -312,6 +312,7 @@ pub mod kube_env {
             tags: vec!["clothing".into(), "shirt".into()],
             similarity_search,
             ttl_seconds_after_finished: None,
+            status: None,
         }
     }
 

@@ -1,0 +1,343 @@
+//! The job lifecycle on the real stack: cancel that keeps the record (kubectl and facade), live
+//! progress from the workflow's history, the status-write budget, spec edits after start.
+
+mod support;
+
+use imagejob_operator::{
+    crd::{
+        CONDITION_CANCEL_REQUESTED, CONDITION_SPEC_APPLIED, CONDITION_SUCCEEDED, ImageJob, Phase,
+    },
+    store::MetadataStore,
+    temporal::{ExecutionStatus, GatewayError, WorkflowGateway},
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Patch, PatchParams};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use support::{
+    TestWorker, eventually,
+    facade_env::TestFacade,
+    kube_env::{self, InProcessController, Setup, create, wait_job, wait_phase},
+    lykdat::{FakeLykdat, Reply},
+};
+
+const JOB_WAIT: Duration = Duration::from_secs(60);
+/// How long a step may take to show in the status here: well under the controller's 60 s
+/// safety-net resync, so a pass proves the status followed the history, not a timer. (The
+/// latency itself is a benchmark figure.)
+const PROGRESS_WAIT: Duration = Duration::from_secs(5);
+
+fn condition<'a>(job: &'a ImageJob, type_: &str) -> Option<&'a Condition> {
+    job.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+fn kubectl(args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl")
+        .args(args)
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits until the fake has received its first search request; returns when.
+async fn search_started(fake: &FakeLykdat) -> Instant {
+    eventually("the similarity search to run", JOB_WAIT, || async {
+        (!fake.requests().is_empty()).then_some(())
+    })
+    .await;
+    Instant::now()
+}
+
+#[tokio::test]
+async fn kubectl_cancel_during_the_search_keeps_the_job_cancelled_with_its_final_state() {
+    let s = Setup::new("cancel-kubectl").await;
+    let fake = FakeLykdat::start(vec![Reply::ok(&[]).after(Duration::from_secs(120))]).await;
+    let worker = TestWorker::with_lykdat(&s.settings, &fake.base_url, Duration::from_secs(150));
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    create(&s.api, "slow", kube_env::spec(true)).await;
+    let searching = search_started(&fake).await;
+
+    // Progress shows while the search runs, from the history, not from a resync.
+    let running = wait_job(
+        &s.api,
+        "slow",
+        "metadata_stored and the image id mid-run",
+        PROGRESS_WAIT,
+        |j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.metadata_stored && s.image_id.is_some())
+        },
+    )
+    .await;
+    println!(
+        "metadata_stored visible {:?} after the search started",
+        searching.elapsed()
+    );
+    assert_eq!(running.phase(), Phase::Processing);
+
+    kubectl(&[
+        "patch",
+        "imagejob",
+        "slow",
+        "-n",
+        &s.ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"status":"Cancelled"}}"#,
+    ]);
+    let job = wait_phase(&s.api, "slow", Phase::Cancelled).await;
+    let status = job.status.clone().unwrap();
+    assert!(
+        status.metadata_stored,
+        "the document was written before the cancel"
+    );
+    assert!(!status.similarity_search_completed);
+    assert!(status.completion_time.is_some());
+    let succeeded = condition(&job, CONDITION_SUCCEEDED).unwrap();
+    assert_eq!(
+        (succeeded.status.as_str(), succeeded.reason.as_str()),
+        ("False", "Cancelled")
+    );
+    let requested = condition(&job, CONDITION_CANCEL_REQUESTED).expect("CancelRequested");
+    assert_eq!(
+        (requested.status.as_str(), requested.reason.as_str()),
+        ("True", "Signalled")
+    );
+
+    // Temporal closed the workflow as cancelled; the stored document agrees with the status.
+    let workflow_id = status.workflow_id.unwrap();
+    let snapshot = support::gateway(&s.settings)
+        .snapshot(&workflow_id)
+        .await
+        .unwrap();
+    assert_eq!(snapshot.execution, ExecutionStatus::Cancelled);
+    let image_id = status.image_id.unwrap();
+    let doc = worker
+        .store
+        .get(&image_id)
+        .await
+        .unwrap()
+        .expect("stored document");
+    assert_eq!(doc.url, "https://example.com/image.jpg");
+
+    // The record stays; the printer columns and events say what happened.
+    let row = kubectl(&["get", "imagejob", "slow", "-n", &s.ns, "--no-headers"]);
+    assert!(row.contains("Cancelled"), "{row}");
+    let reasons = kube_env::event_reasons(&s.client, &s.ns, "slow").await;
+    assert!(reasons.iter().any(|r| r == "Cancelled"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn a_job_cancelled_before_it_started_never_starts_a_workflow() {
+    let s = Setup::new("cancel-early").await;
+    let mut spec = kube_env::spec(false);
+    spec.status = Some(imagejob_operator::crd::RequestedStatus::Cancelled);
+    let created = create(&s.api, "early", spec).await;
+    let _worker = TestWorker::plain(&s.settings);
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+
+    let job = wait_phase(&s.api, "early", Phase::Cancelled).await;
+    let succeeded = condition(&job, CONDITION_SUCCEEDED).unwrap();
+    assert_eq!(succeeded.message, "cancelled before its workflow started");
+    let workflow_id = imagejob_operator::controller::workflow_id(&created).unwrap();
+    let gateway = support::gateway(&s.settings);
+    assert!(matches!(
+        gateway.snapshot(&workflow_id).await,
+        Err(GatewayError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn status_follows_each_step_within_the_write_budget() {
+    let s = Setup::new("progress").await;
+    // Each search takes 6 s, long enough for the stored metadata to show on its own.
+    let replies = (0..3).map(|_| Reply::ok(&[("Tee", 0.8)]).after(Duration::from_secs(6)));
+    let fake = FakeLykdat::start(replies.collect()).await;
+    let _worker = TestWorker::with_lykdat(&s.settings, &fake.base_url, Duration::from_secs(30));
+    let controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+
+    for i in 0..3 {
+        create(&s.api, &format!("searched-{i}"), kube_env::spec(true)).await;
+    }
+    for i in 0..3 {
+        // Mid-run: stored while its search runs.
+        let what = "metadata stored while the search runs";
+        wait_job(&s.api, &format!("searched-{i}"), what, JOB_WAIT, |j| {
+            j.phase() == Phase::Processing && j.status.as_ref().is_some_and(|s| s.metadata_stored)
+        })
+        .await;
+    }
+    for i in 0..3 {
+        wait_phase(&s.api, &format!("searched-{i}"), Phase::Completed).await;
+    }
+    let with_search = controller.metrics.status_writes.get();
+    assert!(
+        with_search <= 9,
+        "{with_search} status writes for 3 jobs with a search (at most 3 each)"
+    );
+
+    for i in 0..5 {
+        create(&s.api, &format!("fast-{i}"), kube_env::spec(false)).await;
+    }
+    for i in 0..5 {
+        wait_phase(&s.api, &format!("fast-{i}"), Phase::Completed).await;
+    }
+    let fast = controller.metrics.status_writes.get() - with_search;
+    assert!(
+        fast <= 10,
+        "{fast} status writes for 5 fast jobs (at most 2 each)"
+    );
+}
+
+#[tokio::test]
+async fn a_spec_edit_after_start_is_reported_and_not_applied() {
+    let s = Setup::new("spec-edit").await;
+    let fake = FakeLykdat::start(vec![Reply::ok(&[]).after(Duration::from_secs(20))]).await;
+    let worker = TestWorker::with_lykdat(&s.settings, &fake.base_url, Duration::from_secs(30));
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    create(&s.api, "edited", kube_env::spec(true)).await;
+    search_started(&fake).await;
+
+    let patch = json!({"spec": {"title": "Another title"}});
+    s.api
+        .patch("edited", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let job = wait_job(&s.api, "edited", "SpecApplied=False", JOB_WAIT, |j| {
+        condition(j, CONDITION_SPEC_APPLIED).is_some_and(|c| c.status == "False")
+    })
+    .await;
+    let reported = condition(&job, CONDITION_SPEC_APPLIED).unwrap();
+    assert_eq!(reported.reason, "EditedAfterStart");
+    assert!(
+        reported.message.contains("generation 2"),
+        "{}",
+        reported.message
+    );
+    let reasons = kube_env::event_reasons(&s.client, &s.ns, "edited").await;
+    assert!(
+        reasons.iter().any(|r| r == "SpecEditedAfterStart"),
+        "{reasons:?}"
+    );
+
+    // Undoing the edit while the workflow runs says so.
+    let patch = json!({"spec": {"title": "Product Image"}});
+    s.api
+        .patch("edited", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let job = wait_job(&s.api, "edited", "SpecApplied=True", JOB_WAIT, |j| {
+        condition(j, CONDITION_SPEC_APPLIED).is_some_and(|c| c.status == "True")
+    })
+    .await;
+    assert_eq!(
+        job.phase(),
+        Phase::Processing,
+        "the undo was seen while running"
+    );
+
+    // The workflow went on with the spec it started with.
+    let job = wait_phase(&s.api, "edited", Phase::Completed).await;
+    let image_id = job.status.clone().unwrap().image_id.unwrap();
+    let doc = worker.store.get(&image_id).await.unwrap().unwrap();
+    assert_eq!(doc.title.as_deref(), Some("Product Image"));
+}
+
+async fn post(facade: &TestFacade, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let request = facade.http.post(facade.url(path));
+    let request = match body {
+        Some(body) => request.json(&body),
+        None => request,
+    };
+    let r = request.send().await.unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn facade_cancel_keeps_the_record_and_answers_a_result_waiter_with_the_cancelled_state() {
+    let s = Setup::new("cancel-facade").await;
+    let facade = TestFacade::start(&s.client, &s.ns, &s.settings).await;
+    let fake = FakeLykdat::start(vec![Reply::ok(&[]).after(Duration::from_secs(120))]).await;
+    let _worker = TestWorker::with_lykdat(&s.settings, &fake.base_url, Duration::from_secs(150));
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let body = json!({"url": "https://example.com/a.jpg", "title": "A", "similarity_search": true});
+    let (code, accepted) = post(&facade, "/images/process", Some(body)).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{accepted}");
+    let workflow_id = accepted["workflow_id"].as_str().unwrap().to_owned();
+    search_started(&fake).await;
+
+    // The facade's status shows the progress too.
+    let status_path = format!("/images/workflow/{workflow_id}/status");
+    eventually(
+        "metadata_stored through the facade",
+        PROGRESS_WAIT,
+        || async {
+            let status = facade.get_json(&status_path).await;
+            (status["state"]["metadata_stored"] == true).then_some(())
+        },
+    )
+    .await;
+
+    let waiter = facade
+        .http
+        .get(facade.url(&format!(
+            "/images/workflow/{workflow_id}/result?timeout=120"
+        )))
+        .send();
+    let cancel_path = format!("/images/workflow/{workflow_id}/cancel");
+    let cancel = post(&facade, &cancel_path, None);
+    let (waited, (code, cancelled)) = tokio::join!(waiter, cancel);
+    assert_eq!(code, StatusCode::ACCEPTED, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelling");
+    let waited = waited.unwrap();
+    assert_eq!(waited.status(), StatusCode::OK);
+    let waited: Value = waited.json().await.unwrap();
+    assert_eq!(
+        (waited["done"].clone(), waited["job_deleted"].clone()),
+        (json!(true), json!(false)),
+        "{waited}"
+    );
+    assert_eq!(waited["state"]["status"], "cancelled", "{waited}");
+    assert_eq!(waited["state"]["metadata_stored"], true, "{waited}");
+
+    let status = facade.get_json(&status_path).await;
+    assert_eq!(status["state"]["status"], "cancelled", "{status}");
+    assert_eq!(status["job_deleted"], false, "{status}");
+    let name = kube_env::only_name(&s.api).await;
+    assert_eq!(s.api.get(&name).await.unwrap().phase(), Phase::Cancelled);
+    let snapshot = support::gateway(&s.settings)
+        .snapshot(&workflow_id)
+        .await
+        .unwrap();
+    assert_eq!(snapshot.execution, ExecutionStatus::Cancelled);
+
+    // Cancelling a finished job is a 409 naming its state; an unknown id is a 404.
+    let (code, again) = post(&facade, &cancel_path, None).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{again}");
+    assert_eq!(again["error"]["code"], "already_finished");
+    let unknown = format!(
+        "/images/workflow/image-processing-{}/cancel",
+        uuid::Uuid::new_v4()
+    );
+    let (code, _) = post(&facade, &unknown, None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    // Without a token, nothing is cancelled.
+    let anonymous = reqwest::Client::new()
+        .post(facade.url(&format!("/images/workflow/{workflow_id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+}
