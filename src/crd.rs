@@ -32,6 +32,9 @@ pub const CONDITION_CANCEL_REQUESTED: &str = "CancelRequested";
 /// keeps the spec it started with), True again when the edit is undone.
 pub const CONDITION_SPEC_APPLIED: &str = "SpecApplied";
 
+/// The characters an image URL may not contain: ASCII whitespace, spelled out in its schema
+/// pattern (`\s` means other sets in the apiserver's Go regexps and in JSON Schema's).
+pub const URL_FORBIDDEN: [char; 6] = ['\t', '\n', '\u{b}', '\u{c}', '\r', ' '];
 /// Longest accepted image URL.
 pub const MAX_URL_LEN: usize = 2048;
 /// Longest accepted title.
@@ -79,7 +82,7 @@ pub const MAX_TAG_LEN: usize = 64;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImageJobSpec {
     /// Public http(s) URL of the image.
-    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s]+$"))]
+    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\t\n\v\f\r ]+$"))]
     pub url: String,
     /// Optional title of the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -35,13 +35,18 @@ pub fn keyed(headers: &HeaderMap, spec: &ImageJobSpec) -> Result<Option<Keyed>, 
         return Ok(None);
     };
     let invalid = |message: &str| ApiError::field_error("Idempotency-Key", message);
-    let key = value
-        .to_str()
-        .map_err(|_| invalid("must be visible ASCII"))?;
+    let key = value.as_bytes();
     if key.is_empty() || key.len() > MAX_KEY_LEN {
         return Err(invalid(&format!("must be 1 to {MAX_KEY_LEN} characters")));
     }
-    let key_hash = sha256(key.as_bytes());
+    // Printable ASCII; spaces only inside (HTTP strips them at the ends).
+    let printable = key.iter().all(|b| (0x20..=0x7E).contains(b));
+    if !printable || key.first() == Some(&b' ') || key.last() == Some(&b' ') {
+        return Err(invalid(
+            "must be printable ASCII, without spaces at the ends",
+        ));
+    }
+    let key_hash = sha256(key);
     let request = serde_json::to_vec(spec).map_err(|e| invalid(&e.to_string()))?;
     Ok(Some(Keyed {
         name: format!("image-{}", &key_hash[..40]),

@@ -5,7 +5,7 @@ use super::error::ApiError;
 use crate::{
     crd::{
         ImageJob, ImageJobSpec, MAX_DESCRIPTION_LEN, MAX_TAG_LEN, MAX_TAGS, MAX_TITLE_LEN,
-        MAX_URL_LEN, Phase,
+        MAX_URL_LEN, Phase, URL_FORBIDDEN,
     },
     similarity::SimilarityResults,
     temporal::{ExecutionStatus, WorkflowSnapshot},
@@ -22,7 +22,7 @@ pub struct ProcessRequest {
         example = "https://example.com/image.jpg",
         min_length = 1,
         max_length = 2048,
-        pattern = r"^https?://[^\s]+$"
+        pattern = r"^https?://[^\t\n\v\f\r ]+$"
     )]
     pub url: String,
     /// Optional title (at most 256 characters).
@@ -61,9 +61,10 @@ impl ProcessRequest {
                 format!("url longer than {MAX_URL_LEN} characters"),
             ));
         }
-        let parsed = url::Url::parse(url)
-            .map_err(|e| ApiError::field_error("url", format!("invalid url: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") || url.chars().any(char::is_whitespace) {
+        // The CRD's rule, so the facade and kubectl accept the same jobs.
+        let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+        let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+        if !scheme_ok || rest.is_empty() || url.contains(URL_FORBIDDEN) {
             return Err(ApiError::field_error(
                 "url",
                 "url must be an http or https URL",
@@ -227,23 +228,28 @@ pub struct ResultResponse {
 
 /// `?timeout=` of the result endpoint.
 #[derive(Deserialize, Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ResultQuery {
-    /// Seconds to wait for the workflow to finish (default 30, at most 300).
-    pub timeout: Option<u64>,
+    /// Seconds to wait for the workflow to finish (0 to 300, default 30).
+    #[param(minimum = 0, maximum = 300)]
+    pub timeout: Option<u16>,
 }
 
 /// `GET /images/workflows` query.
 #[derive(Deserialize, Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Page size (1 to 500, default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
     /// Continue token from the previous page.
     #[serde(rename = "continue")]
     #[param(rename = "continue")]
     pub continue_token: Option<String>,
     /// Only workflows in this seed status (`processing`, `completed`, `failed`, `cancelled`).
+    #[param(pattern = "^(processing|completed|failed|cancelled)$")]
     pub status: Option<String>,
 }
 

@@ -90,7 +90,8 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 
 /// Start processing an image: creates an ImageJob; its controller starts the workflow.
 #[utoipa::path(post, path = "/images/process", request_body = ProcessRequest,
-    params(("Idempotency-Key" = Option<String>, Header, max_length = 255,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+        pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$",
         description = "Makes retries safe: the same key with the same body returns the same workflow_id and creates nothing; with another body it is a 409")),
     responses((status = 202, body = ProcessResponse), (status = 400, body = super::error::ErrorBody),
               (status = 409, body = super::error::ErrorBody, description = "Idempotency-Key already used with a different request"),
@@ -235,6 +236,7 @@ async fn from_temporal(
 #[utoipa::path(get, path = "/images/workflow/{workflow_id}/result",
     params(("workflow_id" = String, Path, description = "Workflow id"), ResultQuery),
     responses((status = 200, body = ResultResponse), (status = 202, body = ResultResponse, description = "still running when the wait ended"),
+              (status = 400, body = super::error::ErrorBody, description = "invalid query parameter"),
               (status = 404, body = super::error::ErrorBody),
               (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
               (status = 403, body = super::error::ErrorBody, description = "token not accepted")),
@@ -247,9 +249,14 @@ pub async fn result(
     let params = query(params)?;
     let wait = params
         .timeout
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_RESULT_WAIT)
-        .min(MAX_RESULT_WAIT);
+        .map(|t| Duration::from_secs(t.into()))
+        .unwrap_or(DEFAULT_RESULT_WAIT);
+    if wait > MAX_RESULT_WAIT {
+        return Err(ApiError::InvalidQuery {
+            field: "timeout".into(),
+            message: format!("timeout must be 0 to {} seconds", MAX_RESULT_WAIT.as_secs()),
+        });
+    }
     let mut changes = state.cache.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     let job = loop {
