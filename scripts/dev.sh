@@ -38,6 +38,7 @@ cat <<MSG
 
     $temporal_cli
 
+  Jobs page:    http://localhost:$facade_port/ui/
   API explorer: http://localhost:$facade_port/docs
   Temporal UI:  $TEMPORAL_UI_URL
   Metrics:      http://localhost:$metrics_port/metrics
@@ -45,5 +46,6 @@ cat <<MSG
 
 MSG
 EMBEDDED_STORE_PATH="${EMBEDDED_STORE_PATH:-$stack/metadata.redb}" \
+  FACADE_TEMPORAL_UI_URL="${FACADE_TEMPORAL_UI_URL:-$TEMPORAL_UI_URL}" \
   "$CARGO_TARGET_DIR/debug/imagejob-operator" run --no-auth \
   --facade-addr "127.0.0.1:$facade_port" --metrics-addr "127.0.0.1:$metrics_port"

@@ -354,6 +354,10 @@ pub struct FacadeArgs {
     /// long as Temporal retains the workflow. 0 keeps jobs forever.
     #[arg(long, env = "FACADE_JOB_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub job_ttl_secs: u32,
+    /// Base URL of the Temporal UI (e.g. `http://localhost:8233`): the jobs page links each job
+    /// to its workflow there. Unset: no link.
+    #[arg(long, env = "FACADE_TEMPORAL_UI_URL")]
+    pub temporal_ui_url: Option<url::Url>,
 }
 
 /// This machine's host name (the pod name in a cluster).

@@ -301,6 +301,8 @@ pub async fn facade(
         similarity_default: args.similarity_search_default,
         job_ttl: (args.job_ttl_secs > 0).then_some(args.job_ttl_secs),
         metrics,
+        temporal_ui_url: args.temporal_ui_url.as_ref().map(|u| u.to_string()),
+        temporal_namespace: temporal.settings().namespace,
     });
     let listener = tokio::net::TcpListener::bind(args.facade_addr)
         .await

@@ -18,7 +18,21 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
 };
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
+
+/// How many updates a slow subscriber may fall behind before it is told to reload.
+const UPDATES_BUFFER: usize = 1024;
+
+/// One change of the cached jobs, as pushed to the jobs page.
+#[derive(Clone, Debug)]
+pub enum JobUpdate {
+    /// A job was created or changed.
+    Applied(Arc<ImageJob>),
+    /// The job behind this workflow id was deleted.
+    Deleted(String),
+    /// The watch relisted: subscribers should reload.
+    Relisted,
+}
 
 /// Jobs of one namespace, by workflow id.
 #[derive(Clone)]
@@ -27,6 +41,7 @@ pub struct JobCache {
     store: Store<ImageJob>,
     names_by_uid: Arc<RwLock<HashMap<String, String>>>,
     changes: watch::Sender<u64>,
+    updates: broadcast::Sender<JobUpdate>,
     ready: Arc<AtomicBool>,
     deleted: Arc<RwLock<Tombstones>>,
 }
@@ -65,6 +80,7 @@ impl JobCache {
             store,
             names_by_uid: Arc::default(),
             changes: watch::channel(0).0,
+            updates: broadcast::channel(UPDATES_BUFFER).0,
             ready: Arc::default(),
             deleted: Arc::default(),
         };
@@ -81,8 +97,15 @@ impl JobCache {
         let mut relisted: Option<HashMap<String, String>> = None;
         while let Some(event) = events.next().await {
             match event {
-                Ok(Event::Apply(job)) => self.remember(&job),
+                Ok(Event::Apply(job)) => {
+                    self.remember(&job);
+                    let _ = self.updates.send(JobUpdate::Applied(Arc::new(job)));
+                }
                 Ok(Event::Delete(job)) => {
+                    if let Some(uid) = job.uid() {
+                        let id = format!("{WORKFLOW_ID_PREFIX}{uid}");
+                        let _ = self.updates.send(JobUpdate::Deleted(id));
+                    }
                     if let (Some(uid), Ok(mut map)) = (job.uid(), self.names_by_uid.write()) {
                         map.remove(&uid);
                         if let Ok(mut deleted) = self.deleted.write() {
@@ -102,6 +125,7 @@ impl JobCache {
                         *map = fresh;
                     }
                     self.ready.store(true, Ordering::Release);
+                    let _ = self.updates.send(JobUpdate::Relisted);
                 }
                 Err(e) => tracing::warn!(error = %e, "ImageJob watch failed; retrying"),
             }
@@ -144,6 +168,11 @@ impl JobCache {
     /// Whether the first list has been received.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Every change of the cached jobs from now on.
+    pub fn updates(&self) -> broadcast::Receiver<JobUpdate> {
+        self.updates.subscribe()
     }
 
     /// A receiver that changes on every watch event.

@@ -1,7 +1,7 @@
 //! The OpenAPI document (generated from the handlers' annotations) and the interactive API
 //! explorer (Swagger UI, served from the binary).
 
-use super::{error, model, routes};
+use super::{error, events, model, routes};
 use utoipa::{
     Modify, OpenApi,
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
@@ -11,9 +11,10 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 #[derive(OpenApi)]
 #[openapi(
     info(title = "imagejob-operator facade", description = "The image-processing REST API over ImageJobs."),
-    paths(routes::process, routes::status, routes::result, routes::cancel, routes::delete, routes::list),
+    paths(routes::process, routes::status, routes::result, routes::cancel, routes::delete, routes::list, routes::timeline, routes::summary, events::events),
     components(schemas(model::ProcessRequest, model::Tag, model::ProcessResponse, model::StatusResponse, model::StateView,
         model::ResultResponse, model::ListResponse, model::WorkflowSummary, model::CancelResponse,
+        model::TimelineResponse, model::TimelineStep,
         error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth)
 )]

@@ -1,18 +1,22 @@
 //! The REST facade: the seed's endpoints over ImageJobs, served from a watch cache, with bearer
-//! auth, JSON errors, `/openapi.json` and an interactive explorer at `/docs`.
+//! auth, JSON errors, `/openapi.json`, an interactive explorer at `/docs` and the jobs page at
+//! `/ui/`.
 
 mod auth;
 mod cache;
 mod docs;
 mod error;
+mod events;
 mod idempotency;
 mod model;
 mod routes;
+mod ui;
 
 pub use auth::{Auth, TokenFile};
 pub use cache::JobCache;
 pub use error::ApiError;
 pub use model::{ProcessResponse, ResultResponse, StatusResponse};
+pub use ui::UiConfig;
 
 use crate::{crd::ImageJob, metrics::SharedMetrics, temporal::WorkflowGateway};
 use axum::{
@@ -21,7 +25,7 @@ use axum::{
     http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{delete, get, post},
+    routing::{get, post},
 };
 use kube::Api;
 use std::sync::Arc;
@@ -45,10 +49,19 @@ pub struct FacadeState {
     pub job_ttl: Option<u32>,
     /// Metrics.
     pub metrics: SharedMetrics,
+    /// Base URL of the Temporal UI, for the jobs page's links.
+    pub temporal_ui_url: Option<String>,
+    /// The Temporal namespace.
+    pub temporal_namespace: String,
 }
 
 /// The router: API routes behind auth, probes and docs open.
 pub fn router(state: Arc<FacadeState>, auth: Auth) -> Router {
+    let page = ui::routes(UiConfig {
+        auth_required: matches!(auth, Auth::Tokens(_)),
+        temporal_ui_url: state.temporal_ui_url.clone(),
+        temporal_namespace: state.temporal_namespace.clone(),
+    });
     let api = Router::new()
         .route("/images/process", post(routes::process))
         .route("/images/workflow/{workflow_id}/status", get(routes::status))
@@ -57,8 +70,16 @@ pub fn router(state: Arc<FacadeState>, auth: Auth) -> Router {
             "/images/workflow/{workflow_id}/cancel",
             post(routes::cancel),
         )
-        .route("/images/workflow/{workflow_id}", delete(routes::delete))
+        .route(
+            "/images/workflow/{workflow_id}/timeline",
+            get(routes::timeline),
+        )
+        .route(
+            "/images/workflow/{workflow_id}",
+            get(routes::summary).delete(routes::delete),
+        )
         .route("/images/workflows", get(routes::list))
+        .route("/images/events", get(events::events))
         .route_layer(middleware::from_fn_with_state(auth, auth::require_token));
     Router::new()
         .merge(api)
@@ -66,6 +87,7 @@ pub fn router(state: Arc<FacadeState>, auth: Auth) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(docs::explorer())
+        .merge(page)
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(

@@ -10,6 +10,8 @@ use crate::{
     similarity::SimilarityResults,
     temporal::{ExecutionStatus, WorkflowSnapshot},
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -251,6 +253,9 @@ pub struct ListQuery {
     /// Only workflows in this seed status (`processing`, `completed`, `failed`, `cancelled`).
     #[param(pattern = "^(processing|completed|failed|cancelled)$")]
     pub status: Option<String>,
+    /// `oldest` first (the default) or `newest` first.
+    #[param(pattern = "^(oldest|newest)$")]
+    pub order: Option<String>,
 }
 
 /// One item of the list.
@@ -262,8 +267,58 @@ pub struct WorkflowSummary {
     pub name: String,
     /// The image URL.
     pub url: String,
+    /// The image's title.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// The image's description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Its tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Whether a similarity search was asked for.
+    #[serde(default)]
+    pub similarity_search: bool,
+    /// One line on the similarity search: match count and best score, or `skipped`.
+    #[serde(default)]
+    pub similarity_summary: Option<String>,
+    /// When the job was created (RFC 3339).
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// When its workflow started (RFC 3339).
+    #[serde(default)]
+    pub started_at: Option<String>,
+    /// When it finished (RFC 3339).
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    /// Whether cancellation was asked for and the job has not ended yet.
+    #[serde(default)]
+    pub cancelling: bool,
     /// Its state.
     pub state: StateView,
+}
+
+impl WorkflowSummary {
+    /// The summary of a job; `None` for an object without a uid (not from the apiserver).
+    pub fn of(job: &ImageJob) -> Option<Self> {
+        let status = job.status.clone().unwrap_or_default();
+        let time = |t: Option<&Time>| t.map(|t| t.0.to_string());
+        Some(Self {
+            workflow_id: crate::controller::workflow_id(job).ok()?,
+            name: job.name_any(),
+            url: job.spec.url.clone(),
+            title: job.spec.title.clone(),
+            description: job.spec.description.clone(),
+            tags: job.spec.tags.clone(),
+            similarity_search: job.spec.similarity_search,
+            similarity_summary: status.similarity.as_ref().map(|s| s.summary.clone()),
+            created_at: time(job.metadata.creation_timestamp.as_ref()),
+            started_at: time(status.start_time.as_ref()),
+            finished_at: time(status.completion_time.as_ref()),
+            cancelling: job.spec.cancel_requested() && !job.phase().is_terminal(),
+            state: StateView::of(job),
+        })
+    }
 }
 
 /// `GET /images/workflows` answer.
@@ -330,4 +385,24 @@ mod tests {
         r.tags = Some(vec!["ok".into(), "y".repeat(65)]);
         assert_eq!(field_of(r.validate()), "tags[1]");
     }
+}
+
+/// One step of a workflow on the jobs page's timeline.
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
+pub struct TimelineStep {
+    /// `created` (the ImageJob), `started`, `metadata_stored`, `similarity_search_started`,
+    /// `similarity_search_completed`, `metadata_store_failed`, `similarity_search_failed`, or
+    /// how it ended: `completed`, `failed`, `cancelled`, `terminated`, `timed_out`.
+    pub step: String,
+    /// When (RFC 3339): from the apiserver for `created`, from Temporal's history otherwise.
+    pub at: String,
+}
+
+/// `GET /images/workflow/{workflow_id}/timeline` answer.
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
+pub struct TimelineResponse {
+    /// The workflow id.
+    pub workflow_id: String,
+    /// Its steps, in order.
+    pub steps: Vec<TimelineStep>,
 }

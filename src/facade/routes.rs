@@ -6,7 +6,8 @@ use super::{
     idempotency,
     model::{
         CancelResponse, ListQuery, ListResponse, ProcessRequest, ProcessResponse, ResultQuery,
-        ResultResponse, StateView, StatusResponse, WorkflowSummary, seed_status,
+        ResultResponse, StateView, StatusResponse, TimelineResponse, TimelineStep, WorkflowSummary,
+        seed_status,
     },
 };
 use crate::{
@@ -445,7 +446,67 @@ pub async fn delete(
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-/// Lists workflows, oldest first, in pages.
+/// One job as the list shows it (title, tags, times, state), from the watch cache.
+#[utoipa::path(get, path = "/images/workflow/{workflow_id}",
+    params(("workflow_id" = String, Path, description = "Workflow id")),
+    responses((status = 200, body = WorkflowSummary), (status = 404, body = super::error::ErrorBody),
+              (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
+              (status = 403, body = super::error::ErrorBody, description = "token not accepted")),
+    security(("bearer" = [])))]
+pub async fn summary(
+    State(state): State<Arc<FacadeState>>,
+    Path(workflow_id): Path<String>,
+) -> Result<Json<WorkflowSummary>, ApiError> {
+    let job = find(&state, &workflow_id).await?;
+    WorkflowSummary::of(&job)
+        .map(Json)
+        .ok_or(ApiError::NotFound(workflow_id))
+}
+
+/// The workflow's steps with the times Temporal recorded them (the jobs page's timeline).
+#[utoipa::path(get, path = "/images/workflow/{workflow_id}/timeline",
+    params(("workflow_id" = String, Path, description = "Workflow id")),
+    responses((status = 200, body = TimelineResponse), (status = 404, body = super::error::ErrorBody),
+              (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
+              (status = 403, body = super::error::ErrorBody, description = "token not accepted")),
+    security(("bearer" = [])))]
+pub async fn timeline(
+    State(state): State<Arc<FacadeState>>,
+    Path(workflow_id): Path<String>,
+) -> Result<Json<TimelineResponse>, ApiError> {
+    let created = match find(&state, &workflow_id).await {
+        Ok(job) => job.metadata.creation_timestamp.clone(),
+        Err(ApiError::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
+    let recorded = match state.gateway.timeline(&workflow_id).await {
+        Ok(steps) => steps,
+        // A job whose workflow has not started yet has only its creation.
+        Err(GatewayError::NotFound) if created.is_some() => Vec::new(),
+        Err(GatewayError::NotFound) => return Err(ApiError::NotFound(workflow_id)),
+        Err(e) => {
+            tracing::warn!(%workflow_id, error = %e, "Temporal history unavailable");
+            return Err(ApiError::Unavailable("Temporal".into()));
+        }
+    };
+    let created = created.map(|t| TimelineStep {
+        step: "created".into(),
+        at: t.0.to_string(),
+    });
+    let recorded = recorded.into_iter().filter_map(|entry| {
+        let at = k8s_openapi::jiff::Timestamp::try_from(entry.at).ok()?;
+        Some(TimelineStep {
+            step: entry.step.into(),
+            at: at.to_string(),
+        })
+    });
+    Ok(Json(TimelineResponse {
+        workflow_id,
+        steps: created.into_iter().chain(recorded).collect(),
+    }))
+}
+
+/// Lists workflows in pages, oldest (default) or newest first.
 #[utoipa::path(get, path = "/images/workflows", params(ListQuery),
     responses((status = 200, body = ListResponse), (status = 400, body = super::error::ErrorBody),
               (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
@@ -471,6 +532,23 @@ pub async fn list(
             message: "status must be processing, completed, failed or cancelled".into(),
         });
     }
+    let newest_first = match params.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(_) => {
+            return Err(ApiError::InvalidQuery {
+                field: "order".into(),
+                message: "order must be oldest or newest".into(),
+            });
+        }
+    };
+    // Keys after the continue token in the page's order.
+    let after = |key: &String| {
+        params
+            .continue_token
+            .as_ref()
+            .is_none_or(|token| (key > token) != newest_first && key != token)
+    };
     let mut jobs: Vec<_> = state
         .cache
         .jobs()
@@ -482,26 +560,17 @@ pub async fn list(
                 .is_none_or(|s| seed_status(j.phase()) == s)
         })
         .map(|j| (sort_key(&j), j))
-        .filter(|(key, _)| {
-            params
-                .continue_token
-                .as_ref()
-                .is_none_or(|after| key > after)
-        })
+        .filter(|(key, _)| after(key))
         .collect();
     jobs.sort_by(|a, b| a.0.cmp(&b.0));
+    if newest_first {
+        jobs.reverse();
+    }
     let next = (jobs.len() > limit).then(|| jobs[limit - 1].0.clone());
     let items = jobs
         .into_iter()
         .take(limit)
-        .filter_map(|(_, job)| {
-            Some(WorkflowSummary {
-                workflow_id: workflow_id(&job).ok()?,
-                name: job.name_any(),
-                url: job.spec.url.clone(),
-                state: StateView::of(&job),
-            })
-        })
+        .filter_map(|(_, job)| WorkflowSummary::of(&job))
         .collect();
     Ok(Json(ListResponse {
         items,

@@ -4,6 +4,7 @@
 use super::{
     ImageProcessingInput, ImageProcessingResult, ImageProcessingWorkflow, TemporalSettings,
     WorkflowState, connect,
+    history::{HistoryStep, TimelineEntry, history_step, timeline},
 };
 use crate::similarity::SimilarityResults;
 use async_trait::async_trait;
@@ -17,9 +18,6 @@ use temporalio_client::{
         WorkflowGetResultError, WorkflowInteractionError, WorkflowQueryError, WorkflowStartError,
     },
     tonic::{Code, Status},
-};
-use temporalio_common::protos::temporal::api::history::v1::{
-    HistoryEvent, history_event::Attributes,
 };
 use tokio::{sync::OnceCell, time::Instant};
 
@@ -187,38 +185,8 @@ pub trait WorkflowGateway: Send + Sync {
         window: Duration,
         progressed: &(dyn Fn() + Send + Sync),
     ) -> Result<WorkflowSnapshot, GatewayError>;
-}
-
-/// What a history event means to someone following the workflow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HistoryStep {
-    /// A step was scheduled or ended: the workflow's state moved.
-    Progress,
-    /// The workflow closed.
-    Closed,
-    /// Bookkeeping (workflow tasks, signals, markers).
-    Other,
-}
-
-fn history_step(event: &HistoryEvent) -> HistoryStep {
-    match &event.attributes {
-        Some(
-            Attributes::ActivityTaskScheduledEventAttributes(_)
-            | Attributes::ActivityTaskCompletedEventAttributes(_)
-            | Attributes::ActivityTaskFailedEventAttributes(_)
-            | Attributes::ActivityTaskTimedOutEventAttributes(_)
-            | Attributes::ActivityTaskCanceledEventAttributes(_),
-        ) => HistoryStep::Progress,
-        Some(
-            Attributes::WorkflowExecutionCompletedEventAttributes(_)
-            | Attributes::WorkflowExecutionFailedEventAttributes(_)
-            | Attributes::WorkflowExecutionCanceledEventAttributes(_)
-            | Attributes::WorkflowExecutionTerminatedEventAttributes(_)
-            | Attributes::WorkflowExecutionTimedOutEventAttributes(_)
-            | Attributes::WorkflowExecutionContinuedAsNewEventAttributes(_),
-        ) => HistoryStep::Closed,
-        _ => HistoryStep::Other,
-    }
+    /// The steps of the workflow so far, with the times Temporal recorded them.
+    async fn timeline(&self, workflow_id: &str) -> Result<Vec<TimelineEntry>, GatewayError>;
 }
 
 /// The gateway over a real Temporal server. It connects on first use and again after a failed
@@ -485,6 +453,23 @@ impl WorkflowGateway for TemporalGateway {
             }
         }
         self.wait_closed(workflow_id).await
+    }
+
+    async fn timeline(&self, workflow_id: &str) -> Result<Vec<TimelineEntry>, GatewayError> {
+        let options = WorkflowFetchHistoryOptions::builder()
+            .skip_archival(true)
+            .build();
+        let events: Vec<_> = self
+            .handle(workflow_id)
+            .await?
+            .fetch_history(options)
+            .collect()
+            .await;
+        let events = events
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(from_interaction)?;
+        Ok(timeline(&events))
     }
 
     async fn wait_closed(&self, workflow_id: &str) -> Result<WorkflowSnapshot, GatewayError> {

@@ -3,6 +3,7 @@
 
 mod activities;
 mod gateway;
+mod history;
 mod policy;
 mod types;
 mod worker;
@@ -12,6 +13,7 @@ pub use activities::ImageActivities;
 pub use gateway::{
     ExecutionStatus, GatewayError, StartOutcome, TemporalGateway, WorkflowGateway, WorkflowSnapshot,
 };
+pub use history::TimelineEntry;
 pub use policy::{similarity_search_retry, store_metadata_retry};
 pub use types::{
     ImageProcessingInput, ImageProcessingResult, ProcessingStatus, SimilaritySearchOutcome,

@@ -18,7 +18,7 @@ pub enum Reply {
 impl Reply {
     /// 200 with the documented response shape and these (name, score) products.
     pub fn ok(products: &[(&str, f64)]) -> Self {
-        let products: Vec<_> = products
+        let products = products
             .iter()
             .enumerate()
             .map(|(i, (name, score))| {
@@ -28,6 +28,11 @@ impl Reply {
                     "category": "tops", "sub_category": null, "gender": null, "score": score})
             })
             .collect();
+        Self::products(products)
+    }
+
+    /// 200 with the documented response shape and these products (Lykdat's product objects).
+    pub fn products(products: Vec<serde_json::Value>) -> Self {
         let body = serde_json::json!({"data": {"query_image": "https://example.com/q.jpg", "result_groups": [
             {"average_score": 0.8, "max_score": 0.9, "rank_score": 0.85,
              "detected_item": {"name": "shirt", "category": "tops", "area": 0.4, "detection_confidence": 0.97,

@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod lykdat;
+pub mod webdriver;
 
 use imagejob_operator::{
     similarity::LykdatClient,
@@ -498,6 +499,8 @@ pub mod facade_env {
                 similarity_default: false,
                 job_ttl,
                 metrics: Arc::new(Metrics::new()),
+                temporal_ui_url: Some("http://temporal-ui.invalid:8233".into()),
+                temporal_namespace: settings.namespace.clone(),
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());

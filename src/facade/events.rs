@@ -1,0 +1,60 @@
+//! `GET /images/events`: the watch cache's changes as Server-Sent Events, for the jobs page.
+//! A `hello` event comes first (load the list after it and nothing is missed), then a `job`
+//! event (a [`WorkflowSummary`]) per created or changed job, `deleted` (the workflow id) per
+//! deleted one, and `reload` when the stream cannot say what changed (the watch relisted, or
+//! this client fell behind).
+
+use super::{FacadeState, cache::JobUpdate, model::WorkflowSummary};
+use axum::{
+    extract::State,
+    response::sse::{Event, KeepAlive, Sse},
+};
+use futures::{Stream, StreamExt};
+use std::{convert::Infallible, sync::Arc, time::Duration};
+use tokio::sync::broadcast::{Receiver, error::RecvError};
+
+/// Comment lines sent while nothing changes, so proxies keep the stream open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The change stream.
+#[utoipa::path(get, path = "/images/events",
+    responses((status = 200, content_type = "text/event-stream",
+        description = "`hello`, then `job` (a WorkflowSummary as JSON), `deleted` (a workflow id) and `reload` events"),
+        (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
+        (status = 403, body = super::error::ErrorBody, description = "token not accepted")),
+    security(("bearer" = [])))]
+pub async fn events(
+    State(state): State<Arc<FacadeState>>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let hello = Event::default().event("hello").data("{}");
+    let changes = futures::stream::unfold(state.cache.updates(), |mut updates| async move {
+        let event = next_event(&mut updates).await?;
+        Some((event, updates))
+    });
+    let stream = futures::stream::once(async { hello })
+        .chain(changes)
+        .map(Ok);
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+}
+
+/// The next event to send; `None` once the cache is gone.
+async fn next_event(updates: &mut Receiver<JobUpdate>) -> Option<Event> {
+    loop {
+        let event = match updates.recv().await {
+            Ok(JobUpdate::Applied(job)) => match WorkflowSummary::of(&job)
+                .and_then(|summary| Event::default().event("job").json_data(summary).ok())
+            {
+                Some(event) => event,
+                None => continue,
+            },
+            Ok(JobUpdate::Deleted(workflow_id)) => {
+                Event::default().event("deleted").data(workflow_id)
+            }
+            Ok(JobUpdate::Relisted) | Err(RecvError::Lagged(_)) => {
+                Event::default().event("reload").data("{}")
+            }
+            Err(RecvError::Closed) => return None,
+        };
+        return Some(event);
+    }
+}
