@@ -14,14 +14,14 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// A C string pointer jemalloc reads at start-up.
 #[repr(transparent)]
-pub struct MallocConf(*const u8);
+pub struct MallocConf(*const std::ffi::c_char);
 // SAFETY: it points at an immutable static byte string.
 unsafe impl Sync for MallocConf {}
 
 /// jemalloc's options: a background thread returns pages unused for a second to the system.
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static MALLOC_CONF: MallocConf =
-    MallocConf(b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000\0".as_ptr());
+    MallocConf(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000".as_ptr());
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
