@@ -329,11 +329,16 @@ async fn json_of(request: reqwest::RequestBuilder) -> Value {
     response.json().await.expect("a JSON body")
 }
 
+/// Whether `user` may `verb` `resource` in `ns`; `resource` may name a subresource
+/// (`imagejobs/status`), which kubectl would otherwise read as an object's name.
 fn can_i(user: &str, ns: &str, verb: &str, resource: &str) -> bool {
-    let out = Command::new("kubectl")
-        .args(["auth", "can-i", verb, resource, "-n", ns, "--as", user])
-        .output()
-        .unwrap();
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+    let mut kubectl = Command::new("kubectl");
+    kubectl.args(["auth", "can-i", verb, resource, "-n", ns, "--as", user]);
+    if !subresource.is_empty() {
+        kubectl.arg(format!("--subresource={subresource}"));
+    }
+    let out = kubectl.output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
 }
 
@@ -443,10 +448,15 @@ async fn the_release_installs_and_its_rbac_is_sufficient_and_minimal() {
     assert!(can_i(&sa("controller"), &ns, "patch", "imagejobs/status"));
     assert!(can_i(&sa("controller"), &ns, "update", "leases"));
     assert!(can_i(&sa("facade"), &ns, "create", "imagejobs"));
+    assert!(
+        can_i(&sa("facade"), &ns, "patch", "imagejobs"),
+        "the cancel endpoint patches spec.status"
+    );
     for (role, verb, resource) in [
         ("controller", "create", "imagejobs"),
         ("controller", "get", "secrets"),
         ("facade", "patch", "imagejobs/status"),
+        ("facade", "update", "imagejobs/status"),
         ("facade", "update", "imagejobs"),
         ("facade", "list", "secrets"),
         ("worker", "list", "imagejobs"),
