@@ -26,10 +26,12 @@ const POLLED_RESYNC: Duration = Duration::from_secs(5);
 
 pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
     let uid = job.uid().ok_or(Error::MissingUid)?;
+    let id = workflow_id(&job)?;
     if job.phase().is_terminal() {
+        // A watch may still report the close it saw after the job was finished from a read.
+        ctx.watches.forget(&id);
         return expire(&job, ctx).await;
     }
-    let id = workflow_id(&job)?;
     let current = job.status.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
     let cancelling = job.spec.cancel_requested();
@@ -81,6 +83,7 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
     }
     if desired.phase.is_terminal() {
         ctx.metrics.job_finished(&uid);
+        ctx.watches.forget(&id);
         return Ok(requeue_for_ttl(&job, &desired));
     }
     let watched = ctx.watches.ensure(&id, ObjectRef::from_obj(job.as_ref()));
