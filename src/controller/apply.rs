@@ -62,9 +62,10 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
         Err(e) => return Err(e.into()),
     };
     let edited = status::check_spec_edits(&job, &mut desired, &now);
-    let cancel_check = match cancelling && !desired.phase.is_terminal() {
-        true => Some(cancel::request(&id, &mut desired, &now, ctx).await?),
-        false => None,
+    let cancel_check = if cancelling && !desired.phase.is_terminal() {
+        Some(cancel::request(&id, &mut desired, &now, ctx).await?)
+    } else {
+        None
     };
     ctx.backoffs.reset(&uid);
     if write_status(&job, &current, &desired, ctx).await? {

@@ -99,7 +99,10 @@ impl JobCache {
             match event {
                 Ok(Event::Apply(job)) => {
                     self.remember(&job);
-                    let _ = self.updates.send(JobUpdate::Applied(Arc::new(job)));
+                    // Only pages listening need a copy.
+                    if self.updates.receiver_count() > 0 {
+                        let _ = self.updates.send(JobUpdate::Applied(Arc::new(job)));
+                    }
                 }
                 Ok(Event::Delete(job)) => {
                     if let Some(uid) = job.uid() {

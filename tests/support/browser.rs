@@ -12,24 +12,27 @@ pub struct PageLoad {
     pub page_requests: Vec<String>,
 }
 
+/// The flags every test Chromium runs with: headless, offline but for loopback (nothing but
+/// loopback resolves, so the browser's own services cannot leave either).
+pub const CHROMIUM_FLAGS: [&str; 9] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-features=NetworkTimeServiceQuerying",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
+];
+
 /// Loads `url` in a fresh headless Chromium and waits for its scripts (virtual time).
 pub fn load(url: &str) -> PageLoad {
     let dir = tempfile::tempdir().expect("a profile folder");
     let net_log = dir.path().join("net.json");
     let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-features=NetworkTimeServiceQuerying",
-            // Nothing but loopback resolves: the browser's own services cannot leave either.
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
-            "--virtual-time-budget=15000",
-        ])
+        .args(CHROMIUM_FLAGS)
+        .arg("--virtual-time-budget=15000")
         .arg(format!(
             "--user-data-dir={}",
             dir.path().join("profile").display()

@@ -48,19 +48,13 @@ impl Browser {
         )
         .await;
         let profile = tempfile::tempdir().expect("a profile folder");
-        let args = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+        let profile_flag = format!("--user-data-dir={}", profile.path().display());
+        let mut args = super::browser::CHROMIUM_FLAGS.to_vec();
+        args.extend([
             "--disable-dev-shm-usage",
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
             "--window-size=1280,900",
-            &format!("--user-data-dir={}", profile.path().display()),
-        ];
+            &profile_flag,
+        ]);
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args},
