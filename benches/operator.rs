@@ -522,6 +522,7 @@ async fn main() {
         port: env("TEMPORAL_PORT").parse().expect("port"),
         namespace: "default".into(),
         task_queue: format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        ..Default::default()
     };
     let client = Client::try_default().await.expect("KUBECONFIG");
     let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];

@@ -38,7 +38,22 @@ controller=$!
 metric() { # NAME: its value in the controller's metrics (0 when absent)
   curl -fsS "127.0.0.1:$port/metrics" | awk -v n="$1" '$1 == n {print $2; found=1} END {if (!found) print 0}'
 }
-rss() { awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$controller/status"; }
+samples="$stack/samples.jsonl"
+sample() { # LABEL: appends the controller's memory now (MiB) to $samples
+  local status heap_alloc heap_res
+  status=$(cat "/proc/$controller/status")
+  heap_alloc=$(metric imagejob_heap_allocated_bytes)
+  heap_res=$(metric imagejob_heap_resident_bytes)
+  python3 - "$1" "$heap_alloc" "$heap_res" "$status" >>"$samples" <<'PY'
+import json, sys
+label, alloc, res, status = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+kib = {l.split(":")[0]: int(l.split()[1]) for l in status.splitlines() if l.split(":")[0] in ("VmRSS", "RssAnon", "RssFile")}
+mib = lambda v: round(v / 1024, 1)
+print(json.dumps({"label": label, "rss": mib(kib["VmRSS"]), "rss_anon": mib(kib["RssAnon"]),
+                  "rss_file": mib(kib["RssFile"]), "heap_allocated": round(alloc / 1048576, 1),
+                  "heap_resident": round(res / 1048576, 1)}))
+PY
+}
 wait_until() { # WHAT CMD...: polls CMD until it succeeds (30 min at most)
   local what=$1; shift
   local deadline=$((SECONDS + 1800))
@@ -50,7 +65,7 @@ wait_until() { # WHAT CMD...: polls CMD until it succeeds (30 min at most)
 ready() { curl -fsS "127.0.0.1:$port/readyz" >/dev/null 2>&1; }
 wait_until "the controller" ready
 sleep 2
-baseline=$(rss)
+sample baseline
 
 step "creating $jobs jobs"
 started=$SECONDS
@@ -63,11 +78,11 @@ for ((first = 0; first < jobs; first += 500)); do
   for ((i = first; i < first + 50 && i < jobs; i++)); do names+=("churn-$i"); done
   kubectl delete imagejobs -n "$ns" "${names[@]}" --wait=false >/dev/null 2>&1 || true
 done
-peak=$(rss)
+sample peak
 settled() {
   local left
   left=$(kubectl get imagejobs -n "$ns" -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | grep -cv '^Completed$' || true)
-  peak=$(python3 -c "print(max($peak, $(rss)))")
+  sample peak
   [ "$left" -eq 0 ]
 }
 wait_until "every job to complete" settled
@@ -80,22 +95,32 @@ wait_until "every job to go" gone
 drained() { [ "$(metric imagejob_controller_tracked_jobs)" = 0 ]; }
 wait_until "per-job entries to drain" drained
 sleep 5
-after=$(rss)
+sample after_all_deleted
+# Requeues of deleted jobs (the 60 s resync) leave the runtime's queue only when they fire.
+sleep 65
+sample after_70s
 tracked=$(metric imagejob_controller_tracked_jobs)
 
 mkdir -p bench-results
 out="bench-results/churn-$(date -u +%Y%m%dT%H%M%SZ).json"
-python3 - "$jobs" "$baseline" "$peak" "$after" "$tracked" "$took" "$out" <<'PY'
+python3 - "$jobs" "$tracked" "$took" "$out" "$samples" <<'PY'
 import json, os, subprocess, sys
-jobs, baseline, peak, after, tracked, took, out = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(float(sys.argv[5])), int(sys.argv[6]), sys.argv[7]
+jobs, tracked, took, out = int(sys.argv[1]), int(float(sys.argv[2])), int(sys.argv[3]), sys.argv[4]
+samples = [json.loads(l) for l in open(sys.argv[5])]
+at = {s["label"]: s for s in samples if s["label"] != "peak"}
+at["peak"] = {k: max(s[k] for s in samples) for k in samples[0] if k != "label"}
+order = ["baseline", "peak", "after_all_deleted", "after_70s"]
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 figures = {"commit": commit, "cores": os.cpu_count(), "jobs": jobs, "seconds_to_complete": took,
-           "controller_rss_mib": {"baseline": baseline, "peak": peak, "after_all_deleted": after},
+           "controller_memory_mib": {label: {k: v for k, v in at[label].items() if k != "label"} for label in order},
            "tracked_jobs_after": tracked}
-print("| figure | value |\n|---|---|")
-print(f"| jobs created (a tenth deleted while running), all completed in | {jobs}, {took} s |")
-print(f"| controller RSS: baseline / peak / after every job was deleted | {baseline} / {peak} / {after} MiB |")
-print(f"| per-job entries left (imagejob_controller_tracked_jobs) | {tracked} |")
+print(f"{jobs} jobs created (a tenth deleted while running), all completed in {took} s; "
+      f"per-job entries left: {tracked}\n")
+print("| controller memory (MiB) | " + " | ".join(order) + " |")
+print("|---|" + "---|" * len(order))
+for key, name in [("rss", "RSS"), ("rss_anon", "RSS anonymous"), ("rss_file", "RSS file-backed (binary, libraries)"),
+                  ("heap_allocated", "heap: live allocations"), ("heap_resident", "heap: allocator resident")]:
+    print(f"| {name} | " + " | ".join(str(at[label][key]) for label in order) + " |")
 json.dump(figures, open(out, "w"), indent=2)
 print(f"\nJSON: {out}")
 PY

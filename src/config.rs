@@ -5,7 +5,7 @@ use crate::{
     controller::LeaseSettings,
     similarity::{LykdatClient, LykdatError},
     store::{CouchbaseSettings, CouchbaseStore, EmbeddedStore, MetadataStore, StoreError},
-    temporal::TemporalSettings,
+    temporal::{GatewayError, TemporalSettings},
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -114,17 +114,23 @@ pub struct TemporalArgs {
     /// Task queue of the workflow and its activities.
     #[arg(long, env = "TEMPORAL_TASK_QUEUE", default_value = "main-task-queue")]
     pub temporal_task_queue: String,
+    /// File holding a Temporal API key (a mounted Secret), re-read when it changes. TLS,
+    /// mTLS, a fixed API key and the server address otherwise come from Temporal's own
+    /// variables (`TEMPORAL_ADDRESS`, `TEMPORAL_API_KEY`, `TEMPORAL_TLS_*`, `TEMPORAL_PROFILE`).
+    #[arg(long, env = "TEMPORAL_API_KEY_FILE")]
+    pub temporal_api_key_file: Option<PathBuf>,
 }
 
 impl TemporalArgs {
-    /// The settings the Temporal module takes.
-    pub fn settings(&self) -> TemporalSettings {
-        TemporalSettings {
-            host: self.temporal_host.clone(),
-            port: self.temporal_port,
-            namespace: self.temporal_namespace.clone(),
-            task_queue: self.temporal_task_queue.clone(),
-        }
+    /// The settings the Temporal module takes, with Temporal's own client configuration.
+    pub fn settings(&self) -> Result<TemporalSettings, GatewayError> {
+        TemporalSettings::from_environment(
+            self.temporal_host.clone(),
+            self.temporal_port,
+            self.temporal_namespace.clone(),
+            self.temporal_task_queue.clone(),
+            self.temporal_api_key_file.clone(),
+        )
     }
 }
 

@@ -11,6 +11,8 @@ pub mod crd;
 pub mod digest;
 /// REST facade: the seed's endpoints over ImageJobs.
 pub mod facade;
+/// The allocator (jemalloc) and its statistics.
+pub mod heap;
 /// The Kubernetes client, with its requests counted and its writes fenced.
 pub mod kube_client;
 /// Prometheus metrics shared by the roles.

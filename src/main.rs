@@ -6,12 +6,6 @@ use imagejob_operator::{
     crd, run, telemetry, tls,
 };
 
-/// jemalloc, so memory freed after a burst of jobs goes back to the system: glibc's malloc kept a
-/// controller at its peak RSS after 10,000 jobs were created and deleted (see the churn
-/// benchmark in the README).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// A C string pointer jemalloc reads at start-up.
 #[repr(transparent)]
 pub struct MallocConf(*const std::ffi::c_char);

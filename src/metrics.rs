@@ -1,7 +1,10 @@
 //! Prometheus metrics of the controller (reconciles, errors, durations, status writes, jobs by
 //! phase, apiserver requests) and of the facade (requests).
 
-use crate::crd::{ImageJob, Phase};
+use crate::{
+    crd::{ImageJob, Phase},
+    heap::HeapStats,
+};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -68,6 +71,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Jobs with per-job entries in the controller's memory.
     pub tracked_jobs: Gauge,
+    heap_allocated: Gauge,
+    heap_resident: Gauge,
     writes_by_job: Mutex<HashMap<String, u64>>,
 }
 
@@ -94,6 +99,18 @@ impl Metrics {
         let fenced_writes = Counter::default();
         let leader = Gauge::default();
         let tracked_jobs = Gauge::default();
+        let heap_allocated = Gauge::default();
+        let heap_resident = Gauge::default();
+        registry.register(
+            "heap_allocated_bytes",
+            "Bytes in live heap allocations (jemalloc stats.allocated)",
+            heap_allocated.clone(),
+        );
+        registry.register(
+            "heap_resident_bytes",
+            "Resident bytes the allocator maps (jemalloc stats.resident)",
+            heap_resident.clone(),
+        );
         registry.register(
             "controller_tracked_jobs",
             "Per-job entries in the controller's memory (backoffs, watches, write counters)",
@@ -154,6 +171,8 @@ impl Metrics {
             fenced_writes,
             leader,
             tracked_jobs,
+            heap_allocated,
+            heap_resident,
             writes_by_job: Mutex::new(HashMap::new()),
         }
     }
@@ -262,6 +281,10 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        if let Some(heap) = HeapStats::read() {
+            self.heap_allocated.set(i64::try_from(heap.allocated).unwrap_or(i64::MAX));
+            self.heap_resident.set(i64::try_from(heap.resident).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

@@ -76,10 +76,11 @@ pub async fn worker(
         );
     }
     info!(store = ?args.metadata_store, "metadata store ready");
-    let handle = spawn_worker(temporal.settings(), ImageActivities::new(store, lykdat))?;
+    let settings = temporal.settings()?;
+    let handle = spawn_worker(settings.clone(), ImageActivities::new(store, lykdat))?;
     if let Some(addr) = args.worker_health_addr {
         let readiness = WorkerReadiness::start(
-            TemporalGateway::new(temporal.settings()),
+            TemporalGateway::new(settings),
             handle.polling_flag(),
         );
         let app = Router::new()
@@ -124,7 +125,7 @@ pub async fn controller(
     args: &ControllerArgs,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let gateway: Arc<dyn WorkflowGateway> = Arc::new(TemporalGateway::new(temporal.settings()));
+    let gateway: Arc<dyn WorkflowGateway> = Arc::new(TemporalGateway::new(temporal.settings()?));
     let metrics: SharedMetrics = Arc::new(Metrics::new());
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let lease = args
@@ -286,6 +287,7 @@ pub async fn facade(
             TokenFile::open(path).context("reading the facade tokens file")?,
         ))
     };
+    let settings = temporal.settings()?;
     let metrics: SharedMetrics = Arc::new(Metrics::new());
     let client = kube_client::counted(metrics.clone(), WriteFence::open())
         .await
@@ -297,12 +299,12 @@ pub async fn facade(
         api,
         namespace: args.facade_namespace.clone(),
         cache,
-        gateway: Arc::new(TemporalGateway::new(temporal.settings())),
+        temporal_namespace: settings.namespace.clone(),
+        gateway: Arc::new(TemporalGateway::new(settings)),
         similarity_default: args.similarity_search_default,
         job_ttl: (args.job_ttl_secs > 0).then_some(args.job_ttl_secs),
         metrics,
         temporal_ui_url: args.temporal_ui_url.as_ref().map(|u| u.to_string()),
-        temporal_namespace: temporal.settings().namespace,
     });
     let listener = tokio::net::TcpListener::bind(args.facade_addr)
         .await

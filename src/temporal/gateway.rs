@@ -2,8 +2,8 @@
 //! for it to close. The controller and the facade hold an `Arc<dyn WorkflowGateway>`.
 
 use super::{
-    ImageProcessingInput, ImageProcessingResult, ImageProcessingWorkflow, TemporalSettings,
-    WorkflowState, connect,
+    CREDENTIALS_RECHECK, CredentialsFingerprint, ImageProcessingInput, ImageProcessingResult,
+    ImageProcessingWorkflow, TemporalSettings, WorkflowState, connect,
     history::{HistoryStep, TimelineEntry, history_step, timeline},
 };
 use crate::similarity::SimilarityResults;
@@ -19,7 +19,7 @@ use temporalio_client::{
     },
     tonic::{Code, Status},
 };
-use tokio::{sync::OnceCell, time::Instant};
+use tokio::{sync::Mutex, time::Instant};
 
 /// Deadline of a state query: a workflow with no live worker would otherwise hang ~30 s.
 const QUERY_DEADLINE: Duration = Duration::from_secs(5);
@@ -37,6 +37,9 @@ pub enum GatewayError {
     /// statement about any workflow; retrying after the namespace is fixed or created helps.
     #[error("Temporal namespace not found: {0}")]
     NamespaceNotFound(String),
+    /// Temporal refused our credentials (API key, client certificate) or our rights.
+    #[error("Temporal refused the credentials: {0}")]
+    Unauthorized(String),
     /// The client is misconfigured.
     #[error("Temporal client misconfigured: {0}")]
     Config(String),
@@ -46,12 +49,16 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    /// Whether the failure is Temporal not being usable as configured (unreachable, or its
-    /// namespace missing) as opposed to an answer about a workflow; it is retried with backoff.
+    /// Whether the failure is Temporal not being usable as configured (unreachable, its
+    /// namespace missing, our credentials refused or unreadable) as opposed to an answer about a
+    /// workflow; it is retried with backoff.
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            GatewayError::Unavailable(_) | GatewayError::NamespaceNotFound(_)
+            GatewayError::Unavailable(_)
+                | GatewayError::NamespaceNotFound(_)
+                | GatewayError::Unauthorized(_)
+                | GatewayError::Config(_)
         )
     }
 }
@@ -76,6 +83,9 @@ fn from_status(status: &Status) -> GatewayError {
         Code::NotFound => from_not_found(status),
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
             GatewayError::Unavailable(status.message().to_owned())
+        }
+        Code::Unauthenticated | Code::PermissionDenied => {
+            GatewayError::Unauthorized(format!("{:?}: {}", status.code(), status.message()))
         }
         _ => GatewayError::Rpc(format!("{:?}: {}", status.code(), status.message())),
     }
@@ -189,11 +199,19 @@ pub trait WorkflowGateway: Send + Sync {
     async fn timeline(&self, workflow_id: &str) -> Result<Vec<TimelineEntry>, GatewayError>;
 }
 
-/// The gateway over a real Temporal server. It connects on first use and again after a failed
-/// connection, so a process can start before Temporal does.
+/// The gateway over a real Temporal server. It connects on first use, again after a failed
+/// connection (so a process can start before Temporal does), and again when its credential
+/// files were rotated.
 pub struct TemporalGateway {
     settings: TemporalSettings,
-    client: OnceCell<Client>,
+    connected: Mutex<Option<Connected>>,
+}
+
+/// A client and the credentials it was made with.
+struct Connected {
+    client: Client,
+    credentials: CredentialsFingerprint,
+    checked: Instant,
 }
 
 impl TemporalGateway {
@@ -201,14 +219,31 @@ impl TemporalGateway {
     pub fn new(settings: TemporalSettings) -> Self {
         Self {
             settings,
-            client: OnceCell::new(),
+            connected: Mutex::new(None),
         }
     }
 
-    async fn client(&self) -> Result<&Client, GatewayError> {
-        self.client
-            .get_or_try_init(|| connect(&self.settings))
-            .await
+    async fn client(&self) -> Result<Client, GatewayError> {
+        let mut connected = self.connected.lock().await;
+        if let Some(current) = connected.as_mut() {
+            if current.checked.elapsed() < CREDENTIALS_RECHECK {
+                return Ok(current.client.clone());
+            }
+            let credentials = self.settings.credentials();
+            if credentials == current.credentials {
+                current.checked = Instant::now();
+                return Ok(current.client.clone());
+            }
+            tracing::info!("Temporal credentials changed: reconnecting with the new ones");
+        }
+        let credentials = self.settings.credentials();
+        let client = connect(&self.settings).await?;
+        *connected = Some(Connected {
+            client: client.clone(),
+            credentials,
+            checked: Instant::now(),
+        });
+        Ok(client)
     }
 
     async fn handle(

@@ -1,7 +1,10 @@
 //! The Temporal worker: polls the task queue and runs the workflow and its activities. The SDK's
 //! worker future is `!Send`, so it gets a thread of its own with a current-thread runtime.
 
-use super::{GatewayError, ImageActivities, ImageProcessingWorkflow, TemporalSettings, connect};
+use super::{
+    CREDENTIALS_RECHECK, GatewayError, ImageActivities, ImageProcessingWorkflow, TemporalSettings,
+    connect,
+};
 use std::{
     sync::{
         Arc,
@@ -47,8 +50,9 @@ impl Drop for WorkerHandle {
     }
 }
 
-/// Starts a worker on its own thread. It (re)connects until it succeeds and restarts after the
-/// server drops it, until shut down.
+/// Starts a worker on its own thread. It (re)connects until it succeeds, restarts after the
+/// server drops it or when its credential files are rotated (finishing running tasks first),
+/// until shut down.
 pub fn spawn_worker(
     settings: TemporalSettings,
     activities: ImageActivities,
@@ -111,6 +115,7 @@ async fn run_once(
     polling: &AtomicBool,
 ) -> Result<(), String> {
     let runtime = Runtime::from_current_tokio(Default::default()).map_err(|e| format!("{e:#}"))?;
+    let credentials = settings.credentials();
     let client = connect(settings).await.map_err(|e| e.to_string())?;
     let options = WorkerOptions::new(settings.task_queue.clone())
         .register_workflow::<ImageProcessingWorkflow>()
@@ -120,19 +125,30 @@ async fn run_once(
         .build();
     let mut worker = Worker::new(&runtime, client, options).map_err(|e| format!("{e:#}"))?;
     let shutdown = worker.shutdown_handle();
-    info!(task_queue = %settings.task_queue, namespace = %settings.namespace, "worker polling");
+    info!(task_queue = %settings.task_queue, temporal = ?settings, "worker polling");
     polling.store(true, Ordering::Release);
     let mut stop_requested = false;
+    let mut rotated = false;
+    let mut recheck = tokio::time::interval(CREDENTIALS_RECHECK);
     let run = worker.run();
     tokio::pin!(run);
     loop {
         tokio::select! {
             result = &mut run => {
                 return match result {
+                    Ok(()) if rotated => Err("Temporal credentials changed: reconnecting".to_owned()),
                     Ok(()) if stop_requested || *stopped.borrow() => Ok(()),
                     Ok(()) => Err("worker ended by itself".to_owned()),
                     Err(e) => Err(format!("{e:#}")),
                 };
+            }
+            _ = recheck.tick(), if !stop_requested => {
+                if settings.credentials() != credentials {
+                    info!("Temporal credentials changed: finishing running tasks, then reconnecting");
+                    rotated = true;
+                    stop_requested = true;
+                    shutdown();
+                }
             }
             changed = stopped.changed(), if !stop_requested => {
                 if changed.is_err() || *stopped.borrow() {

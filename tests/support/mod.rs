@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod lykdat;
+pub mod tls_proxy;
 pub mod webdriver;
 
 use imagejob_operator::{
@@ -59,6 +60,7 @@ pub fn temporal(task_queue: &str) -> TemporalSettings {
             .expect("TEMPORAL_PORT is a port"),
         namespace: "default".into(),
         task_queue: task_queue.into(),
+        ..Default::default()
     }
 }
 
@@ -206,6 +208,7 @@ impl PrivateTemporal {
             port,
             namespace: "default".into(),
             task_queue: task_queue.into(),
+            ..Default::default()
         };
         Self { dir, settings }
     }
