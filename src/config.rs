@@ -5,7 +5,7 @@ use crate::{
     controller::LeaseSettings,
     similarity::{LykdatClient, LykdatError},
     store::{CouchbaseSettings, CouchbaseStore, EmbeddedStore, MetadataStore, StoreError},
-    temporal::{GatewayError, TemporalSettings},
+    temporal::{GatewayError, TemporalSettings, WorkerTuning},
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -196,10 +196,46 @@ pub struct WorkerArgs {
     /// Deadline of one Lykdat request, in seconds.
     #[arg(long, env = "LYKDAT_TIMEOUT_SECS", default_value_t = 30)]
     pub lykdat_timeout_secs: u64,
-    /// Address of the worker's `/healthz` and `/readyz` (ready while polling Temporal); unset:
-    /// no probe server.
+    /// Address of the worker's `/healthz`, `/readyz` (ready while polling Temporal) and
+    /// `/metrics` (the SDK's worker metrics); unset: no probe server.
     #[arg(long, env = "WORKER_HEALTH_ADDR")]
     pub worker_health_addr: Option<SocketAddr>,
+    /// How much work one worker takes on at once.
+    #[command(flatten)]
+    pub tuning: WorkerTuningArgs,
+}
+
+/// Worker capacity: task slots, pollers and the sticky workflow cache (the SDK's defaults).
+#[derive(Args, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerTuningArgs {
+    /// Workflow tasks run at once.
+    #[arg(long, env = "WORKER_MAX_CONCURRENT_WORKFLOW_TASKS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(2..))]
+    pub max_concurrent_workflow_tasks: u32,
+    /// Activities run at once.
+    #[arg(long, env = "WORKER_MAX_CONCURRENT_ACTIVITIES", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_activities: u32,
+    /// Concurrent workflow task polls (at least 2 with the sticky cache on).
+    #[arg(long, env = "WORKER_WORKFLOW_POLLERS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..))]
+    pub workflow_pollers: u32,
+    /// Concurrent activity task polls.
+    #[arg(long, env = "WORKER_ACTIVITY_POLLERS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub activity_pollers: u32,
+    /// Workflows kept in memory between tasks (sticky execution); 0 replays each task.
+    #[arg(long, env = "WORKER_MAX_CACHED_WORKFLOWS", default_value_t = 1000)]
+    pub max_cached_workflows: u32,
+}
+
+impl WorkerTuningArgs {
+    /// The tuning the worker takes.
+    pub fn tuning(&self) -> WorkerTuning {
+        WorkerTuning {
+            max_concurrent_workflow_tasks: self.max_concurrent_workflow_tasks as usize,
+            max_concurrent_activities: self.max_concurrent_activities as usize,
+            workflow_pollers: self.workflow_pollers as usize,
+            activity_pollers: self.activity_pollers as usize,
+            max_cached_workflows: self.max_cached_workflows as usize,
+        }
+    }
 }
 
 /// Why the configuration cannot be used.

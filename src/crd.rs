@@ -246,6 +246,15 @@ impl ImageJob {
     pub fn phase(&self) -> Phase {
         self.status.as_ref().map(|s| s.phase).unwrap_or_default()
     }
+
+    /// Whether the status says Temporal could not be used (`TemporalReachable=False`).
+    pub fn temporal_unreachable(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == CONDITION_TEMPORAL_REACHABLE && c.status == "False")
+        })
+    }
 }
 
 /// The CRD as YAML, exactly as committed in `crds/imagejob.yaml`.

@@ -5,6 +5,7 @@
 //! glibc's malloc kept a controller at its peak RSS after 10,000 jobs were created and deleted
 //! (see the churn benchmark in the README). Its options are set in `main.rs`.
 
+use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
 use tikv_jemalloc_ctl::{epoch, stats};
 
 #[global_allocator]
@@ -34,6 +35,41 @@ impl HeapStats {
             metadata: read(stats::metadata::read())?,
             resident: read(stats::resident::read())?,
         })
+    }
+}
+
+/// The heap figures as Prometheus gauges, refreshed before each scrape.
+#[derive(Clone, Default)]
+pub struct HeapGauges {
+    allocated: Gauge,
+    resident: Gauge,
+}
+
+impl HeapGauges {
+    /// Gauges registered as `<prefix>_heap_allocated_bytes` and `<prefix>_heap_resident_bytes`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let gauges = Self::default();
+        registry.register(
+            "heap_allocated_bytes",
+            "Bytes in live heap allocations (jemalloc stats.allocated)",
+            gauges.allocated.clone(),
+        );
+        registry.register(
+            "heap_resident_bytes",
+            "Resident bytes the allocator maps (jemalloc stats.resident)",
+            gauges.resident.clone(),
+        );
+        gauges
+    }
+
+    /// Reads the allocator's figures into the gauges.
+    pub fn refresh(&self) {
+        if let Some(heap) = HeapStats::read() {
+            self.allocated
+                .set(i64::try_from(heap.allocated).unwrap_or(i64::MAX));
+            self.resident
+                .set(i64::try_from(heap.resident).unwrap_or(i64::MAX));
+        }
     }
 }
 

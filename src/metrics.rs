@@ -3,7 +3,7 @@
 
 use crate::{
     crd::{ImageJob, Phase},
-    heap::HeapStats,
+    heap::HeapGauges,
 };
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -71,8 +71,9 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Jobs with per-job entries in the controller's memory.
     pub tracked_jobs: Gauge,
-    heap_allocated: Gauge,
-    heap_resident: Gauge,
+    /// Unfinished jobs whose last reconcile could not use Temporal (`TemporalReachable=False`).
+    pub jobs_waiting_for_temporal: Gauge,
+    heap: HeapGauges,
     writes_by_job: Mutex<HashMap<String, u64>>,
 }
 
@@ -99,17 +100,12 @@ impl Metrics {
         let fenced_writes = Counter::default();
         let leader = Gauge::default();
         let tracked_jobs = Gauge::default();
-        let heap_allocated = Gauge::default();
-        let heap_resident = Gauge::default();
+        let heap = HeapGauges::register(&mut registry);
+        let jobs_waiting_for_temporal = Gauge::default();
         registry.register(
-            "heap_allocated_bytes",
-            "Bytes in live heap allocations (jemalloc stats.allocated)",
-            heap_allocated.clone(),
-        );
-        registry.register(
-            "heap_resident_bytes",
-            "Resident bytes the allocator maps (jemalloc stats.resident)",
-            heap_resident.clone(),
+            "jobs_waiting_for_temporal",
+            "Unfinished ImageJobs whose last reconcile could not use Temporal (TemporalReachable=False)",
+            jobs_waiting_for_temporal.clone(),
         );
         registry.register(
             "controller_tracked_jobs",
@@ -171,8 +167,8 @@ impl Metrics {
             fenced_writes,
             leader,
             tracked_jobs,
-            heap_allocated,
-            heap_resident,
+            heap,
+            jobs_waiting_for_temporal,
             writes_by_job: Mutex::new(HashMap::new()),
         }
     }
@@ -185,6 +181,16 @@ impl Metrics {
                 resource: resource.to_owned(),
             })
             .inc();
+    }
+
+    /// Exports a zero series for each reconcile error kind, so rates and alerts see them
+    /// before the first error.
+    pub fn declare_error_kinds(&self, kinds: &[&str]) {
+        for kind in kinds {
+            drop(self.reconcile_errors.get_or_create(&ErrorLabel {
+                kind: (*kind).to_owned(),
+            }));
+        }
     }
 
     /// Counts one failed reconcile.
@@ -261,9 +267,12 @@ impl Metrics {
     /// Sets the jobs-by-phase gauges from the cache's contents.
     pub fn count_phases<'a>(&self, jobs: impl Iterator<Item = &'a ImageJob>) {
         let mut counts: HashMap<Phase, i64> = HashMap::new();
+        let mut waiting = 0;
         for job in jobs {
             *counts.entry(job.phase()).or_default() += 1;
+            waiting += i64::from(!job.phase().is_terminal() && job.temporal_unreachable());
         }
+        self.jobs_waiting_for_temporal.set(waiting);
         for phase in [
             Phase::Pending,
             Phase::Processing,
@@ -281,10 +290,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
-        if let Some(heap) = HeapStats::read() {
-            self.heap_allocated.set(i64::try_from(heap.allocated).unwrap_or(i64::MAX));
-            self.heap_resident.set(i64::try_from(heap.resident).unwrap_or(i64::MAX));
-        }
+        self.heap.refresh();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

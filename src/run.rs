@@ -6,10 +6,11 @@ use crate::{
     controller::{self, LeaderElector},
     crd::ImageJob,
     facade::{self, Auth, FacadeState, JobCache, TokenFile},
+    heap::HeapGauges,
     kube_client::{self, WriteFence},
     metrics::{Metrics, SharedMetrics},
     probes::{Readiness, WorkerReadiness},
-    temporal::{ImageActivities, TemporalGateway, WorkflowGateway, spawn_worker},
+    temporal::{ImageActivities, SdkMetrics, TemporalGateway, WorkflowGateway, spawn_worker},
 };
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
@@ -77,14 +78,31 @@ pub async fn worker(
     }
     info!(store = ?args.metadata_store, "metadata store ready");
     let settings = temporal.settings()?;
-    let handle = spawn_worker(settings.clone(), ImageActivities::new(store, lykdat))?;
+    let sdk_metrics = SdkMetrics::start()?;
+    let handle = spawn_worker(
+        settings.clone(),
+        ImageActivities::new(store, lykdat),
+        args.tuning.tuning(),
+        Some(sdk_metrics.clone()),
+    )?;
     if let Some(addr) = args.worker_health_addr {
-        let readiness = WorkerReadiness::start(
-            TemporalGateway::new(settings),
-            handle.polling_flag(),
-        );
+        let readiness =
+            WorkerReadiness::start(TemporalGateway::new(settings), handle.polling_flag());
+        let mut registry = prometheus_client::registry::Registry::with_prefix("imagejob");
+        let heap = HeapGauges::register(&mut registry);
+        let own_metrics = Arc::new(registry);
         let app = Router::new()
             .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/metrics",
+                get(move || async move {
+                    heap.refresh();
+                    let mut text = sdk_metrics.scrape().await;
+                    // Writing into a String cannot fail.
+                    let _ = prometheus_client::encoding::text::encode(&mut text, &own_metrics);
+                    text
+                }),
+            )
             .route(
                 "/readyz",
                 get(move || async move {
@@ -127,6 +145,7 @@ pub async fn controller(
 ) -> anyhow::Result<()> {
     let gateway: Arc<dyn WorkflowGateway> = Arc::new(TemporalGateway::new(temporal.settings()?));
     let metrics: SharedMetrics = Arc::new(Metrics::new());
+    metrics.declare_error_kinds(controller::Error::KINDS);
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let lease = args
         .leader_election

@@ -476,3 +476,345 @@ async fn the_release_installs_and_its_rbac_is_sufficient_and_minimal() {
         "facade bound only in its job namespace"
     );
 }
+
+/// A container's environment as name -> entry.
+fn env_of(objects: &BTreeMap<String, Value>, role: &str) -> BTreeMap<String, Value> {
+    objects[&format!("Deployment/imagejob-operator-{role}")]["spec"]["template"]["spec"]
+        ["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap_or("").to_owned(), e.clone()))
+        .collect()
+}
+
+fn secured_temporal() -> Value {
+    json!({
+        "address": "ns.a1b2c.tmprl.cloud:7233",
+        "tls": {"enabled": true, "serverName": "ns.a1b2c.tmprl.cloud", "existingSecret": "temporal-tls",
+                "clientCertificate": true},
+        "apiKey": {"existingSecret": "temporal-api-key"},
+    })
+}
+
+#[test]
+fn a_secured_temporal_is_configured_by_temporals_variables_from_mounted_secrets() {
+    let plain = render(&json!({}));
+    for role in ["controller", "worker", "facade"] {
+        let env = env_of(&plain, role);
+        assert!(
+            !env.keys()
+                .any(|k| k.starts_with("TEMPORAL_TLS") || k == "TEMPORAL_ADDRESS"),
+            "{role}: {env:?}"
+        );
+    }
+
+    let objects = render(&json!({"temporal": secured_temporal(),
+                                 "worker": {"metadataStore": {"backend": "couchbase"}}}));
+    for role in ["controller", "worker", "facade"] {
+        let env = env_of(&objects, role);
+        let value = |name: &str| env[name]["value"].as_str().unwrap_or("").to_owned();
+        assert_eq!(value("TEMPORAL_ADDRESS"), "ns.a1b2c.tmprl.cloud:7233");
+        assert_eq!(value("TEMPORAL_TLS"), "true");
+        assert_eq!(value("TEMPORAL_TLS_SERVER_NAME"), "ns.a1b2c.tmprl.cloud");
+        assert_eq!(
+            value("TEMPORAL_TLS_SERVER_CA_CERT_PATH"),
+            "/etc/temporal/tls/ca.crt"
+        );
+        assert_eq!(
+            value("TEMPORAL_TLS_CLIENT_CERT_PATH"),
+            "/etc/temporal/tls/tls.crt"
+        );
+        assert_eq!(
+            value("TEMPORAL_TLS_CLIENT_KEY_PATH"),
+            "/etc/temporal/tls/tls.key"
+        );
+        assert_eq!(
+            value("TEMPORAL_API_KEY_FILE"),
+            "/etc/temporal/api-key/api-key"
+        );
+        assert!(
+            !env.contains_key("TEMPORAL_API_KEY"),
+            "no key value in the pod spec"
+        );
+
+        let pod =
+            &objects[&format!("Deployment/imagejob-operator-{role}")]["spec"]["template"]["spec"];
+        let mounts = pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .expect("mounts");
+        for (volume, path) in [
+            ("temporal-tls", "/etc/temporal/tls"),
+            ("temporal-api-key", "/etc/temporal/api-key"),
+        ] {
+            let mount = mounts.iter().find(|m| m["name"] == volume).expect(volume);
+            assert_eq!(mount["mountPath"], path, "{role}");
+            assert!(
+                mount.get("subPath").is_none(),
+                "subPath mounts never see a rotation"
+            );
+        }
+        let volumes = pod["volumes"].as_array().expect("volumes");
+        let tls = volumes
+            .iter()
+            .find(|v| v["name"] == "temporal-tls")
+            .expect("tls volume");
+        assert_eq!(tls["secret"]["secretName"], "temporal-tls");
+        assert_eq!(
+            tls["secret"]["items"],
+            json!([{"key": "ca.crt", "path": "ca.crt"}, {"key": "tls.crt", "path": "tls.crt"},
+                   {"key": "tls.key", "path": "tls.key"}])
+        );
+    }
+}
+
+#[test]
+fn keda_scales_the_worker_on_the_task_queue_backlog_with_the_same_credentials() {
+    let values = json!({"temporal": secured_temporal(),
+                        "worker": {"metadataStore": {"backend": "couchbase"},
+                                   "autoscaling": {"keda": {"enabled": true, "targetQueueSize": 7}}}});
+    let objects = render(&values);
+    assert!(!objects.contains_key("HorizontalPodAutoscaler/imagejob-operator-worker"));
+    assert!(
+        objects["Deployment/imagejob-operator-worker"]["spec"]
+            .get("replicas")
+            .is_none(),
+        "KEDA owns the replica count"
+    );
+    let scaled = &objects["ScaledObject/imagejob-operator-worker"]["spec"];
+    assert_eq!(scaled["scaleTargetRef"]["name"], "imagejob-operator-worker");
+    let trigger = &scaled["triggers"][0];
+    assert_eq!(trigger["type"], "temporal");
+    assert_eq!(
+        trigger["metadata"],
+        json!({"endpoint": "ns.a1b2c.tmprl.cloud:7233", "namespace": "default",
+               "taskQueue": "main-task-queue", "targetQueueSize": "7",
+               "activationTargetQueueSize": "0", "enableTLS": "true",
+               "tlsServerName": "ns.a1b2c.tmprl.cloud"})
+    );
+    assert_eq!(
+        trigger["authenticationRef"]["name"],
+        "imagejob-operator-worker-temporal"
+    );
+    let parameters: Vec<&str> = objects["TriggerAuthentication/imagejob-operator-worker-temporal"]
+        ["spec"]["secretTargetRef"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["parameter"].as_str())
+        .collect();
+    assert_eq!(parameters, ["apiKey", "ca", "cert", "key"]);
+
+    let mut both = values.clone();
+    both["worker"]["autoscaling"]["enabled"] = json!(true);
+    let (ok, out) = chart(&["render", values_file(&both).path().to_str().unwrap()]);
+    assert!(!ok && out.contains("enable one"), "{out}");
+}
+
+#[test]
+fn worker_tuning_reaches_the_worker() {
+    let objects = render(
+        &json!({"worker": {"tuning": {"maxConcurrentActivities": 7, "workflowPollers": 3}}}),
+    );
+    let env = env_of(&objects, "worker");
+    assert_eq!(env["WORKER_MAX_CONCURRENT_ACTIVITIES"]["value"], "7");
+    assert_eq!(env["WORKER_WORKFLOW_POLLERS"]["value"], "3");
+    assert_eq!(env["WORKER_MAX_CACHED_WORKFLOWS"]["value"], "1000");
+    let (ok, out) = chart(&[
+        "validate",
+        values_file(&json!({"worker": {"tuning": {"workflowPollers": 1}}}))
+            .path()
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(
+        !ok,
+        "one workflow poller with the sticky cache is refused: {out}"
+    );
+}
+
+/// Every metric name a PromQL expression reads (ours and the SDK's: `imagejob_*`, `temporal_*`).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        let word_len = rest[at..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(rest.len() - at);
+        let word = &rest[at..at + word_len];
+        let preceded = at > 0 && rest.as_bytes()[at - 1].is_ascii_alphanumeric();
+        if !preceded && (word.starts_with("imagejob_") || word.starts_with("temporal_")) {
+            names.push(word.to_owned());
+        }
+        rest = &rest[at + word_len..];
+    }
+    names
+}
+
+/// The dashboard's and the alerts' expressions, as the chart renders them.
+fn monitoring_expressions() -> Vec<String> {
+    let objects = render(
+        &json!({"monitoring": {"grafanaDashboard": {"enabled": true},
+                                                "prometheusRule": {"enabled": true}}}),
+    );
+    let dashboard = &objects["ConfigMap/imagejob-operator-dashboard"];
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard: Value = serde_json::from_str(
+        dashboard["data"]["imagejob-operator.json"]
+            .as_str()
+            .expect("dashboard json"),
+    )
+    .expect("the dashboard is JSON");
+    let mut exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    let rules = &objects["PrometheusRule/imagejob-operator"]["spec"]["groups"][0]["rules"];
+    let alerts: Vec<&str> = rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    assert_eq!(
+        alerts,
+        [
+            "ImageJobsFailing",
+            "ImageJobScheduleToStartHigh",
+            "ImageJobTemporalUnreachable",
+            "ImageJobControllerNotLeading"
+        ]
+    );
+    exprs.extend(
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["expr"].as_str().map(str::to_owned)),
+    );
+    exprs
+}
+
+/// A TCP relay to Temporal whose connections can be cut, so the worker's polls fail for real.
+struct Relay {
+    address: String,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Relay {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let (target, mut cuts) = (target.clone(), cuts.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { address, cut }
+    }
+
+    /// Drops every open connection (new ones still pass).
+    fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+/// The metric names (samples' names) in a text exposition.
+fn exported(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_dashboard_and_alerts_read_only_metrics_the_processes_export() {
+    let wanted: std::collections::BTreeSet<String> = monitoring_expressions()
+        .iter()
+        .flat_map(|e| metric_names(e))
+        .collect();
+    assert!(wanted.len() >= 10, "{wanted:?}");
+
+    let s = kube_env::Setup::new("metrics").await;
+    let relay = Relay::start(s.settings.address()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (worker_port, controller_port) = (support::free_port(), support::free_port());
+    let _worker = ChildGuard::spawn(
+        Command::new(support::operator_bin())
+            .arg("worker")
+            .env("TEMPORAL_ADDRESS", &relay.address)
+            .env("TEMPORAL_TASK_QUEUE", &s.settings.task_queue)
+            .env("EMBEDDED_STORE_PATH", dir.path().join("meta.redb"))
+            .env("WORKER_HEALTH_ADDR", format!("127.0.0.1:{worker_port}"))
+            .env("RUST_LOG", "warn"),
+    );
+    let _controller = ChildGuard::spawn(
+        Command::new(support::operator_bin())
+            .arg("controller")
+            .env("TEMPORAL_TASK_QUEUE", &s.settings.task_queue)
+            .env("WATCH_NAMESPACES", &s.ns)
+            .env(
+                "CONTROLLER_METRICS_ADDR",
+                format!("127.0.0.1:{controller_port}"),
+            )
+            .env("RUST_LOG", "warn"),
+    );
+    kube_env::create(&s.api, "measured", kube_env::spec(false)).await;
+    kube_env::wait_job(
+        &s.api,
+        "measured",
+        "measured Completed",
+        Duration::from_secs(90),
+        |j| j.phase() == Phase::Completed,
+    )
+    .await;
+    // Cut the worker's connections mid-poll: its poll failures are counted from then on.
+    relay.cut();
+
+    let http = reqwest::Client::new();
+    let scrape = |port: u16| {
+        let http = http.clone();
+        async move {
+            let response = http
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await
+                .ok()?;
+            response.text().await.ok()
+        }
+    };
+    let missing = eventually(
+        "every metric the dashboard and alerts read",
+        Duration::from_secs(60),
+        || async {
+            let mut have = exported(&scrape(worker_port).await?);
+            have.extend(exported(&scrape(controller_port).await?));
+            let missing: Vec<&String> = wanted
+                .iter()
+                .filter(|name| {
+                    !["", "_bucket", "_total"]
+                        .iter()
+                        .any(|suffix| have.contains(&format!("{name}{suffix}")))
+                })
+                .collect();
+            // A name still missing after the poll failures were counted is a real gap.
+            (missing.is_empty() || have.contains("temporal_long_request_failure_total"))
+                .then(|| missing.into_iter().cloned().collect::<Vec<_>>())
+        },
+    )
+    .await;
+    assert!(missing.is_empty(), "read but not exported: {missing:?}");
+}

@@ -89,7 +89,11 @@ impl Operator {
     /// Panics if the process has exited.
     fn assert_alive(&mut self) {
         let exited = self.child.0.try_wait().expect("try_wait");
-        assert!(exited.is_none(), "the operator exited: {exited:?}\n{}", self.log());
+        assert!(
+            exited.is_none(),
+            "the operator exited: {exited:?}\n{}",
+            self.log()
+        );
     }
 }
 
@@ -208,7 +212,11 @@ async fn a_wrong_server_ca_is_reported_and_a_rotated_ca_file_is_picked_up() {
     let message = unreachable_message(&s, &job.name_any()).await;
     assert!(message.contains("UnknownIssuer"), "{message}");
     operator.assert_alive();
-    assert!(operator.log().contains("UnknownIssuer"), "{}", operator.log());
+    assert!(
+        operator.log().contains("UnknownIssuer"),
+        "{}",
+        operator.log()
+    );
 
     std::fs::copy(pki.path("ca.crt"), &trusted).unwrap();
     completed(&s, "wrong-ca").await;
@@ -231,11 +239,7 @@ async fn a_missing_client_certificate_is_reported_without_a_crash() {
     let message = unreachable_message(&s, &job.name_any()).await;
     assert!(message.contains("client certificate required"), "{message}");
     operator.assert_alive();
-    assert!(
-        operator.log().contains("certificate"),
-        "{}",
-        operator.log()
-    );
+    assert!(operator.log().contains("certificate"), "{}", operator.log());
 }
 
 #[tokio::test]
@@ -254,7 +258,10 @@ async fn a_wrong_api_key_is_reported_and_a_rotated_key_file_is_picked_up() {
     let message = unreachable_message(&s, &job.name_any()).await;
     assert!(message.contains("refused the credentials"), "{message}");
     assert!(message.contains("Unauthenticated"), "{message}");
-    assert!(!message.contains("not-the-key"), "the key itself is not shown");
+    assert!(
+        !message.contains("not-the-key"),
+        "the key itself is not shown"
+    );
     operator.assert_alive();
 
     std::fs::write(&credentials.api_key_file, format!("{API_KEY}\n")).unwrap();

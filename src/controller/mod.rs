@@ -80,7 +80,16 @@ impl Error {
         }
     }
 
-    /// Short label for metrics.
+    /// Every [`Error::kind`], so each error series is exported (at 0) before the first error.
+    pub const KINDS: &'static [&'static str] = &[
+        "kube",
+        "temporal",
+        "finalizer",
+        "missing_uid",
+        "cancel_pending",
+    ];
+
+    /// The error's kind, a label of the reconcile error metric.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",

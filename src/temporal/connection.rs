@@ -10,13 +10,13 @@
 use super::GatewayError;
 use crate::digest::sha256_hex;
 use std::{fmt, path::PathBuf, time::Duration};
+use temporalio_client::tonic::Code;
 use temporalio_client::{
     Client, ClientOptions, Connection, ConnectionOptions,
-    errors::ClientConnectError,
     envconfig::{ClientConfigProfile, DataSource, LoadClientConfigProfileOptions},
+    errors::ClientConnectError,
 };
-use temporalio_client::tonic::Code;
-use temporalio_common::envconfig::load_client_config_profile;
+use temporalio_common::{envconfig::load_client_config_profile, telemetry::metrics::TemporalMeter};
 
 /// How often a connection's credential files are compared with what it was made with.
 pub const CREDENTIALS_RECHECK: Duration = Duration::from_secs(5);
@@ -79,8 +79,9 @@ impl TemporalSettings {
         task_queue: String,
         api_key_file: Option<PathBuf>,
     ) -> Result<Self, GatewayError> {
-        let profile = load_client_config_profile(LoadClientConfigProfileOptions::default(), None)
-            .map_err(|e| GatewayError::Config(format!("Temporal client configuration: {e}")))?;
+        let profile =
+            load_client_config_profile(LoadClientConfigProfileOptions::default(), None)
+                .map_err(|e| GatewayError::Config(format!("Temporal client configuration: {e}")))?;
         Ok(Self {
             host,
             port,
@@ -145,7 +146,10 @@ impl TemporalSettings {
         profile.namespace = Some(self.namespace.clone());
         if let Some(path) = &self.api_key_file {
             let key = std::fs::read_to_string(path).map_err(|e| {
-                GatewayError::Config(format!("cannot read the API key file {}: {e}", path.display()))
+                GatewayError::Config(format!(
+                    "cannot read the API key file {}: {e}",
+                    path.display()
+                ))
             })?;
             profile.api_key = Some(key.trim().to_owned());
         }
@@ -179,15 +183,22 @@ fn with_causes(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Connects a client to the configured server and namespace.
-pub async fn connect(settings: &TemporalSettings) -> Result<Client, GatewayError> {
-    let options = settings.connection_options()?;
+/// Connects a client to the configured server and namespace; with `meter`, the connection
+/// records its request metrics there.
+pub async fn connect(
+    settings: &TemporalSettings,
+    meter: Option<TemporalMeter>,
+) -> Result<Client, GatewayError> {
+    let mut options = settings.connection_options()?;
+    options.metrics_meter = meter;
     let connection = Connection::connect(options).await.map_err(|e| match e {
         // The server answered the first call: say what it said, not the whole response.
         ClientConnectError::SystemInfoCallError(status) => {
             let answer = format!("{:?}: {}", status.code(), status.message());
             match status.code() {
-                Code::Unauthenticated | Code::PermissionDenied => GatewayError::Unauthorized(answer),
+                Code::Unauthenticated | Code::PermissionDenied => {
+                    GatewayError::Unauthorized(answer)
+                }
                 _ => GatewayError::Unavailable(answer),
             }
         }
@@ -257,6 +268,9 @@ mod tests {
             ..Default::default()
         };
         let error = settings.connection_options().expect_err("no file");
-        assert!(error.to_string().contains("/nonexistent/api-key"), "{error}");
+        assert!(
+            error.to_string().contains("/nonexistent/api-key"),
+            "{error}"
+        );
     }
 }

@@ -237,7 +237,7 @@ impl TemporalGateway {
             tracing::info!("Temporal credentials changed: reconnecting with the new ones");
         }
         let credentials = self.settings.credentials();
-        let client = connect(&self.settings).await?;
+        let client = connect(&self.settings, None).await?;
         *connected = Some(Connected {
             client: client.clone(),
             credentials,

@@ -6,20 +6,22 @@ mod connection;
 mod gateway;
 mod history;
 mod policy;
+mod sdk_metrics;
 mod types;
 mod worker;
 mod workflow;
 
 pub use activities::ImageActivities;
+pub use connection::{CREDENTIALS_RECHECK, CredentialsFingerprint, TemporalSettings, connect};
 pub use gateway::{
     ExecutionStatus, GatewayError, StartOutcome, TemporalGateway, WorkflowGateway, WorkflowSnapshot,
 };
-pub use connection::{CREDENTIALS_RECHECK, CredentialsFingerprint, TemporalSettings, connect};
 pub use history::TimelineEntry;
 pub use policy::{similarity_search_retry, store_metadata_retry};
+pub use sdk_metrics::SdkMetrics;
 pub use types::{
     ImageProcessingInput, ImageProcessingResult, ProcessingStatus, SimilaritySearchOutcome,
     WorkflowState,
 };
-pub use worker::{WorkerHandle, spawn_worker};
+pub use worker::{WorkerHandle, WorkerTuning, spawn_worker};
 pub use workflow::ImageProcessingWorkflow;

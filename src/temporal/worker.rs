@@ -2,8 +2,8 @@
 //! worker future is `!Send`, so it gets a thread of its own with a current-thread runtime.
 
 use super::{
-    CREDENTIALS_RECHECK, GatewayError, ImageActivities, ImageProcessingWorkflow, TemporalSettings,
-    connect,
+    CREDENTIALS_RECHECK, GatewayError, ImageActivities, ImageProcessingWorkflow, SdkMetrics,
+    TemporalSettings, connect,
 };
 use std::{
     sync::{
@@ -13,9 +13,58 @@ use std::{
     thread::JoinHandle,
     time::Duration,
 };
-use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+use temporalio_sdk::{
+    Runtime, Worker, WorkerOptions,
+    runtime::{
+        PollerBehavior, RuntimeOptions,
+        worker_tuner::{FixedSizeSlotSupplier, TunerHolder},
+    },
+};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
+
+/// How much work one worker takes on at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerTuning {
+    /// Workflow task slots.
+    pub max_concurrent_workflow_tasks: usize,
+    /// Activity slots.
+    pub max_concurrent_activities: usize,
+    /// Concurrent workflow task polls.
+    pub workflow_pollers: usize,
+    /// Concurrent activity task polls.
+    pub activity_pollers: usize,
+    /// Sticky workflow cache size.
+    pub max_cached_workflows: usize,
+}
+
+/// The SDK's own defaults.
+impl Default for WorkerTuning {
+    fn default() -> Self {
+        Self {
+            max_concurrent_workflow_tasks: 100,
+            max_concurrent_activities: 100,
+            workflow_pollers: 5,
+            activity_pollers: 5,
+            max_cached_workflows: 1000,
+        }
+    }
+}
+
+impl WorkerTuning {
+    fn slots(&self) -> TunerHolder {
+        TunerHolder::builder()
+            .workflow_task_slot_supplier(FixedSizeSlotSupplier::new(
+                self.max_concurrent_workflow_tasks,
+            ))
+            .activity_task_slot_supplier(FixedSizeSlotSupplier::new(self.max_concurrent_activities))
+            .local_activity_task_slot_supplier(FixedSizeSlotSupplier::new(
+                self.max_concurrent_activities,
+            ))
+            .nexus_task_slot_supplier(FixedSizeSlotSupplier::new(1))
+            .build()
+    }
+}
 
 /// A running worker: stop it with [`WorkerHandle::shutdown`].
 pub struct WorkerHandle {
@@ -52,10 +101,12 @@ impl Drop for WorkerHandle {
 
 /// Starts a worker on its own thread. It (re)connects until it succeeds, restarts after the
 /// server drops it or when its credential files are rotated (finishing running tasks first),
-/// until shut down.
+/// until shut down. With `metrics`, the SDK records its worker metrics there.
 pub fn spawn_worker(
     settings: TemporalSettings,
     activities: ImageActivities,
+    tuning: WorkerTuning,
+    metrics: Option<SdkMetrics>,
 ) -> Result<WorkerHandle, GatewayError> {
     let (stop, stopped) = watch::channel(false);
     let polling = Arc::new(AtomicBool::new(false));
@@ -70,7 +121,13 @@ pub fn spawn_worker(
                 Ok(rt) => rt,
                 Err(e) => return error!(error = %e, "cannot build the worker runtime"),
             };
-            rt.block_on(run_until_stopped(settings, activities, stopped, flag));
+            let worker = WorkerSetup {
+                settings,
+                activities,
+                tuning,
+                metrics,
+            };
+            rt.block_on(run_until_stopped(worker, stopped, flag));
         })
         .map_err(|e| GatewayError::Config(format!("cannot start the worker thread: {e}")))?;
     Ok(WorkerHandle {
@@ -80,15 +137,22 @@ pub fn spawn_worker(
     })
 }
 
-async fn run_until_stopped(
+/// What every (re)start of the worker is made from.
+struct WorkerSetup {
     settings: TemporalSettings,
     activities: ImageActivities,
+    tuning: WorkerTuning,
+    metrics: Option<SdkMetrics>,
+}
+
+async fn run_until_stopped(
+    setup: WorkerSetup,
     mut stopped: watch::Receiver<bool>,
     polling: Arc<AtomicBool>,
 ) {
     let mut backoff = Duration::from_millis(200);
     while !*stopped.borrow() {
-        let outcome = run_once(&settings, activities.clone(), &mut stopped, &polling).await;
+        let outcome = run_once(&setup, &mut stopped, &polling).await;
         polling.store(false, Ordering::Release);
         match outcome {
             Ok(()) => break,
@@ -109,19 +173,34 @@ async fn run_until_stopped(
 const HEARTBEAT_THROTTLE: Duration = Duration::from_secs(1);
 
 async fn run_once(
-    settings: &TemporalSettings,
-    activities: ImageActivities,
+    setup: &WorkerSetup,
     stopped: &mut watch::Receiver<bool>,
     polling: &AtomicBool,
 ) -> Result<(), String> {
-    let runtime = Runtime::from_current_tokio(Default::default()).map_err(|e| format!("{e:#}"))?;
+    let options = RuntimeOptions::builder()
+        .telemetry_options(
+            setup
+                .metrics
+                .as_ref()
+                .map(SdkMetrics::telemetry)
+                .unwrap_or_default(),
+        )
+        .build()?;
+    let settings = &setup.settings;
+    let tuning = setup.tuning;
+    let runtime = Runtime::from_current_tokio(options).map_err(|e| format!("{e:#}"))?;
     let credentials = settings.credentials();
-    let client = connect(settings).await.map_err(|e| e.to_string())?;
+    let meter = setup.metrics.as_ref().and_then(SdkMetrics::client_meter);
+    let client = connect(settings, meter).await.map_err(|e| e.to_string())?;
     let options = WorkerOptions::new(settings.task_queue.clone())
         .register_workflow::<ImageProcessingWorkflow>()
         .map_err(|e| format!("{e:#}"))?
-        .register_activities(activities)
+        .register_activities(setup.activities.clone())
         .max_heartbeat_throttle_interval(HEARTBEAT_THROTTLE)
+        .tuner(tuning.slots())
+        .workflow_task_poller_behavior(PollerBehavior::SimpleMaximum(tuning.workflow_pollers))
+        .activity_task_poller_behavior(PollerBehavior::SimpleMaximum(tuning.activity_pollers))
+        .max_cached_workflows(tuning.max_cached_workflows)
         .build();
     let mut worker = Worker::new(&runtime, client, options).map_err(|e| format!("{e:#}"))?;
     let shutdown = worker.shutdown_handle();

@@ -40,8 +40,77 @@ app.kubernetes.io/component: {{ .role }}
   value: {{ .Values.temporal.namespace | quote }}
 - name: TEMPORAL_TASK_QUEUE
   value: {{ .Values.temporal.taskQueue | quote }}
+{{- $t := .Values.temporal }}
+{{- with $t.address }}
+- name: TEMPORAL_ADDRESS
+  value: {{ . | quote }}
+{{- end }}
+{{- if $t.tls.enabled }}
+- name: TEMPORAL_TLS
+  value: "true"
+{{- with $t.tls.serverName }}
+- name: TEMPORAL_TLS_SERVER_NAME
+  value: {{ . | quote }}
+{{- end }}
+{{- if and $t.tls.existingSecret $t.tls.caKey }}
+- name: TEMPORAL_TLS_SERVER_CA_CERT_PATH
+  value: /etc/temporal/tls/ca.crt
+{{- end }}
+{{- if and $t.tls.existingSecret $t.tls.clientCertificate }}
+- name: TEMPORAL_TLS_CLIENT_CERT_PATH
+  value: /etc/temporal/tls/tls.crt
+- name: TEMPORAL_TLS_CLIENT_KEY_PATH
+  value: /etc/temporal/tls/tls.key
+{{- end }}
+{{- end }}
+{{- if $t.apiKey.existingSecret }}
+- name: TEMPORAL_API_KEY_FILE
+  value: /etc/temporal/api-key/api-key
+{{- end }}
 - name: LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
+{{- end -}}
+
+{{/* "true" when Temporal credentials are mounted from Secrets. */}}
+{{- define "ij.temporalSecrets" -}}
+{{- $t := .Values.temporal -}}
+{{- if or (and $t.tls.enabled $t.tls.existingSecret) $t.apiKey.existingSecret }}true{{ end -}}
+{{- end -}}
+
+{{/* Mounts of the Temporal credential Secrets (whole directories, so rotation reaches them). */}}
+{{- define "ij.temporalMounts" -}}
+{{- $t := .Values.temporal -}}
+{{- if and $t.tls.enabled $t.tls.existingSecret }}
+- {name: temporal-tls, mountPath: /etc/temporal/tls, readOnly: true}
+{{- end }}
+{{- if $t.apiKey.existingSecret }}
+- {name: temporal-api-key, mountPath: /etc/temporal/api-key, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes of the Temporal credential Secrets. */}}
+{{- define "ij.temporalVolumes" -}}
+{{- $t := .Values.temporal -}}
+{{- if and $t.tls.enabled $t.tls.existingSecret }}
+- name: temporal-tls
+  secret:
+    secretName: {{ $t.tls.existingSecret }}
+    items:
+      {{- if $t.tls.caKey }}
+      - {key: {{ $t.tls.caKey }}, path: ca.crt}
+      {{- end }}
+      {{- if $t.tls.clientCertificate }}
+      - {key: {{ $t.tls.certKey }}, path: tls.crt}
+      - {key: {{ $t.tls.keyKey }}, path: tls.key}
+      {{- end }}
+{{- end }}
+{{- if $t.apiKey.existingSecret }}
+- name: temporal-api-key
+  secret:
+    secretName: {{ $t.apiKey.existingSecret }}
+    items:
+      - {key: {{ $t.apiKey.key }}, path: api-key}
+{{- end }}
 {{- end -}}
 
 {{/* Pod-level settings shared by every role. */}}
