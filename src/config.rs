@@ -5,7 +5,7 @@ use crate::{
     controller::LeaseSettings,
     similarity::{LykdatClient, LykdatError},
     store::{CouchbaseSettings, CouchbaseStore, EmbeddedStore, MetadataStore, StoreError},
-    temporal::{GatewayError, TemporalSettings, WorkerTuning},
+    temporal::{GatewayError, PayloadCipher, TemporalSettings, WorkerTuning},
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -119,6 +119,21 @@ pub struct TemporalArgs {
     /// variables (`TEMPORAL_ADDRESS`, `TEMPORAL_API_KEY`, `TEMPORAL_TLS_*`, `TEMPORAL_PROFILE`).
     #[arg(long, env = "TEMPORAL_API_KEY_FILE")]
     pub temporal_api_key_file: Option<PathBuf>,
+    /// Directory of payload encryption keys (a mounted Secret: one file per key id, 32 bytes
+    /// in base64). Set, every payload sent to Temporal is AES-256-GCM encrypted.
+    #[arg(
+        long,
+        env = "PAYLOAD_ENCRYPTION_KEYS_DIR",
+        requires = "payload_encryption_key_id"
+    )]
+    pub payload_encryption_keys_dir: Option<PathBuf>,
+    /// The key id new payloads are encrypted with (others still decrypt older payloads).
+    #[arg(
+        long,
+        env = "PAYLOAD_ENCRYPTION_KEY_ID",
+        requires = "payload_encryption_keys_dir"
+    )]
+    pub payload_encryption_key_id: Option<String>,
 }
 
 impl TemporalArgs {
@@ -130,7 +145,21 @@ impl TemporalArgs {
             self.temporal_namespace.clone(),
             self.temporal_task_queue.clone(),
             self.temporal_api_key_file.clone(),
+            self.payload_cipher()?,
         )
+    }
+
+    /// The payload cipher, when encryption is configured.
+    pub fn payload_cipher(&self) -> Result<Option<PayloadCipher>, GatewayError> {
+        match (
+            &self.payload_encryption_keys_dir,
+            &self.payload_encryption_key_id,
+        ) {
+            (Some(dir), Some(id)) => PayloadCipher::load(dir.clone(), id.clone())
+                .map(Some)
+                .map_err(|e| GatewayError::Config(e.to_string())),
+            _ => Ok(None),
+        }
     }
 }
 

@@ -319,6 +319,7 @@ pub async fn facade(
         namespace: args.facade_namespace.clone(),
         cache,
         temporal_namespace: settings.namespace.clone(),
+        codec: settings.codec.clone(),
         gateway: Arc::new(TemporalGateway::new(settings)),
         similarity_default: args.similarity_search_default,
         job_ttl: (args.job_ttl_secs > 0).then_some(args.job_ttl_secs),

@@ -4,6 +4,7 @@
 
 mod auth;
 mod cache;
+mod codec_server;
 mod docs;
 mod error;
 mod events;
@@ -18,11 +19,15 @@ pub use error::ApiError;
 pub use model::{ProcessResponse, ResultResponse, StatusResponse};
 pub use ui::UiConfig;
 
-use crate::{crd::ImageJob, metrics::SharedMetrics, temporal::WorkflowGateway};
+use crate::{
+    crd::ImageJob,
+    metrics::SharedMetrics,
+    temporal::{PayloadCipher, WorkflowGateway},
+};
 use axum::{
     Router,
     extract::{DefaultBodyLimit, Request, State},
-    http::StatusCode,
+    http::{HeaderValue, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -53,6 +58,8 @@ pub struct FacadeState {
     pub temporal_ui_url: Option<String>,
     /// The Temporal namespace.
     pub temporal_namespace: String,
+    /// Payload encryption, when on: served to the Temporal UI as a remote codec.
+    pub codec: Option<PayloadCipher>,
 }
 
 /// The router: API routes behind auth, probes and docs open.
@@ -80,9 +87,21 @@ pub fn router(state: Arc<FacadeState>, auth: Auth) -> Router {
         )
         .route("/images/workflows", get(routes::list))
         .route("/images/events", get(events::events))
-        .route_layer(middleware::from_fn_with_state(auth, auth::require_token));
+        .route_layer(middleware::from_fn_with_state(
+            auth.clone(),
+            auth::require_token,
+        ));
+    let codec = state.codec.clone().map(|cipher| {
+        let ui_origin = state
+            .temporal_ui_url
+            .as_deref()
+            .and_then(|u| url::Url::parse(u).ok())
+            .and_then(|u| HeaderValue::from_str(&u.origin().ascii_serialization()).ok());
+        codec_server::routes(cipher, ui_origin, auth)
+    });
     Router::new()
         .merge(api)
+        .merge(codec.unwrap_or_default())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -37,7 +37,10 @@ const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 500;
 
 /// Parses a JSON body strictly: the content type must say JSON; errors name the field.
-fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
+pub(super) fn parse_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -7,7 +7,7 @@
 //! fingerprinted, and a connection made with older contents is replaced (see
 //! [`TemporalSettings::credentials`]).
 
-use super::GatewayError;
+use super::{GatewayError, PayloadCipher};
 use crate::digest::sha256_hex;
 use std::{fmt, path::PathBuf, time::Duration};
 use temporalio_client::tonic::Code;
@@ -22,7 +22,7 @@ use temporalio_common::{envconfig::load_client_config_profile, telemetry::metric
 pub const CREDENTIALS_RECHECK: Duration = Duration::from_secs(5);
 
 /// Where the Temporal server is, how to authenticate to it, and which queue we use.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct TemporalSettings {
     /// Server host name (`TEMPORAL_HOST`), used when the profile has no address.
     pub host: String,
@@ -38,6 +38,8 @@ pub struct TemporalSettings {
     /// A file holding the API key (`TEMPORAL_API_KEY_FILE`, a mounted Secret); it wins over
     /// `TEMPORAL_API_KEY` and is re-read when it changes.
     pub api_key_file: Option<PathBuf>,
+    /// Payload encryption, when on: every payload this process sends is encrypted.
+    pub codec: Option<PayloadCipher>,
 }
 
 impl Default for TemporalSettings {
@@ -49,6 +51,7 @@ impl Default for TemporalSettings {
             task_queue: "main-task-queue".into(),
             profile: ClientConfigProfile::default(),
             api_key_file: None,
+            codec: None,
         }
     }
 }
@@ -62,6 +65,10 @@ impl fmt::Debug for TemporalSettings {
             .field("task_queue", &self.task_queue)
             .field("tls", &self.uses_tls())
             .field("api_key", &self.has_api_key())
+            .field(
+                "payload_encryption_key",
+                &self.codec.as_ref().map(PayloadCipher::current_key),
+            )
             .finish()
     }
 }
@@ -78,6 +85,7 @@ impl TemporalSettings {
         namespace: String,
         task_queue: String,
         api_key_file: Option<PathBuf>,
+        codec: Option<PayloadCipher>,
     ) -> Result<Self, GatewayError> {
         let profile =
             load_client_config_profile(LoadClientConfigProfileOptions::default(), None)
@@ -89,6 +97,7 @@ impl TemporalSettings {
             task_queue,
             profile,
             api_key_file,
+            codec,
         })
     }
 
@@ -204,11 +213,13 @@ pub async fn connect(
         }
         other => GatewayError::Unavailable(with_causes(&other)),
     })?;
-    Client::new(
-        connection,
-        ClientOptions::new(settings.namespace.clone()).build(),
-    )
-    .map_err(|e| GatewayError::Config(format!("{e:#}")))
+    let options = match &settings.codec {
+        Some(codec) => ClientOptions::new(settings.namespace.clone())
+            .data_converter(codec.data_converter())
+            .build(),
+        None => ClientOptions::new(settings.namespace.clone()).build(),
+    };
+    Client::new(connection, options).map_err(|e| GatewayError::Config(format!("{e:#}")))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! the gateway the controller and facade use to start, read and cancel workflows.
 
 mod activities;
+mod codec;
 mod connection;
 mod gateway;
 mod history;
@@ -12,6 +13,7 @@ mod worker;
 mod workflow;
 
 pub use activities::ImageActivities;
+pub use codec::{CodecError, PayloadCipher};
 pub use connection::{CREDENTIALS_RECHECK, CredentialsFingerprint, TemporalSettings, connect};
 pub use gateway::{
     ExecutionStatus, GatewayError, StartOutcome, TemporalGateway, WorkflowGateway, WorkflowSnapshot,

@@ -505,6 +505,7 @@ pub mod facade_env {
                 metrics: Arc::new(Metrics::new()),
                 temporal_ui_url: Some("http://temporal-ui.invalid:8233".into()),
                 temporal_namespace: settings.namespace.clone(),
+                codec: None,
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
