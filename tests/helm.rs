@@ -494,6 +494,7 @@ fn secured_temporal() -> Value {
         "tls": {"enabled": true, "serverName": "ns.a1b2c.tmprl.cloud", "existingSecret": "temporal-tls",
                 "clientCertificate": true},
         "apiKey": {"existingSecret": "temporal-api-key"},
+        "payloadEncryption": {"enabled": true, "existingSecret": "payload-keys", "currentKeyId": "2026-11"},
     })
 }
 

@@ -67,6 +67,12 @@ app.kubernetes.io/component: {{ .role }}
 - name: TEMPORAL_API_KEY_FILE
   value: /etc/temporal/api-key/api-key
 {{- end }}
+{{- if $t.payloadEncryption.enabled }}
+- name: PAYLOAD_ENCRYPTION_KEYS_DIR
+  value: /etc/temporal/payload-keys
+- name: PAYLOAD_ENCRYPTION_KEY_ID
+  value: {{ required "temporal.payloadEncryption.currentKeyId is required when payload encryption is enabled" $t.payloadEncryption.currentKeyId | quote }}
+{{- end }}
 - name: LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
 {{- end -}}
@@ -74,7 +80,7 @@ app.kubernetes.io/component: {{ .role }}
 {{/* "true" when Temporal credentials are mounted from Secrets. */}}
 {{- define "ij.temporalSecrets" -}}
 {{- $t := .Values.temporal -}}
-{{- if or (and $t.tls.enabled $t.tls.existingSecret) $t.apiKey.existingSecret }}true{{ end -}}
+{{- if or (and $t.tls.enabled $t.tls.existingSecret) $t.apiKey.existingSecret $t.payloadEncryption.enabled }}true{{ end -}}
 {{- end -}}
 
 {{/* Mounts of the Temporal credential Secrets (whole directories, so rotation reaches them). */}}
@@ -85,6 +91,9 @@ app.kubernetes.io/component: {{ .role }}
 {{- end }}
 {{- if $t.apiKey.existingSecret }}
 - {name: temporal-api-key, mountPath: /etc/temporal/api-key, readOnly: true}
+{{- end }}
+{{- if $t.payloadEncryption.enabled }}
+- {name: payload-keys, mountPath: /etc/temporal/payload-keys, readOnly: true}
 {{- end }}
 {{- end -}}
 
@@ -110,6 +119,11 @@ app.kubernetes.io/component: {{ .role }}
     secretName: {{ $t.apiKey.existingSecret }}
     items:
       - {key: {{ $t.apiKey.key }}, path: api-key}
+{{- end }}
+{{- if $t.payloadEncryption.enabled }}
+- name: payload-keys
+  secret:
+    secretName: {{ required "temporal.payloadEncryption.existingSecret is required when payload encryption is enabled" $t.payloadEncryption.existingSecret }}
 {{- end }}
 {{- end -}}
 
