@@ -1,29 +1,24 @@
-//! Everything Temporal: the workflow and activities (run by the worker), the worker process, and
-//! the gateway the controller and facade use to start, read and cancel workflows.
+//! Everything Temporal, in two sides: [`client`] (connection, gateway, codec: what the
+//! controller and the facade use) and [`worker`] (the workflow, its activities and the worker
+//! loop), sharing the workflow's contract ([`types`]: its input, state and result).
+//!
+//! The client names the workflow through its definition (`ImageProcessingWorkflow`, its
+//! `cancel` signal and `get_status` query), which the SDK generates from the workflow code.
 
-mod activities;
-mod codec;
-mod connection;
-mod gateway;
-mod history;
-mod policy;
-mod sdk_metrics;
+pub mod client;
 mod types;
-mod worker;
-mod workflow;
+pub mod worker;
 
-pub use activities::ImageActivities;
-pub use codec::{CodecError, PayloadCipher};
-pub use connection::{CREDENTIALS_RECHECK, CredentialsFingerprint, TemporalSettings, connect};
-pub use gateway::{
-    ExecutionStatus, GatewayError, StartOutcome, TemporalGateway, WorkflowGateway, WorkflowSnapshot,
+pub use client::{
+    CREDENTIALS_RECHECK, CodecError, CredentialsFingerprint, ExecutionStatus, GatewayError,
+    PayloadCipher, StartOutcome, TemporalGateway, TemporalSettings, TimelineEntry, WorkflowGateway,
+    WorkflowSnapshot, connect,
 };
-pub use history::TimelineEntry;
-pub use policy::{similarity_search_retry, store_metadata_retry};
-pub use sdk_metrics::SdkMetrics;
 pub use types::{
     ImageProcessingInput, ImageProcessingResult, ProcessingStatus, SimilaritySearchOutcome,
     WorkflowState,
 };
-pub use worker::{WorkerHandle, WorkerTuning, spawn_worker};
-pub use workflow::ImageProcessingWorkflow;
+pub use worker::{
+    ImageActivities, ImageProcessingWorkflow, SdkMetrics, WorkerHandle, WorkerTuning,
+    similarity_search_retry, spawn_worker, store_metadata_retry,
+};

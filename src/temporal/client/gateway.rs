@@ -1,12 +1,12 @@
 //! Our view of the Temporal client: start one workflow per id, read its state, cancel it, wait
 //! for it to close. The controller and the facade hold an `Arc<dyn WorkflowGateway>`.
 
-use super::{
+use super::history::{HistoryStep, TimelineEntry, history_step, timeline};
+use crate::similarity::SimilarityResults;
+use crate::temporal::{
     CREDENTIALS_RECHECK, CredentialsFingerprint, ImageProcessingInput, ImageProcessingResult,
     ImageProcessingWorkflow, TemporalSettings, WorkflowState, connect,
-    history::{HistoryStep, TimelineEntry, history_step, timeline},
 };
-use crate::similarity::SimilarityResults;
 use async_trait::async_trait;
 use futures::StreamExt;
 use std::time::{Duration, SystemTime};

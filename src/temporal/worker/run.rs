@@ -1,7 +1,7 @@
 //! The Temporal worker: polls the task queue and runs the workflow and its activities. The SDK's
 //! worker future is `!Send`, so it gets a thread of its own with a current-thread runtime.
 
-use super::{
+use crate::temporal::{
     CREDENTIALS_RECHECK, GatewayError, ImageActivities, ImageProcessingWorkflow, SdkMetrics,
     TemporalSettings, connect,
 };

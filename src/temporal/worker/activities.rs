@@ -1,7 +1,9 @@
 //! The workflow's activities: thin wrappers over the metadata store and the Lykdat client that
 //! classify errors as retryable or not.
 
-use super::types::{SimilaritySearchInput, SimilaritySearchOutcome, StoreImageMetadataInput};
+use crate::temporal::types::{
+    SimilaritySearchInput, SimilaritySearchOutcome, StoreImageMetadataInput,
+};
 use crate::{
     similarity::{LykdatClient, LykdatError},
     store::{ImageDocument, MetadataStore, StoreError},

@@ -7,8 +7,8 @@
 //! fingerprinted, and a connection made with older contents is replaced (see
 //! [`TemporalSettings::credentials`]).
 
-use super::{GatewayError, PayloadCipher};
 use crate::digest::sha256_hex;
+use crate::temporal::{GatewayError, PayloadCipher};
 use std::{fmt, path::PathBuf, time::Duration};
 use temporalio_client::tonic::Code;
 use temporalio_client::{

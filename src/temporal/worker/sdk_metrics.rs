@@ -5,7 +5,7 @@
 //! and the worker's `/metrics` relays it beside the operator's own figures, so one scrape
 //! target per pod has everything.
 
-use super::GatewayError;
+use crate::temporal::GatewayError;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use temporalio_common::telemetry::{
     PrometheusExporterOptions, TelemetryOptions,

@@ -5,10 +5,10 @@
 use super::{
     activities::ImageActivities,
     policy::{similarity_search_options, store_metadata_options},
-    types::{
-        ImageProcessingInput, ImageProcessingResult, ProcessingStatus, SimilaritySearchInput,
-        SimilaritySearchOutcome, StoreImageMetadataInput, WorkflowState,
-    },
+};
+use crate::temporal::types::{
+    ImageProcessingInput, ImageProcessingResult, ProcessingStatus, SimilaritySearchInput,
+    SimilaritySearchOutcome, StoreImageMetadataInput, WorkflowState,
 };
 use futures::future::FusedFuture;
 use std::pin::pin;
