@@ -5,7 +5,7 @@ use crate::{
     controller::LeaseSettings,
     similarity::{LykdatClient, LykdatError},
     store::{CouchbaseSettings, CouchbaseStore, EmbeddedStore, MetadataStore, StoreError},
-    temporal::{GatewayError, PayloadCipher, TemporalSettings, WorkerTuning},
+    temporal::{GatewayError, PayloadCipher, TemporalSettings, WorkerTuning, WorkerVersion},
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -232,6 +232,25 @@ pub struct WorkerArgs {
     /// How much work one worker takes on at once.
     #[command(flatten)]
     pub tuning: WorkerTuningArgs,
+    /// Worker Deployment name: set, the worker opts into Worker Deployment Versioning and new
+    /// workflows are pinned to the version they start on.
+    #[arg(long, env = "WORKER_DEPLOYMENT_NAME", requires = "worker_build_id")]
+    pub worker_deployment_name: Option<String>,
+    /// This worker's build id within the deployment (the chart uses the image tag).
+    #[arg(long, env = "WORKER_BUILD_ID", requires = "worker_deployment_name")]
+    pub worker_build_id: Option<String>,
+    /// How versioned workflows follow new builds.
+    #[arg(long, env = "WORKER_VERSIONING_BEHAVIOR", value_enum, default_value_t = VersioningMode::Pinned)]
+    pub worker_versioning_behavior: VersioningMode,
+}
+
+/// How a versioned workflow follows new worker builds.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersioningMode {
+    /// It finishes on the build it started on.
+    Pinned,
+    /// It moves to the current build at its next task (changes must be replay-compatible).
+    AutoUpgrade,
 }
 
 /// Worker capacity: task slots, pollers and the sticky workflow cache (the SDK's defaults).
@@ -290,6 +309,15 @@ pub enum ConfigError {
 }
 
 impl WorkerArgs {
+    /// The worker's deployment version, when versioning is on.
+    pub fn version(&self) -> Option<WorkerVersion> {
+        Some(WorkerVersion {
+            deployment_name: self.worker_deployment_name.clone()?,
+            build_id: self.worker_build_id.clone()?,
+            pinned: self.worker_versioning_behavior == VersioningMode::Pinned,
+        })
+    }
+
     /// Opens the configured metadata store.
     pub async fn open_store(&self) -> Result<Arc<dyn MetadataStore>, ConfigError> {
         Ok(match self.metadata_store {

@@ -83,6 +83,7 @@ pub async fn worker(
         settings.clone(),
         ImageActivities::new(store, lykdat),
         args.tuning.tuning(),
+        args.version(),
         Some(sdk_metrics.clone()),
     )?;
     if let Some(addr) = args.worker_health_addr {

@@ -613,6 +613,27 @@ fn keda_scales_the_worker_on_the_task_queue_backlog_with_the_same_credentials() 
 }
 
 #[test]
+fn worker_versioning_names_the_deployment_and_the_build_after_the_image() {
+    let objects = render(&json!({"worker": {"versioning": {"enabled": true}}}));
+    let env = env_of(&objects, "worker");
+    assert_eq!(
+        env["WORKER_DEPLOYMENT_NAME"]["value"],
+        "imagejob-operator-worker"
+    );
+    assert_eq!(
+        env["WORKER_BUILD_ID"]["value"], "0.1.0",
+        "the chart's appVersion"
+    );
+    assert_eq!(env["WORKER_VERSIONING_BEHAVIOR"]["value"], "auto-upgrade");
+    let objects = render(&json!({"image": {"tag": "2026.11.2"},
+                                 "worker": {"versioning": {"enabled": true, "behavior": "pinned"}}}));
+    let env = env_of(&objects, "worker");
+    assert_eq!(env["WORKER_BUILD_ID"]["value"], "2026.11.2");
+    assert_eq!(env["WORKER_VERSIONING_BEHAVIOR"]["value"], "pinned");
+    assert!(!env_of(&render(&json!({})), "worker").contains_key("WORKER_DEPLOYMENT_NAME"));
+}
+
+#[test]
 fn worker_tuning_reaches_the_worker() {
     let objects = render(
         &json!({"worker": {"tuning": {"maxConcurrentActivities": 7, "workflowPollers": 3}}}),

@@ -20,5 +20,5 @@ pub use types::{
 };
 pub use worker::{
     ImageActivities, ImageProcessingWorkflow, SdkMetrics, WorkerHandle, WorkerTuning,
-    similarity_search_retry, spawn_worker, store_metadata_retry,
+    WorkerVersion, similarity_search_retry, spawn_worker, store_metadata_retry,
 };

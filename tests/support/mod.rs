@@ -96,8 +96,8 @@ impl TestWorker {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = EmbeddedStore::open(&dir.path().join("meta.redb")).expect("store");
         let activities = ImageActivities::new(wrap(store.clone()), lykdat);
-        let handle =
-            spawn_worker(settings.clone(), activities, Default::default(), None).expect("worker");
+        let handle = spawn_worker(settings.clone(), activities, Default::default(), None, None)
+            .expect("worker");
         Self {
             handle: Some(handle),
             store,

@@ -9,6 +9,6 @@ mod workflow;
 
 pub use activities::ImageActivities;
 pub use policy::{similarity_search_retry, store_metadata_retry};
-pub use run::{WorkerHandle, WorkerTuning, spawn_worker};
+pub use run::{WorkerHandle, WorkerTuning, WorkerVersion, spawn_worker};
 pub use sdk_metrics::SdkMetrics;
 pub use workflow::ImageProcessingWorkflow;

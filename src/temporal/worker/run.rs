@@ -13,6 +13,10 @@ use std::{
     thread::JoinHandle,
     time::Duration,
 };
+use temporalio_common::{
+    WorkerDeploymentVersion,
+    worker::{VersioningBehavior, WorkerDeploymentOptions},
+};
 use temporalio_sdk::{
     Runtime, Worker, WorkerOptions,
     runtime::{
@@ -22,6 +26,38 @@ use temporalio_sdk::{
 };
 use tokio::sync::watch;
 use tracing::{error, info, warn};
+
+/// Worker Deployment Versioning: the worker serves one version (deployment name + build id);
+/// new workflows go to the deployment's current version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerVersion {
+    /// Worker Deployment name (the chart's release-worker name).
+    pub deployment_name: String,
+    /// This worker's build id (the chart defaults it to the image tag).
+    pub build_id: String,
+    /// Pinned: a workflow finishes on the build it started on (that build's workers must run
+    /// until its workflows drain). Otherwise auto-upgrade: it moves to the current version at
+    /// its next task, so workflow changes must stay replay-compatible (patching).
+    pub pinned: bool,
+}
+
+impl WorkerVersion {
+    fn options(&self) -> WorkerDeploymentOptions {
+        WorkerDeploymentOptions::new(
+            WorkerDeploymentVersion::builder()
+                .deployment_name(self.deployment_name.clone())
+                .build_id(self.build_id.clone())
+                .build(),
+        )
+        .use_worker_versioning(true)
+        .default_versioning_behavior(if self.pinned {
+            VersioningBehavior::Pinned
+        } else {
+            VersioningBehavior::AutoUpgrade
+        })
+        .build()
+    }
+}
 
 /// How much work one worker takes on at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +142,7 @@ pub fn spawn_worker(
     settings: TemporalSettings,
     activities: ImageActivities,
     tuning: WorkerTuning,
+    version: Option<WorkerVersion>,
     metrics: Option<SdkMetrics>,
 ) -> Result<WorkerHandle, GatewayError> {
     let (stop, stopped) = watch::channel(false);
@@ -125,6 +162,7 @@ pub fn spawn_worker(
                 settings,
                 activities,
                 tuning,
+                version,
                 metrics,
             };
             rt.block_on(run_until_stopped(worker, stopped, flag));
@@ -142,6 +180,7 @@ struct WorkerSetup {
     settings: TemporalSettings,
     activities: ImageActivities,
     tuning: WorkerTuning,
+    version: Option<WorkerVersion>,
     metrics: Option<SdkMetrics>,
 }
 
@@ -192,7 +231,7 @@ async fn run_once(
     let credentials = settings.credentials();
     let meter = setup.metrics.as_ref().and_then(SdkMetrics::client_meter);
     let client = connect(settings, meter).await.map_err(|e| e.to_string())?;
-    let options = WorkerOptions::new(settings.task_queue.clone())
+    let builder = WorkerOptions::new(settings.task_queue.clone())
         .register_workflow::<ImageProcessingWorkflow>()
         .map_err(|e| format!("{e:#}"))?
         .register_activities(setup.activities.clone())
@@ -200,8 +239,11 @@ async fn run_once(
         .tuner(tuning.slots())
         .workflow_task_poller_behavior(PollerBehavior::SimpleMaximum(tuning.workflow_pollers))
         .activity_task_poller_behavior(PollerBehavior::SimpleMaximum(tuning.activity_pollers))
-        .max_cached_workflows(tuning.max_cached_workflows)
-        .build();
+        .max_cached_workflows(tuning.max_cached_workflows);
+    let options = match &setup.version {
+        Some(version) => builder.deployment_options(version.options()).build(),
+        None => builder.build(),
+    };
     let mut worker = Worker::new(&runtime, client, options).map_err(|e| format!("{e:#}"))?;
     let shutdown = worker.shutdown_handle();
     info!(task_queue = %settings.task_queue, temporal = ?settings, "worker polling");
