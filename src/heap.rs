@@ -6,6 +6,10 @@
 //! (see the churn benchmark in the README). Its options are set in `main.rs`.
 
 use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{BuildHasher, Hash},
+};
 use tikv_jemalloc_ctl::{epoch, stats};
 
 #[global_allocator]
@@ -73,6 +77,32 @@ impl HeapGauges {
     }
 }
 
+/// Gives back a map's spare room once it holds under a quarter of its capacity: a map filled
+/// by a burst of jobs otherwise keeps its peak size for the life of the process.
+pub trait ReleaseSpare {
+    /// Shrinks the collection if it is mostly empty.
+    fn release_spare(&mut self);
+}
+
+/// Capacity below which a map is left alone.
+const SPARE_FLOOR: usize = 64;
+
+impl<K: Eq + Hash, V, S: BuildHasher> ReleaseSpare for HashMap<K, V, S> {
+    fn release_spare(&mut self) {
+        if self.capacity() > SPARE_FLOOR && self.len() * 4 < self.capacity() {
+            self.shrink_to(self.len() * 2);
+        }
+    }
+}
+
+impl<K: Eq + Hash, S: BuildHasher> ReleaseSpare for HashSet<K, S> {
+    fn release_spare(&mut self) {
+        if self.capacity() > SPARE_FLOOR && self.len() * 4 < self.capacity() {
+            self.shrink_to(self.len() * 2);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +115,17 @@ mod tests {
         assert!(during.active >= during.allocated, "{during:?}");
         assert!(during.resident >= during.active, "{during:?}");
         drop(block);
+    }
+
+    #[test]
+    fn a_drained_map_gives_its_room_back_and_a_full_one_keeps_it() {
+        let mut map: HashMap<u32, u32> = (0..10_000).map(|i| (i, i)).collect();
+        let peak = map.capacity();
+        map.release_spare();
+        assert_eq!(map.capacity(), peak, "a full map keeps its room");
+        map.retain(|k, _| *k < 10);
+        map.release_spare();
+        assert!(map.capacity() < 64, "{} of {peak}", map.capacity());
+        assert_eq!(map.len(), 10);
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::{
     crd::{ImageJob, Phase},
-    heap::HeapGauges,
+    heap::{HeapGauges, ReleaseSpare},
 };
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -227,6 +227,7 @@ impl Metrics {
     pub fn forget_job(&self, uid: &str) {
         if let Ok(mut map) = self.writes_by_job.lock() {
             map.remove(uid);
+            map.release_spare();
         }
     }
 
@@ -245,11 +246,11 @@ impl Metrics {
 
     /// The job finished: its write count goes into the histogram.
     pub fn job_finished(&self, uid: &str) {
-        let writes = self
-            .writes_by_job
-            .lock()
-            .ok()
-            .and_then(|mut m| m.remove(uid));
+        let writes = self.writes_by_job.lock().ok().and_then(|mut m| {
+            let writes = m.remove(uid);
+            m.release_spare();
+            writes
+        });
         if let Some(writes) = writes {
             self.status_writes_per_job.observe(writes as f64);
         }

@@ -1,5 +1,6 @@
 //! Per-object backoff: fast at first, doubling, capped; reset once an object is healthy.
 
+use crate::heap::ReleaseSpare;
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 const FIRST: Duration = Duration::from_millis(500);
@@ -32,6 +33,7 @@ impl Backoffs {
     pub fn reset(&self, key: &str) {
         if let Ok(mut attempts) = self.attempts.lock() {
             attempts.remove(key);
+            attempts.release_spare();
         }
     }
 }

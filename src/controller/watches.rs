@@ -6,6 +6,7 @@
 
 use crate::{
     crd::ImageJob,
+    heap::ReleaseSpare,
     temporal::{WorkflowGateway, WorkflowSnapshot},
 };
 use futures::channel::mpsc::UnboundedSender;
@@ -84,6 +85,7 @@ impl WorkflowWatches {
             }
             let still_wanted = state.lock().is_ok_and(|mut w| {
                 let wanted = w.active.remove(&id);
+                w.active.release_spare();
                 if let (true, Ok(snapshot)) = (wanted, outcome) {
                     w.closed.insert(id.clone(), snapshot);
                 }
@@ -98,7 +100,10 @@ impl WorkflowWatches {
 
     /// What the workflow left when it closed, if a watch saw it close (taken once).
     pub fn take_closed(&self, workflow_id: &str) -> Option<WorkflowSnapshot> {
-        self.watched.lock().ok()?.closed.remove(workflow_id)
+        let mut w = self.watched.lock().ok()?;
+        let closed = w.closed.remove(workflow_id);
+        w.closed.release_spare();
+        closed
     }
 
     /// Drops everything kept for a workflow whose job is gone; a watch still running for it
@@ -107,6 +112,8 @@ impl WorkflowWatches {
         if let Ok(mut w) = self.watched.lock() {
             w.active.remove(workflow_id);
             w.closed.remove(workflow_id);
+            w.active.release_spare();
+            w.closed.release_spare();
         }
     }
 
