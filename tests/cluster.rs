@@ -224,20 +224,7 @@ fn executions(c: &Cluster, workflow_id: &str) -> usize {
 }
 
 fn workflow_identities(c: &Cluster, workflow_id: &str) -> String {
-    let out = Command::new("temporal")
-        .args([
-            "workflow",
-            "show",
-            "--output",
-            "json",
-            "--workflow-id",
-            workflow_id,
-        ])
-        .arg("--address")
-        .arg(c.temporal_address())
-        .output()
-        .expect("temporal CLI");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    support::cli_history(&c.temporal_address(), workflow_id).to_string()
 }
 
 struct Facade {

@@ -10,11 +10,7 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use imagejob_operator::{crd::Phase, temporal::WorkflowGateway};
 use kube::Api;
 use serde_json::{Value, json};
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 use support::{
     ChildGuard,
     kube_env::{self, Setup, create, wait_job},
@@ -71,25 +67,6 @@ fn add_key(keys: &Path, id: &str, byte: u8) {
     std::fs::write(keys.join(id), STANDARD.encode([byte; 32])).unwrap();
 }
 
-/// The workflow's history as the Temporal CLI prints it raw (`--output json`).
-fn raw_history(s: &Setup, workflow_id: &str) -> Value {
-    let out = Command::new("temporal")
-        .args([
-            "workflow",
-            "show",
-            "--output",
-            "json",
-            "--workflow-id",
-            workflow_id,
-        ])
-        .args(["--address", &s.settings.address()])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run the temporal CLI");
-    assert!(out.status.success(), "temporal workflow show failed");
-    serde_json::from_slice(&out.stdout).expect("history JSON")
-}
-
 /// Every payload in a history: (encoding, decoded data, the payload as printed).
 fn payloads(value: &Value, found: &mut Vec<(String, String, Value)>) {
     match value {
@@ -114,7 +91,7 @@ fn payloads(value: &Value, found: &mut Vec<(String, String, Value)>) {
 }
 
 fn history_payloads(s: &Setup, workflow_id: &str) -> (String, Vec<(String, String, Value)>) {
-    let history = raw_history(s, workflow_id);
+    let history = support::cli_history(&s.settings.address(), workflow_id);
     let mut found = Vec::new();
     payloads(&history, &mut found);
     (history.to_string(), found)
@@ -226,19 +203,15 @@ async fn temporal_holds_no_clear_text_and_the_codec_endpoint_decodes_what_it_hol
         "{texts:?}"
     );
 
-    let encoded: Value = http
-        .post(format!("{}/codec/encode", operator.facade))
-        .bearer_auth(TOKEN)
-        .json(
-            &json!({"payloads": [{"metadata": {"encoding": STANDARD.encode("json/plain")},
-                                    "data": STANDARD.encode("\"hello\"")}]}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let encoded = support::json_of(
+        http.post(format!("{}/codec/encode", operator.facade))
+            .bearer_auth(TOKEN)
+            .json(
+                &json!({"payloads": [{"metadata": {"encoding": STANDARD.encode("json/plain")},
+                                        "data": STANDARD.encode("\"hello\"")}]}),
+            ),
+    )
+    .await;
     assert_eq!(
         encoded["payloads"][0]["metadata"]["encoding"],
         STANDARD.encode("binary/encrypted")

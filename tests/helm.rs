@@ -321,12 +321,7 @@ fn impersonating_kubeconfig(dir: &std::path::Path, user: &str) -> std::path::Pat
 
 /// Sends a request with the test token and reads the JSON answer.
 async fn json_of(request: reqwest::RequestBuilder) -> Value {
-    let response = request
-        .bearer_auth("rbac-token")
-        .send()
-        .await
-        .expect("request");
-    response.json().await.expect("a JSON body")
+    support::json_of(request.bearer_auth("rbac-token")).await
 }
 
 /// Whether `user` may `verb` `resource` in `ns`; `resource` may name a subresource

@@ -149,31 +149,19 @@ async fn every_role_completes_jobs_through_tls_mtls_and_an_api_key() {
     })
     .await;
     let workflow_id = accepted["workflow_id"].as_str().expect("workflow id");
-    let result: Value = http
-        .get(format!(
-            "{}/images/workflow/{workflow_id}/result?timeout=60",
-            operator.facade
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let result = support::json_of(http.get(format!(
+        "{}/images/workflow/{workflow_id}/result?timeout=60",
+        operator.facade
+    )))
+    .await;
     assert_eq!(result["done"], true, "{result}");
     assert_eq!(result["state"]["status"], "completed", "{result}");
     // The timeline is read from Temporal's history by the facade itself.
-    let timeline: Value = http
-        .get(format!(
-            "{}/images/workflow/{workflow_id}/timeline",
-            operator.facade
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let timeline = support::json_of(http.get(format!(
+        "{}/images/workflow/{workflow_id}/timeline",
+        operator.facade
+    )))
+    .await;
     let steps: Vec<&str> = timeline["steps"]
         .as_array()
         .into_iter()

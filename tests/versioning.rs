@@ -1,6 +1,7 @@
-//! Worker Deployment Versioning on the real server: workflows started while build A is the
-//! deployment's current version stay pinned to A and finish there after build B becomes
-//! current, while new workflows run on B.
+//! Worker Deployment Versioning on the real server: workflows started while build A (our Rust
+//! worker) is the deployment's current version stay pinned to A and finish there after build B
+//! becomes current, while new workflows run on B. Build B (`tests/python/build_b_worker.py`)
+//! runs workflow code that could not replay A's histories: a non-deterministic change.
 
 mod support;
 
@@ -31,6 +32,25 @@ fn worker(s: &Setup, deployment: &str, build_id: &str, lykdat: &str, dir: &Path)
             .env("LYKDAT_BASE_URL", lykdat)
             .env("LYKDAT_API_KEY", "key")
             .env("RUST_LOG", "warn"),
+    )
+}
+
+/// Build B: the Python SDK's worker with incompatible workflow code.
+fn python_worker(s: &Setup, deployment: &str, build_id: &str) -> ChildGuard {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/build_b_worker.py"
+    );
+    ChildGuard::spawn(
+        Command::new("python3")
+            .arg(script)
+            .args([
+                &s.settings.address(),
+                &s.settings.task_queue,
+                deployment,
+                build_id,
+            ])
+            .stdout(Stdio::null()),
     )
 }
 
@@ -120,7 +140,6 @@ async fn running_workflows_finish_on_their_build_while_new_ones_run_on_the_next(
         Reply::ok(&[("From Build A", 0.9)]).after(Duration::from_secs(8)),
     ])
     .await;
-    let lykdat_b = FakeLykdat::start(vec![Reply::ok(&[("From Build B", 0.8)])]).await;
     let _a = worker(&s, &deployment, "A", &lykdat_a.base_url, dir.path());
     make_current(&s, &deployment, "A").await;
     let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
@@ -131,33 +150,29 @@ async fn running_workflows_finish_on_their_build_while_new_ones_run_on_the_next(
     })
     .await;
 
-    let _b = worker(&s, &deployment, "B", &lykdat_b.base_url, dir.path());
+    let _b = python_worker(&s, &deployment, "B");
     make_current(&s, &deployment, "B").await;
     create(&s.api, "on-b", kube_env::spec(true)).await;
 
     let id_b = workflow_id_when(&s, "on-b", Phase::Completed).await;
     let id_a = workflow_id_when(&s, "on-a", Phase::Completed).await;
-    let job_a = s.api.get("on-a").await.unwrap();
+    let job_a = s.api.get("on-a").await.unwrap().status.unwrap();
     assert_eq!(
-        job_a
-            .status
-            .unwrap()
-            .similarity
-            .expect("results")
-            .top_matches[0]
-            .name,
+        job_a.similarity.expect("results").top_matches[0].name,
         "From Build A",
-        "the pinned workflow's search ran on build A"
+        "the pinned workflow finished on build A's code"
     );
+    assert_ne!(job_a.image_id.as_deref(), Some("from-build-b"));
     assert_eq!(
         lykdat_a.requests().len(),
         1,
         "build A served only its own workflow"
     );
+    let job_b = s.api.get("on-b").await.unwrap().status.unwrap();
     assert_eq!(
-        lykdat_b.requests().len(),
-        1,
-        "build B served only the new workflow"
+        job_b.image_id.as_deref(),
+        Some("from-build-b"),
+        "the new workflow ran build B's code"
     );
     assert_eq!(
         pinned_build(&s, &id_a),

@@ -149,6 +149,34 @@ where
     }
 }
 
+/// Sends a request and reads its JSON answer.
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    let response = request.send().await.expect("request");
+    response.json().await.expect("a JSON body")
+}
+
+/// A workflow's history as the Temporal CLI prints it raw (`temporal workflow show --output
+/// json`): payloads as base64, nothing decoded.
+pub fn cli_history(address: &str, workflow_id: &str) -> serde_json::Value {
+    let out = Command::new("temporal")
+        .args([
+            "workflow",
+            "show",
+            "--output",
+            "json",
+            "--workflow-id",
+            workflow_id,
+        ])
+        .args(["--address", address])
+        .output()
+        .expect("run the temporal CLI");
+    assert!(
+        out.status.success(),
+        "temporal workflow show {workflow_id} failed"
+    );
+    serde_json::from_slice(&out.stdout).expect("history JSON")
+}
+
 /// The operator binary built by cargo for the integration tests.
 pub fn operator_bin() -> &'static str {
     env!("CARGO_BIN_EXE_imagejob-operator")
