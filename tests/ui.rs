@@ -113,8 +113,8 @@ async fn the_jobs_page_submits_shows_products_cancels_and_keeps_user_text_as_tex
         .await;
     browser.type_into(&token, TOKEN).await;
     browser.click_on(&format!("{dialog} button"), WAIT).await;
-    let empty = browser.wait_for("#main .empty", WAIT).await;
-    assert!(browser.text(&empty).await.contains("No jobs yet"));
+    let empty = browser.text_of("#main .empty", WAIT).await;
+    assert!(empty.contains("No jobs yet"), "{empty}");
 
     // Submit through the form: the card appears and turns Completed without a reload.
     browser.run("window.__sameDocument = true", vec![]).await;
@@ -138,9 +138,9 @@ async fn the_jobs_page_submits_shows_products_cancels_and_keeps_user_text_as_tex
         .click_on(&format!("{form} button[type=submit]"), WAIT)
         .await;
     let done = browser
-        .wait_for(r#".card[data-status="completed"]"#, WAIT)
+        .text_of(r#".card[data-status="completed"]"#, WAIT)
         .await;
-    assert_eq!(browser.text(&done).await.lines().next(), Some("Blue shirt"));
+    assert_eq!(done.lines().next(), Some("Blue shirt"));
     let same = browser
         .run("return window.__sameDocument === true", vec![])
         .await;
@@ -258,12 +258,9 @@ async fn the_jobs_page_submits_shows_products_cancels_and_keeps_user_text_as_tex
     )
     .await;
     let xss_card = browser
-        .wait_for(&format!(r#"{}[data-status="completed"]"#, card(&xss)), WAIT)
+        .text_of(&format!(r#"{}[data-status="completed"]"#, card(&xss)), WAIT)
         .await;
-    assert_eq!(
-        browser.text(&xss_card).await.lines().next(),
-        Some(XSS_TITLE)
-    );
+    assert_eq!(xss_card.lines().next(), Some(XSS_TITLE));
     let injected = browser
         .run(
             r#"return { xss: window.__xss ?? null, scripts: document.scripts.length,

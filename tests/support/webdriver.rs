@@ -165,22 +165,47 @@ impl Browser {
         format!("/element/{id}{tail}")
     }
 
-    /// Clicks the first element matching `css`, waiting (up to `timeout`) for one; an element
-    /// the page re-rendered in between is looked up again.
-    pub async fn click_on(&self, css: &str, timeout: Duration) {
+    /// Calls `tail` on the first element matching `css`, waiting (up to `timeout`) for one; an
+    /// element the page re-rendered in between (the gallery is live) is looked up again.
+    async fn on_element(
+        &self,
+        css: &str,
+        timeout: Duration,
+        method: reqwest::Method,
+        tail: &str,
+        body: Option<Value>,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let element = self.wait_for(css, timeout).await;
-            let path = Self::element_path(&element, "/click");
-            match self
-                .call(reqwest::Method::POST, &path, Some(json!({})))
-                .await
-            {
-                Ok(_) => return,
+            let path = Self::element_path(&element, tail);
+            match self.call(method.clone(), &path, body.clone()).await {
+                Ok(value) => return value,
                 Err(e) if e.contains("stale element") && Instant::now() < deadline => continue,
-                Err(e) => panic!("clicking {css}: {e}"),
+                Err(e) => panic!("{tail} on {css}: {e}"),
             }
         }
+    }
+
+    /// Clicks the first element matching `css`, waiting (up to `timeout`) for one.
+    pub async fn click_on(&self, css: &str, timeout: Duration) {
+        self.on_element(
+            css,
+            timeout,
+            reqwest::Method::POST,
+            "/click",
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    /// The rendered text of the first element matching `css`, waiting (up to `timeout`) for one.
+    pub async fn text_of(&self, css: &str, timeout: Duration) -> String {
+        self.on_element(css, timeout, reqwest::Method::GET, "/text", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// Types `text` into `element`.
@@ -190,16 +215,6 @@ impl Browser {
             json!({"text": text}),
         )
         .await;
-    }
-
-    /// The rendered text of `element`.
-    pub async fn text(&self, element: &Element) -> String {
-        let path = Self::element_path(element, "/text");
-        self.get(&path)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
     }
 
     /// The text of an open alert/confirm/prompt dialog, if one is open.
