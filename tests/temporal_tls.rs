@@ -7,7 +7,6 @@
 mod support;
 
 use imagejob_operator::crd::{CONDITION_TEMPORAL_REACHABLE, ImageJob, Phase};
-use kube::ResourceExt;
 use serde_json::{Value, json};
 use std::{
     fs::File,
@@ -97,8 +96,19 @@ impl Operator {
     }
 }
 
-/// Waits until the job reports Temporal unreachable, and returns the condition's message.
-async fn unreachable_message(s: &Setup, name: &str) -> String {
+/// A namespace and task queue of the test's own, a fresh PKI, nginx in front of Temporal, and a
+/// scratch directory.
+async fn secured_stack(prefix: &str) -> (Setup, Pki, TlsProxy, tempfile::TempDir) {
+    let s = Setup::new(prefix).await;
+    let pki = Pki::generate();
+    let proxy = TlsProxy::start(&pki, &s.settings.address());
+    (s, pki, proxy, tempfile::tempdir().expect("temp dir"))
+}
+
+/// Creates job `name`, waits until it reports Temporal unreachable, and returns the
+/// condition's message.
+async fn refused_job(s: &Setup, name: &str) -> String {
+    create(&s.api, name, kube_env::spec(false)).await;
     let job = wait_job(&s.api, name, "TemporalReachable=False", JOB_WAIT, |j| {
         reachable(j).is_some_and(|(status, _)| status == "False")
     })
@@ -124,10 +134,7 @@ async fn completed(s: &Setup, name: &str) -> ImageJob {
 
 #[tokio::test]
 async fn every_role_completes_jobs_through_tls_mtls_and_an_api_key() {
-    let s = Setup::new("tls").await;
-    let pki = Pki::generate();
-    let proxy = TlsProxy::start(&pki, &s.settings.address());
-    let dir = tempfile::tempdir().unwrap();
+    let (s, pki, proxy, dir) = secured_stack("tls").await;
     let mut operator = Operator::start(&s, &proxy, &Credentials::good(&pki), dir.path());
 
     create(&s.api, "through-tls", kube_env::spec(false)).await;
@@ -182,10 +189,7 @@ async fn every_role_completes_jobs_through_tls_mtls_and_an_api_key() {
 
 #[tokio::test]
 async fn a_wrong_server_ca_is_reported_and_a_rotated_ca_file_is_picked_up() {
-    let s = Setup::new("tls-ca").await;
-    let pki = Pki::generate();
-    let proxy = TlsProxy::start(&pki, &s.settings.address());
-    let dir = tempfile::tempdir().unwrap();
+    let (s, pki, proxy, dir) = secured_stack("tls-ca").await;
     let trusted = pki.write(
         "trusted.crt",
         &std::fs::read(pki.path("other-ca.crt")).unwrap(),
@@ -195,9 +199,7 @@ async fn a_wrong_server_ca_is_reported_and_a_rotated_ca_file_is_picked_up() {
         ..Credentials::good(&pki)
     };
     let mut operator = Operator::start(&s, &proxy, &credentials, dir.path());
-    let job = create(&s.api, "wrong-ca", kube_env::spec(false)).await;
-
-    let message = unreachable_message(&s, &job.name_any()).await;
+    let message = refused_job(&s, "wrong-ca").await;
     assert!(message.contains("UnknownIssuer"), "{message}");
     operator.assert_alive();
     assert!(
@@ -213,18 +215,13 @@ async fn a_wrong_server_ca_is_reported_and_a_rotated_ca_file_is_picked_up() {
 
 #[tokio::test]
 async fn a_missing_client_certificate_is_reported_without_a_crash() {
-    let s = Setup::new("tls-mtls").await;
-    let pki = Pki::generate();
-    let proxy = TlsProxy::start(&pki, &s.settings.address());
-    let dir = tempfile::tempdir().unwrap();
+    let (s, pki, proxy, dir) = secured_stack("tls-mtls").await;
     let credentials = Credentials {
         client: None,
         ..Credentials::good(&pki)
     };
     let mut operator = Operator::start(&s, &proxy, &credentials, dir.path());
-    let job = create(&s.api, "no-client-cert", kube_env::spec(false)).await;
-
-    let message = unreachable_message(&s, &job.name_any()).await;
+    let message = refused_job(&s, "no-client-cert").await;
     assert!(message.contains("client certificate required"), "{message}");
     operator.assert_alive();
     assert!(operator.log().contains("certificate"), "{}", operator.log());
@@ -232,18 +229,13 @@ async fn a_missing_client_certificate_is_reported_without_a_crash() {
 
 #[tokio::test]
 async fn a_wrong_api_key_is_reported_and_a_rotated_key_file_is_picked_up() {
-    let s = Setup::new("tls-key").await;
-    let pki = Pki::generate();
-    let proxy = TlsProxy::start(&pki, &s.settings.address());
-    let dir = tempfile::tempdir().unwrap();
+    let (s, pki, proxy, dir) = secured_stack("tls-key").await;
     let credentials = Credentials {
         api_key_file: pki.write("rotating-key", b"not-the-key\n"),
         ..Credentials::good(&pki)
     };
     let mut operator = Operator::start(&s, &proxy, &credentials, dir.path());
-    let job = create(&s.api, "wrong-key", kube_env::spec(false)).await;
-
-    let message = unreachable_message(&s, &job.name_any()).await;
+    let message = refused_job(&s, "wrong-key").await;
     assert!(message.contains("refused the credentials"), "{message}");
     assert!(message.contains("Unauthenticated"), "{message}");
     assert!(
