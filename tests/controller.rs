@@ -12,7 +12,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, ResourceExt, api::DeleteParams};
 use std::{process::Command, sync::Arc, time::Duration};
 use support::{
-    ChildGuard, TestWorker, eventually,
+    ControllerProcess, TestWorker, eventually,
     kube_env::{self, InProcessController, Setup, create, wait_job, wait_phase},
     lykdat::{FakeLykdat, Reply},
 };
@@ -173,31 +173,6 @@ async fn deleting_a_running_job_cancels_its_workflow_and_the_object_goes() {
     assert_eq!(snapshot.execution, ExecutionStatus::Cancelled);
 }
 
-fn controller_process(
-    settings: &TemporalSettings,
-    ns: &str,
-    extra: &[(&str, String)],
-) -> ChildGuard {
-    let mut cmd = Command::new(support::operator_bin());
-    cmd.arg("controller")
-        .env("TEMPORAL_HOST", &settings.host)
-        .env("TEMPORAL_PORT", settings.port.to_string())
-        .env("TEMPORAL_TASK_QUEUE", &settings.task_queue)
-        .env("WATCH_NAMESPACES", ns)
-        .env(
-            "CONTROLLER_METRICS_ADDR",
-            format!("127.0.0.1:{}", support::free_port()),
-        )
-        .env(
-            "RUST_LOG",
-            std::env::var("IJ_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
-        );
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    ChildGuard::spawn(&mut cmd)
-}
-
 /// How many executions Temporal has under this workflow id.
 fn executions(settings: &TemporalSettings, workflow_id: &str) -> usize {
     let out = Command::new("temporal")
@@ -228,17 +203,17 @@ async fn a_controller_killed_right_after_starting_a_workflow_never_starts_a_seco
     let gateway = support::gateway(&s.settings);
     // No worker yet: the controller starts the workflow, then its state query has to wait,
     // which leaves the window between "started" and "status written" wide open.
-    let mut first = controller_process(&s.settings, &s.ns, &[]);
+    let mut first = ControllerProcess::start(&s.settings, &s.ns, &[]);
     let created = create(&s.api, "crashy", kube_env::spec(false)).await;
     let workflow_id = format!("image-processing-{}", created.uid().unwrap());
     eventually("the workflow to exist in Temporal", JOB_WAIT, || async {
         gateway.snapshot(&workflow_id).await.ok()
     })
     .await;
-    first.kill();
+    first.child.kill();
 
     let _worker = TestWorker::plain(&s.settings);
-    let _second = controller_process(&s.settings, &s.ns, &[]);
+    let _second = ControllerProcess::start(&s.settings, &s.ns, &[]);
     let job = wait_phase(&s.api, "crashy", Phase::Completed).await;
     assert_eq!(
         job.status.unwrap().workflow_id.as_deref(),
@@ -269,11 +244,11 @@ async fn with_two_controllers_one_leads_and_the_other_takes_over_when_it_dies() 
         ]
     };
     let _worker = TestWorker::plain(&s.settings);
-    let mut a = controller_process(&s.settings, &s.ns, &election("ctl-a"));
+    let mut a = ControllerProcess::start(&s.settings, &s.ns, &election("ctl-a"));
     let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
     let first_leader = eventually("a leader", JOB_WAIT, || holder(&leases, &lease)).await;
     assert_eq!(first_leader, "ctl-a");
-    let _b = controller_process(&s.settings, &s.ns, &election("ctl-b"));
+    let _b = ControllerProcess::start(&s.settings, &s.ns, &election("ctl-b"));
     create(&s.api, "first", kube_env::spec(false)).await;
     wait_phase(&s.api, "first", Phase::Completed).await;
     assert_eq!(
@@ -282,7 +257,7 @@ async fn with_two_controllers_one_leads_and_the_other_takes_over_when_it_dies() 
         "the leader stays while alive"
     );
 
-    a.kill();
+    a.child.kill();
     create(&s.api, "second", kube_env::spec(false)).await;
     wait_phase(&s.api, "second", Phase::Completed).await;
     assert_eq!(holder(&leases, &lease).await.as_deref(), Some("ctl-b"));
@@ -412,4 +387,70 @@ async fn the_example_job_without_a_lykdat_key_succeeds_and_says_the_search_was_s
         },
     )
     .await;
+}
+
+/// The embedded store, holding every write until it is opened.
+struct Gated {
+    inner: Arc<dyn MetadataStore>,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+#[async_trait]
+impl MetadataStore for Gated {
+    async fn upsert(&self, doc: &ImageDocument) -> Result<(), StoreError> {
+        let mut open = self.open.clone();
+        let _ = open.wait_for(|open| *open).await;
+        self.inner.upsert(doc).await
+    }
+    async fn get(&self, id: &str) -> Result<Option<ImageDocument>, StoreError> {
+        self.inner.get(id).await
+    }
+}
+
+#[tokio::test]
+async fn a_controller_watching_two_namespaces_keeps_the_jobs_of_both_in_its_cache() {
+    let s = setup("multi-ns").await;
+    let other = kube_env::namespace(&s.client, "multi-ns-b").await;
+    let other_api: Api<ImageJob> = Api::namespaced(s.client.clone(), &other);
+    let namespaces = format!("{},{other}", s.ns);
+    let names: Vec<_> = (0..8).map(|i| format!("job-{i}")).collect();
+    for name in &names {
+        create(&s.api, name, kube_env::spec(false)).await;
+        create(&other_api, name, kube_env::spec(false)).await;
+    }
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let _worker = TestWorker::start(
+        &s.settings,
+        support::lykdat_client("http://127.0.0.1:9", None, Duration::from_secs(1)),
+        |store| {
+            Arc::new(Gated {
+                inner: Arc::new(store),
+                open: gate,
+            })
+        },
+    );
+    // A first controller starts every workflow (each then waits at the store) and dies.
+    let mut first = ControllerProcess::start(&s.settings, &namespaces, &[]);
+    for api in [&s.api, &other_api] {
+        for name in &names {
+            wait_phase(api, name, Phase::Processing).await;
+        }
+    }
+    first.child.kill();
+    // The second one lists both namespaces, their initial lists interleaved, and finds nothing
+    // to write: its cache alone has to hold all 16 jobs for the workflows' ends to reach them.
+    let second = ControllerProcess::start(&s.settings, &namespaces, &[]);
+    let processing = "imagejob_jobs{phase=\"Processing\"}";
+    eventually(
+        "all 16 jobs in the new controller's cache",
+        JOB_WAIT,
+        || async { second.gauge(processing).await.filter(|n| *n == 16.0) },
+    )
+    .await;
+    let _ = open.send(true);
+    for api in [&s.api, &other_api] {
+        for name in &names {
+            wait_phase(api, name, Phase::Completed).await;
+        }
+    }
 }

@@ -19,95 +19,12 @@ use std::{
     time::{Duration, Instant},
 };
 use support::{
-    ChildGuard, TestWorker, eventually,
+    ChildGuard, ControllerProcess, TestWorker, eventually,
     kube_env::{self, InProcessController, Setup, create, wait_job, wait_phase},
     lykdat::{FakeLykdat, Reply},
 };
 
 const JOB_WAIT: Duration = Duration::from_secs(90);
-
-/// A controller process with its metrics address.
-struct ControllerProcess {
-    child: ChildGuard,
-    metrics: String,
-}
-
-impl ControllerProcess {
-    fn start(settings: &TemporalSettings, ns: &str, extra: &[(&str, String)]) -> Self {
-        let port = support::free_port();
-        let mut cmd = Command::new(support::operator_bin());
-        cmd.arg("controller")
-            .env("TEMPORAL_HOST", &settings.host)
-            .env("TEMPORAL_PORT", settings.port.to_string())
-            .env("TEMPORAL_NAMESPACE", &settings.namespace)
-            .env("TEMPORAL_TASK_QUEUE", &settings.task_queue)
-            .env("WATCH_NAMESPACES", ns)
-            .env("CONTROLLER_METRICS_ADDR", format!("127.0.0.1:{port}"))
-            .env(
-                "RUST_LOG",
-                std::env::var("IJ_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
-            );
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        Self {
-            child: ChildGuard::spawn(&mut cmd),
-            metrics: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    fn pid(&self) -> String {
-        self.child.0.id().to_string()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal}");
-    }
-
-    /// Its metrics as `name{labels}` -> value.
-    async fn metrics(&self) -> Option<BTreeMap<String, f64>> {
-        let text = reqwest::get(format!("{}/metrics", self.metrics))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        Some(
-            text.lines()
-                .filter(|l| !l.starts_with('#'))
-                .filter_map(|l| {
-                    let (name, value) = l.rsplit_once(' ')?;
-                    Some((name.to_owned(), value.parse().ok()?))
-                })
-                .collect(),
-        )
-    }
-
-    /// Writes (every verb but GET and WATCH) it sent to the apiserver, Lease renewals aside.
-    async fn writes(&self) -> Option<f64> {
-        let m = self.metrics().await?;
-        Some(
-            m.iter()
-                .filter(|(series, _)| series.starts_with("imagejob_apiserver_requests_total{"))
-                .filter(|(series, _)| !series.contains("resource=\"leases\""))
-                .filter(|(series, _)| {
-                    ["POST", "PUT", "PATCH", "DELETE"]
-                        .iter()
-                        .any(|v| series.contains(&format!("verb=\"{v}\"")))
-                })
-                .map(|(_, value)| value)
-                .sum(),
-        )
-    }
-
-    async fn gauge(&self, name: &str) -> Option<f64> {
-        self.metrics().await?.get(name).copied()
-    }
-}
 
 fn election(lease: &str, ns: &str, who: &str, timing: [&str; 3]) -> Vec<(&'static str, String)> {
     vec![
@@ -301,7 +218,7 @@ async fn probes_answer_at_once_for_leader_and_standby() {
     for (who, expected) in [(&a, "ready: leading"), (&b, "ready: standby")] {
         let body = eventually("a ready answer", JOB_WAIT, || async {
             let r = http
-                .get(format!("{}/readyz", who.metrics))
+                .get(format!("{}/readyz", who.address))
                 .send()
                 .await
                 .ok()?;

@@ -6,6 +6,7 @@ mod backoff;
 mod cancel;
 mod cleanup;
 mod leader;
+mod namespaces;
 pub mod status;
 mod watches;
 
@@ -266,20 +267,25 @@ pub async fn run(
         settings: settings.clone(),
     });
     let (reader, writer) = reflector::store::<ImageJob>();
-    let streams: Vec<_> = match settings.namespaces.as_slice() {
-        [] => vec![watcher(Api::<ImageJob>::all(client), watcher::Config::default()).boxed()],
-        list => list
-            .iter()
-            .map(|ns| {
-                watcher(
-                    Api::<ImageJob>::namespaced(client.clone(), ns),
-                    watcher::Config::default(),
-                )
-                .boxed()
-            })
-            .collect(),
+    let events = match settings.namespaces.as_slice() {
+        [] => watcher(Api::<ImageJob>::all(client), watcher::Config::default()).boxed(),
+        [ns] => watcher(
+            Api::<ImageJob>::namespaced(client, ns),
+            watcher::Config::default(),
+        )
+        .boxed(),
+        list => {
+            let streams = list
+                .iter()
+                .map(|ns| {
+                    let api = Api::<ImageJob>::namespaced(client.clone(), ns);
+                    watcher(api, watcher::Config::default()).boxed()
+                })
+                .collect();
+            namespaces::merge(list.to_vec(), streams, reader.clone()).boxed()
+        }
     };
-    let jobs = futures::stream::select_all(streams)
+    let jobs = events
         .default_backoff()
         // The cache keeps only what reconciles read: managed fields can be large.
         .modify(|job| job.managed_fields_mut().clear())

@@ -15,6 +15,7 @@ use imagejob_operator::{
     temporal::{ImageActivities, TemporalGateway, TemporalSettings, WorkerHandle, spawn_worker},
 };
 use std::{
+    collections::BTreeMap,
     future::Future,
     process::{Child, Command},
     sync::{Arc, Once},
@@ -209,6 +210,96 @@ impl ChildGuard {
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A controller process with its metrics address.
+pub struct ControllerProcess {
+    /// The process.
+    pub child: ChildGuard,
+    /// Its metrics and probes address (`http://host:port`).
+    pub address: String,
+}
+
+impl ControllerProcess {
+    /// Starts `imagejob-operator controller` on `settings`, watching `ns` (comma-separated
+    /// namespaces), with `extra` environment.
+    pub fn start(settings: &TemporalSettings, ns: &str, extra: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(operator_bin());
+        cmd.arg("controller")
+            .env("TEMPORAL_HOST", &settings.host)
+            .env("TEMPORAL_PORT", settings.port.to_string())
+            .env("TEMPORAL_NAMESPACE", &settings.namespace)
+            .env("TEMPORAL_TASK_QUEUE", &settings.task_queue)
+            .env("WATCH_NAMESPACES", ns)
+            .env("CONTROLLER_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "RUST_LOG",
+                std::env::var("IJ_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        Self {
+            child: ChildGuard::spawn(&mut cmd),
+            address: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> String {
+        self.child.0.id().to_string()
+    }
+
+    /// Sends it `signal` (a `kill` signal name).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// Its metrics as `name{labels}` -> value.
+    pub async fn metrics(&self) -> Option<BTreeMap<String, f64>> {
+        let text = reqwest::get(format!("{}/metrics", self.address))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let (name, value) = l.rsplit_once(' ')?;
+                    Some((name.to_owned(), value.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// Writes (every verb but GET and WATCH) it sent to the apiserver, Lease renewals aside.
+    pub async fn writes(&self) -> Option<f64> {
+        let m = self.metrics().await?;
+        Some(
+            m.iter()
+                .filter(|(series, _)| series.starts_with("imagejob_apiserver_requests_total{"))
+                .filter(|(series, _)| !series.contains("resource=\"leases\""))
+                .filter(|(series, _)| {
+                    ["POST", "PUT", "PATCH", "DELETE"]
+                        .iter()
+                        .any(|v| series.contains(&format!("verb=\"{v}\"")))
+                })
+                .map(|(_, value)| value)
+                .sum(),
+        )
+    }
+
+    /// One series' value (`name{labels}`), once it answers.
+    pub async fn gauge(&self, name: &str) -> Option<f64> {
+        self.metrics().await?.get(name).copied()
     }
 }
 
