@@ -403,6 +403,10 @@ pub struct ControllerArgs {
     /// `imagejob.dev/release-without-cancel` releases one at once.
     #[arg(long, env = "CANCEL_ON_DELETE_TIMEOUT_SECS", default_value_t = 300)]
     pub cancel_on_delete_timeout_secs: u64,
+    /// Once the watched jobs have fallen to a quarter of their peak, and that peak was at least
+    /// this many, the controller is rebuilt so its caches give their memory back (0: never).
+    #[arg(long, env = "CACHE_REBUILD_MIN_PEAK", default_value_t = 2048)]
+    pub cache_rebuild_min_peak: usize,
 }
 
 impl ControllerArgs {

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Jobs with per-job entries in the controller's memory.
     pub tracked_jobs: Gauge,
+    /// Controller rebuilds that gave a shrunken cache's memory back.
+    pub cache_rebuilds: Counter,
     /// Unfinished jobs whose last reconcile could not use Temporal (`TemporalReachable=False`).
     pub jobs_waiting_for_temporal: Gauge,
     heap: HeapGauges,
@@ -98,6 +100,12 @@ impl Metrics {
         let jobs = Family::<PhaseLabel, Gauge>::default();
         let http_requests = Family::<ClassLabel, Counter>::default();
         let fenced_writes = Counter::default();
+        let cache_rebuilds = Counter::default();
+        registry.register(
+            "controller_cache_rebuilds",
+            "Controller rebuilds after the job cache shrank far below its peak",
+            cache_rebuilds.clone(),
+        );
         let leader = Gauge::default();
         let tracked_jobs = Gauge::default();
         let heap = HeapGauges::register(&mut registry);
@@ -167,6 +175,7 @@ impl Metrics {
             fenced_writes,
             leader,
             tracked_jobs,
+            cache_rebuilds,
             heap,
             jobs_waiting_for_temporal,
             writes_by_job: Mutex::new(HashMap::new()),

@@ -54,6 +54,11 @@ impl Shutdown {
         Self(rx)
     }
 
+    /// Whether shutdown was requested.
+    pub fn requested(&self) -> bool {
+        *self.0.borrow()
+    }
+
     /// Resolves once shutdown was requested.
     pub async fn wait(mut self) {
         let _ = self.0.wait_for(|stop| *stop).await;
@@ -186,12 +191,43 @@ pub async fn controller(
             store.clone(),
         );
         async move {
-            let (reader, running) =
-                controller::run(client, gateway, metrics, settings, fence, stop.wait()).await;
-            if let Ok(mut slot) = store.write() {
-                *slot = Some(reader);
+            // Each turn is one controller; a turn ends at shutdown, or when the cache has
+            // shrunk far enough that a fresh one gives memory back.
+            loop {
+                let rebuild = Arc::new(tokio::sync::Notify::new());
+                let until = {
+                    let (stop, rebuild) = (stop.clone(), rebuild.clone());
+                    async move {
+                        tokio::select! {
+                            () = stop.wait() => {}
+                            () = rebuild.notified() => {}
+                        }
+                    }
+                };
+                let (reader, running) = controller::run(
+                    client.clone(),
+                    gateway.clone(),
+                    metrics.clone(),
+                    settings.clone(),
+                    fence.clone(),
+                    until,
+                )
+                .await;
+                if let Ok(mut slot) = store.write() {
+                    *slot = Some(reader.clone());
+                }
+                let min_peak = args.cache_rebuild_min_peak;
+                let due = tokio::spawn(async move {
+                    controller::compaction::due(reader, min_peak).await;
+                    rebuild.notify_one();
+                });
+                running.await;
+                due.abort();
+                if stop.requested() {
+                    return;
+                }
+                metrics.cache_rebuilds.inc();
             }
-            running.await;
         }
     };
     let Some(lease) = lease else {

@@ -367,6 +367,46 @@ async fn per_job_memory_is_released_for_finished_and_deleted_jobs() {
 }
 
 #[tokio::test]
+async fn a_cache_that_shrank_far_below_its_peak_is_rebuilt_and_finished_jobs_are_left_alone() {
+    let s = Setup::new("rebuild").await;
+    let _worker = TestWorker::plain(&s.settings);
+    let controller = ControllerProcess::start(
+        &s.settings,
+        &s.ns,
+        &[("CACHE_REBUILD_MIN_PEAK", "8".to_owned())],
+    );
+    let names: Vec<String> = (0..12).map(|i| format!("job-{i}")).collect();
+    for name in &names {
+        create(&s.api, name, kube_env::spec(false)).await;
+    }
+    for name in &names {
+        wait_phase(&s.api, name, Phase::Completed).await;
+    }
+    let rebuilds = "imagejob_controller_cache_rebuilds_total";
+    assert_eq!(controller.gauge(rebuilds).await, Some(0.0));
+    // 12 down to 2: at most a quarter of the peak.
+    for name in &names[2..] {
+        s.api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    for name in &names[2..] {
+        kube_env::wait_gone(&s.api, name, JOB_WAIT).await;
+    }
+    let kept = resource_versions(&s.api).await;
+    eventually("the controller to rebuild", JOB_WAIT, || async {
+        controller.gauge(rebuilds).await.filter(|n| *n == 1.0)
+    })
+    .await;
+    create(&s.api, "after", kube_env::spec(false)).await;
+    wait_phase(&s.api, "after", Phase::Completed).await;
+    let mut now = resource_versions(&s.api).await;
+    now.remove("after");
+    assert_eq!(
+        now, kept,
+        "the rebuilt controller wrote nothing to finished jobs"
+    );
+}
+
+#[tokio::test]
 async fn the_worker_is_ready_only_while_it_polls_a_reachable_temporal() {
     let temporal = support::PrivateTemporal::start(&support::unique("ready-queue"));
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,7 @@ mod apply;
 mod backoff;
 mod cancel;
 mod cleanup;
+pub mod compaction;
 mod leader;
 mod namespaces;
 pub mod status;

@@ -38,6 +38,8 @@ pub struct WorkflowWatches {
     wake: UnboundedSender<ObjectRef<ImageJob>>,
     watched: Arc<Mutex<Watched>>,
     max: usize,
+    /// Dropped with these watches, which ends every long poll they started.
+    alive: tokio::sync::watch::Sender<()>,
 }
 
 impl WorkflowWatches {
@@ -52,6 +54,7 @@ impl WorkflowWatches {
             wake,
             watched: Arc::default(),
             max,
+            alive: tokio::sync::watch::Sender::new(()),
         }
     }
 
@@ -71,7 +74,7 @@ impl WorkflowWatches {
         let gateway = self.gateway.clone();
         let wake = self.wake.clone();
         let state = self.watched.clone();
-        tokio::spawn(async move {
+        let watch = async move {
             let progressed = || {
                 let wanted = state.lock().is_ok_and(|w| w.active.contains(&id));
                 if wanted {
@@ -93,6 +96,14 @@ impl WorkflowWatches {
             });
             if still_wanted {
                 let _ = wake.unbounded_send(job);
+            }
+        };
+        let mut alive = self.alive.subscribe();
+        tokio::spawn(async move {
+            // `changed` only fails, once the controller these watches served is gone.
+            tokio::select! {
+                () = watch => {}
+                _ = alive.changed() => {}
             }
         });
         true
