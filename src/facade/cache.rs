@@ -1,6 +1,7 @@
 //! The facade's watch cache: a reflector over the facade namespace's ImageJobs, an index from
 //! workflow id to job, and a change signal that wakes result waiters (no polling).
 
+use super::list_index::{ListIndex, name_in};
 use crate::crd::{ImageJob, WORKFLOW_ID_PREFIX};
 use futures::{Stream, StreamExt};
 use kube::{
@@ -40,6 +41,7 @@ pub struct JobCache {
     namespace: String,
     store: Store<ImageJob>,
     names_by_uid: Arc<RwLock<HashMap<String, String>>>,
+    list_order: Arc<RwLock<ListIndex>>,
     changes: watch::Sender<u64>,
     updates: broadcast::Sender<JobUpdate>,
     ready: Arc<AtomicBool>,
@@ -79,6 +81,7 @@ impl JobCache {
             namespace,
             store,
             names_by_uid: Arc::default(),
+            list_order: Arc::default(),
             changes: watch::channel(0).0,
             updates: broadcast::channel(UPDATES_BUFFER).0,
             ready: Arc::default(),
@@ -94,7 +97,7 @@ impl JobCache {
 
     async fn drive(self, events: impl Stream<Item = Result<Event<ImageJob>, watcher::Error>>) {
         let mut events = std::pin::pin!(events);
-        let mut relisted: Option<HashMap<String, String>> = None;
+        let mut relisted: Option<(HashMap<String, String>, ListIndex)> = None;
         while let Some(event) = events.next().await {
             match event {
                 Ok(Event::Apply(job)) => {
@@ -109,6 +112,9 @@ impl JobCache {
                         let id = format!("{WORKFLOW_ID_PREFIX}{uid}");
                         let _ = self.updates.send(JobUpdate::Deleted(id));
                     }
+                    if let Ok(mut order) = self.list_order.write() {
+                        order.remove(&job.name_any());
+                    }
                     if let (Some(uid), Ok(mut map)) = (job.uid(), self.names_by_uid.write()) {
                         map.remove(&uid);
                         if let Ok(mut deleted) = self.deleted.write() {
@@ -116,16 +122,23 @@ impl JobCache {
                         }
                     }
                 }
-                Ok(Event::Init) => relisted = Some(HashMap::new()),
+                Ok(Event::Init) => relisted = Some(Default::default()),
                 Ok(Event::InitApply(job)) => {
-                    if let (Some(map), Some(uid)) = (relisted.as_mut(), job.uid()) {
-                        map.insert(uid, job.name_any());
+                    if let Some((names, order)) = relisted.as_mut() {
+                        order.upsert(&job);
+                        if let Some(uid) = job.uid() {
+                            names.insert(uid, job.name_any());
+                        }
                     }
                 }
                 Ok(Event::InitDone) => {
-                    if let (Some(fresh), Ok(mut map)) = (relisted.take(), self.names_by_uid.write())
-                    {
-                        *map = fresh;
+                    if let Some((names, order)) = relisted.take() {
+                        if let Ok(mut map) = self.names_by_uid.write() {
+                            *map = names;
+                        }
+                        if let Ok(mut map) = self.list_order.write() {
+                            *map = order;
+                        }
                     }
                     self.ready.store(true, Ordering::Release);
                     let _ = self.updates.send(JobUpdate::Relisted);
@@ -140,6 +153,9 @@ impl JobCache {
     pub fn remember(&self, job: &ImageJob) {
         if let (Some(uid), Ok(mut map)) = (job.uid(), self.names_by_uid.write()) {
             map.insert(uid, job.name_any());
+        }
+        if let Ok(mut order) = self.list_order.write() {
+            order.upsert(job);
         }
     }
 
@@ -163,9 +179,28 @@ impl JobCache {
             .is_some_and(|uid| self.deleted.read().is_ok_and(|d| d.set.contains(uid)))
     }
 
-    /// All cached jobs.
-    pub fn jobs(&self) -> Vec<Arc<ImageJob>> {
-        self.store.state()
+    /// One page of cached jobs in list order with their sort keys: up to `limit + 1` after the
+    /// key `after`, of seed status `status` when given (see [`ListIndex::page`]).
+    pub fn page(
+        &self,
+        status: Option<&str>,
+        after: Option<&str>,
+        newest_first: bool,
+        limit: usize,
+    ) -> Vec<(String, Arc<ImageJob>)> {
+        let keys = self
+            .list_order
+            .read()
+            .map(|order| order.page(status, after, newest_first, limit))
+            .unwrap_or_default();
+        keys.into_iter()
+            .filter_map(|key| {
+                let job = self
+                    .store
+                    .get(&ObjectRef::new(name_in(&key)).within(&self.namespace))?;
+                Some((key, job))
+            })
+            .collect()
     }
 
     /// Whether the first list has been received.

@@ -9,6 +9,7 @@ mod docs;
 mod error;
 mod events;
 mod idempotency;
+mod list_index;
 mod model;
 mod routes;
 mod ui;

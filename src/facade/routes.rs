@@ -545,30 +545,12 @@ pub async fn list(
             });
         }
     };
-    // Keys after the continue token in the page's order.
-    let after = |key: &String| {
-        params
-            .continue_token
-            .as_ref()
-            .is_none_or(|token| (key > token) != newest_first && key != token)
-    };
-    let mut jobs: Vec<_> = state
-        .cache
-        .jobs()
-        .into_iter()
-        .filter(|j| {
-            params
-                .status
-                .as_deref()
-                .is_none_or(|s| seed_status(j.phase()) == s)
-        })
-        .map(|j| (sort_key(&j), j))
-        .filter(|(key, _)| after(key))
-        .collect();
-    jobs.sort_by(|a, b| a.0.cmp(&b.0));
-    if newest_first {
-        jobs.reverse();
-    }
+    let jobs = state.cache.page(
+        params.status.as_deref(),
+        params.continue_token.as_deref(),
+        newest_first,
+        limit,
+    );
     let next = (jobs.len() > limit).then(|| jobs[limit - 1].0.clone());
     let items = jobs
         .into_iter()
@@ -579,15 +561,4 @@ pub async fn list(
         items,
         continue_token: next,
     }))
-}
-
-/// Creation time then name: a stable order in which new jobs come last.
-fn sort_key(job: &ImageJob) -> String {
-    let created = job
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| t.0.as_second())
-        .unwrap_or_default();
-    format!("{created:020}/{}", job.name_any())
 }
