@@ -13,16 +13,17 @@ use kube::{
     runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
 use serde_json::json;
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 use tracing::info;
 
 /// Re-read interval of a running job whose close is watched (a safety net only).
 const WATCHED_RESYNC: Duration = Duration::from_secs(60);
 /// Poll interval of a running job beyond the watch bound.
 const POLLED_RESYNC: Duration = Duration::from_secs(5);
+/// How long a just-started job waits for its first status write: one that finishes sooner
+/// gets a single write (its end), woken by its workflow watch; one still running by then is
+/// written as started (with a "Started" event).
+const FIRST_WRITE_AFTER: Duration = Duration::from_secs(1);
 
 pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
     let uid = job.uid().ok_or(Error::MissingUid)?;
@@ -37,7 +38,14 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
     let cancelling = job.spec.cancel_requested();
 
     let mut desired = match observe(&job, &id, &current, !cancelling, ctx).await {
-        Ok(snapshot) => status::from_snapshot(&job, &id, &snapshot, &now),
+        Ok(Observed::JustStarted) => {
+            // The watch wakes the job when the workflow ends or progresses; a job past the
+            // watch bound is simply read again.
+            ctx.watches.ensure(&id, ObjectRef::from_obj(job.as_ref()));
+            ctx.backoffs.reset(&uid);
+            return Ok(Action::requeue(FIRST_WRITE_AFTER));
+        }
+        Ok(Observed::Now(snapshot)) => status::from_snapshot(&job, &id, &snapshot, &now),
         // Started before (a run id is recorded) yet gone: it will not come back.
         Err(GatewayError::NotFound) if current.run_id.is_some() => {
             status::workflow_missing(&job, &id, &now)
@@ -69,6 +77,10 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
     };
     ctx.backoffs.reset(&uid);
     if write_status(&job, &current, &desired, ctx).await? {
+        if current.run_id.is_none() && desired.run_id.is_some() && !desired.phase.is_terminal() {
+            let note = format!("workflow {id} started");
+            ctx.event(&job, EventType::Normal, "Started", note).await;
+        }
         if desired.phase != current.phase {
             announce(&job, &desired, ctx).await;
         }
@@ -106,16 +118,27 @@ fn spec_edit_reported(status: &ImageJobStatus) -> bool {
         .any(|c| c.type_ == CONDITION_SPEC_APPLIED && c.status == "False")
 }
 
-/// Starts the job's workflow unless the status shows it started (or `may_start` is false: the
-/// job is being cancelled), then reads it.
+/// What [`observe`] found.
+enum Observed {
+    /// This call started the workflow: nothing to write yet.
+    JustStarted,
+    /// The workflow as it is now.
+    Now(Box<WorkflowSnapshot>),
+}
+
+/// Starts the job's workflow unless it is known to have started (or `may_start` is false: the
+/// job is being cancelled), else reads it; a close a watch already saw costs no Temporal call.
 async fn observe(
     job: &ImageJob,
     id: &str,
     current: &ImageJobStatus,
     may_start: bool,
     ctx: &Context,
-) -> Result<WorkflowSnapshot, GatewayError> {
-    if current.run_id.is_none() && may_start {
+) -> Result<Observed, GatewayError> {
+    if let Some(closed) = ctx.watches.take_closed(id) {
+        return Ok(Observed::Now(Box::new(closed)));
+    }
+    if current.run_id.is_none() && may_start && !ctx.watches.is_watched(id) {
         let outcome = ctx
             .gateway
             .start(id, status::workflow_input(&job.spec))
@@ -123,17 +146,13 @@ async fn observe(
         match outcome.run_id {
             Some(run_id) if !outcome.already_started => {
                 info!(workflow_id = %id, %run_id, "workflow started");
-                let note = format!("workflow {id} started");
-                ctx.event(job, EventType::Normal, "Started", note).await;
-                return Ok(WorkflowSnapshot::just_started(run_id, SystemTime::now()));
+                return Ok(Observed::JustStarted);
             }
             _ => info!(workflow_id = %id, "workflow already started; adopting it"),
         }
     }
-    if let Some(closed) = ctx.watches.take_closed(id) {
-        return Ok(closed);
-    }
-    ctx.gateway.snapshot(id).await
+    let snapshot = ctx.gateway.snapshot(id).await?;
+    Ok(Observed::Now(Box::new(snapshot)))
 }
 
 /// Writes the status by server-side apply when it changed; returns whether it wrote.
@@ -208,7 +227,7 @@ async fn announce(job: &ImageJob, status: &ImageJobStatus, ctx: &Context) {
             "Cancelled",
             "workflow cancelled".to_owned(),
         ),
-        // The "Started" event already said it.
+        // The "Started" event said it, if the job ran long enough to be written as started.
         Phase::Processing | Phase::Pending => return,
     };
     info!(name = %job.name_any(), phase = status.phase.as_str(), workflow_id = ?status.workflow_id, "job phase changed");

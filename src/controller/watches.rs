@@ -109,6 +109,13 @@ impl WorkflowWatches {
         true
     }
 
+    /// Whether a watch follows `workflow_id` (so its workflow exists: it was started or found).
+    pub fn is_watched(&self, workflow_id: &str) -> bool {
+        self.watched
+            .lock()
+            .is_ok_and(|w| w.active.contains(workflow_id))
+    }
+
     /// What the workflow left when it closed, if a watch saw it close (taken once).
     pub fn take_closed(&self, workflow_id: &str) -> Option<WorkflowSnapshot> {
         let mut w = self.watched.lock().ok()?;

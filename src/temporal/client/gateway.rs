@@ -147,23 +147,6 @@ pub struct WorkflowSnapshot {
     pub failure: Option<String>,
 }
 
-impl WorkflowSnapshot {
-    /// A workflow this process has just started: running, nothing done yet. Spares a describe
-    /// and a query (a round trip through the worker) right after the start.
-    pub fn just_started(run_id: String, at: SystemTime) -> Self {
-        Self {
-            run_id: Some(run_id),
-            execution: ExecutionStatus::Running,
-            start_time: Some(at),
-            close_time: None,
-            state: Some(WorkflowState::default()),
-            similarity: None,
-            similarity_skipped: None,
-            failure: None,
-        }
-    }
-}
-
 /// Start, read and cancel `ImageProcessingWorkflow`s.
 #[async_trait]
 pub trait WorkflowGateway: Send + Sync {
