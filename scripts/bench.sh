@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark: starts a private real stack, runs benches/operator.rs (release build) against
 # it, prints the table and writes JSON under bench-results/. Arguments go to the harness, e.g.
-#   scripts/bench.sh --jobs 100 --reps 3 --rss-jobs 1000,10000
+#   scripts/bench.sh --jobs 150 --reps 5 --concurrency 4,32 --rss-jobs 10000 --scale 100000 --tuning
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -14,4 +14,9 @@ trap 'scripts/stack.sh down "$stack"' EXIT
 scripts/stack.sh up "$stack"
 # shellcheck disable=SC1091
 source "$stack/env"
+# The Temporal dev server's own metrics count the calls the controller makes.
+set -a
+# shellcheck disable=SC1091
+source "$stack/temporal.ports"
+set +a
 cargo bench --bench operator -- "$@"

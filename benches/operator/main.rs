@@ -4,10 +4,17 @@
 //! 1. raw Temporal: N workflows started by a Temporal client against the worker;
 //! 2. the operator: N ImageJobs created through the apiserver, until `Completed`;
 //! 3. the facade: N `POST /images/process` until completed, and `GET .../status` under `wrk`;
-//! 4. efficiency: status writes and apiserver requests per job, controller RSS with 1,000 and
-//!    10,000 ImageJobs present, worker RSS.
+//! 4. efficiency: status writes and apiserver requests per job (kubectl path and facade path
+//!    apart), controller CPU time per job, controller RSS with 1,000 and 10,000 ImageJobs
+//!    present, worker RSS;
+//! 5. `--scale N` ([`scale`]): N finished jobs, a controller started over them, the facade;
+//! 6. `--tuning` ([`tuning`]): raw Temporal throughput for several worker settings.
 //!
-//! Each figure is the median of `--reps` repetitions, with min and max; a warm-up is excluded.
+//! Phases 1 and 2 run at each `--concurrency` level. Each figure is the median of `--reps`
+//! repetitions, with min and max; a warm-up is excluded.
+
+mod scale;
+mod tuning;
 
 use clap::Parser;
 use futures::{StreamExt, future::join_all};
@@ -39,9 +46,16 @@ struct Args {
     /// Repetitions of each phase (figures are medians).
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    /// Requests in flight at once when submitting.
-    #[arg(long, default_value_t = 32)]
-    concurrency: usize,
+    /// Jobs in flight at once when submitting: phases 1 and 2 run at each level, the facade at
+    /// the highest.
+    #[arg(long, value_delimiter = ',', default_value = "4,32")]
+    concurrency: Vec<usize>,
+    /// Finished ImageJobs of the scale phase (0: skipped).
+    #[arg(long, default_value_t = 0)]
+    scale: usize,
+    /// Compare worker settings on raw Temporal throughput.
+    #[arg(long)]
+    tuning: bool,
     /// ImageJob counts at which the controller's RSS is measured.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     rss_jobs: Vec<usize>,
@@ -363,8 +377,8 @@ fn parse_wrk_latency(text: &str) -> f64 {
     number.parse::<f64>().unwrap_or(f64::NAN) * factor
 }
 
-/// Phase 3b: `GET .../status` under wrk: (requests/s, p50 ms, p99 ms).
-fn wrk_status(url: &str, seconds: u64, connections: u32) -> (f64, f64, f64) {
+/// `GET url` under wrk: (requests/s, p50 ms, p99 ms).
+fn wrk(url: &str, seconds: u64, connections: u32) -> (f64, f64, f64) {
     let out = Command::new("wrk")
         .args([
             "-t2",
@@ -513,6 +527,132 @@ fn stat_json(s: Stat) -> Value {
     json!({"median": s.median, "min": s.min, "max": s.max})
 }
 
+/// User plus system CPU seconds a process has used so far.
+fn cpu_seconds(proc: &Proc) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", proc.0.id())).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) : utime and stime are 14 and 15.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let per_second = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(100.0);
+    (ticks(11) + ticks(12)) / per_second
+}
+
+/// The facade's URL in its environment.
+fn facade_base(env: &[(&str, String)]) -> String {
+    env.iter()
+        .find(|(k, _)| *k == "FACADE_ADDR")
+        .map(|(_, v)| format!("http://{v}"))
+        .expect("FACADE_ADDR")
+}
+
+/// The workflow id of some job in `ns`.
+async fn first_workflow_id(client: &Client, ns: &str) -> String {
+    let api: Api<ImageJob> = Api::namespaced(client.clone(), ns);
+    let page = api
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+        .expect("list");
+    page.items[0]
+        .status
+        .clone()
+        .and_then(|s| s.workflow_id)
+        .expect("a workflow id")
+}
+
+/// Controller apiserver requests and status writes counted between two scrapes.
+#[derive(Default)]
+struct Requests {
+    requests: f64,
+    writes: f64,
+    jobs: usize,
+}
+
+impl Requests {
+    fn add(&mut self, before: &str, after: &str, jobs: usize) {
+        let delta = |name| metric_sum(after, name) - metric_sum(before, name);
+        self.requests += delta("imagejob_apiserver_requests_total");
+        self.writes += delta("imagejob_status_writes_total");
+        self.jobs += jobs;
+    }
+
+    fn per_job(&self) -> (f64, f64) {
+        let n = self.jobs.max(1) as f64;
+        (self.requests / n, self.writes / n)
+    }
+}
+
+/// Phases 1 and 2 at one concurrency level, over the repetitions.
+#[derive(Default)]
+struct Level {
+    raw: Vec<Run>,
+    op: Vec<Run>,
+    visible: Vec<Vec<f64>>,
+}
+
+impl Level {
+    fn ratio(&self) -> Stat {
+        stat(
+            self.raw
+                .iter()
+                .zip(&self.op)
+                .map(|(r, o)| o.per_sec / r.per_sec)
+                .collect(),
+        )
+    }
+
+    fn overhead(&self) -> Stat {
+        stat(
+            self.raw
+                .iter()
+                .zip(&self.op)
+                .map(|(r, o)| o.p50 - r.p50)
+                .collect(),
+        )
+    }
+}
+
+fn print_paths(title: &str, rows: &[(&str, &[Run])], paths: &mut serde_json::Map<String, Value>) {
+    let col = |f: fn(&Run) -> f64, runs: &[Run]| stat(runs.iter().map(f).collect());
+    println!("\n{title}\n");
+    println!("| path | jobs/s | p50 ms | p95 ms | p99 ms |");
+    println!("|---|---|---|---|---|");
+    for (name, runs) in rows {
+        let (t, p50, p95, p99) = (
+            col(|r| r.per_sec, runs),
+            col(|r| r.p50, runs),
+            col(|r| r.p95, runs),
+            col(|r| r.p99, runs),
+        );
+        println!(
+            "| {name} | {} | {} | {} | {} |",
+            fmt_stat(t, 1),
+            fmt_stat(p50, 1),
+            fmt_stat(p95, 1),
+            fmt_stat(p99, 1)
+        );
+        paths.insert(
+            format!("{title}: {name}"),
+            json!({"per_sec": stat_json(t), "p50_ms": stat_json(p50), "p95_ms": stat_json(p95), "p99_ms": stat_json(p99)}),
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -524,6 +664,7 @@ async fn main() {
         task_queue: format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         ..Default::default()
     };
+    let temporal_metrics = format!("http://127.0.0.1:{}/metrics", env("TEMPORAL_METRICS_PORT"));
     let client = Client::try_default().await.expect("KUBECONFIG");
     let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let ns = format!("bench-{run_id}");
@@ -532,6 +673,7 @@ async fn main() {
     let data = tempfile::tempdir().expect("tempdir");
     let tokens = data.path().join("tokens");
     std::fs::write(&tokens, format!("{TOKEN}\n")).expect("tokens");
+    let highest = args.concurrency.iter().copied().max().unwrap_or(32);
 
     let mut worker_env = temporal_env(&settings);
     worker_env.push((
@@ -541,13 +683,16 @@ async fn main() {
     let worker = spawn("worker", &worker_env);
     let metrics_port = free_port();
     let controller = spawn("controller", &controller_env(&ns, &settings, metrics_port));
-    let facade_port = free_port();
-    let mut facade_env = temporal_env(&settings);
-    facade_env.push(("FACADE_NAMESPACE", ns.clone()));
-    facade_env.push(("FACADE_ADDR", format!("127.0.0.1:{facade_port}")));
-    facade_env.push(("FACADE_TOKENS_FILE", tokens.display().to_string()));
-    let _facade = spawn("facade", &facade_env);
-    let base = format!("http://127.0.0.1:{facade_port}");
+    let facade_env = |namespace: &str| {
+        let mut e = temporal_env(&settings);
+        e.push(("FACADE_NAMESPACE", namespace.to_owned()));
+        e.push(("FACADE_ADDR", format!("127.0.0.1:{}", free_port())));
+        e.push(("FACADE_TOKENS_FILE", tokens.display().to_string()));
+        e
+    };
+    let bench_facade = facade_env(&ns);
+    let base = facade_base(&bench_facade);
+    let _facade = spawn("facade", &bench_facade);
     let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
     for _ in 0..200 {
         if reqwest::get(format!("{base}/readyz"))
@@ -564,13 +709,14 @@ async fn main() {
     finished.watch(api.clone());
 
     eprintln!("warm-up ({} workflows, jobs and posts)", 20);
-    raw_temporal(&gateway, 20, args.concurrency).await;
-    operator(&api, &finished, 20, args.concurrency, "warm").await;
-    facade_posts(&base, &finished, 20, args.concurrency).await;
+    raw_temporal(&gateway, 20, highest).await;
+    operator(&api, &finished, 20, highest, "warm").await;
+    facade_posts(&base, &finished, 20, highest).await;
 
-    let (mut raw, mut op, mut posts, mut ratio) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut visible = Vec::new();
-    let before = scrape(&metrics_url).await;
+    let mut levels: Vec<Level> = args.concurrency.iter().map(|_| Level::default()).collect();
+    let mut posts = Vec::new();
+    let (mut kubectl_path, mut facade_path) = (Requests::default(), Requests::default());
+    let cpu_before = cpu_seconds(&controller);
     for rep in 0..args.reps {
         eprintln!(
             "repetition {}/{}: {} jobs per phase",
@@ -578,39 +724,31 @@ async fn main() {
             args.reps,
             args.jobs
         );
-        let r = raw_temporal(&gateway, args.jobs, args.concurrency).await;
-        let (o, uids) = operator(
-            &api,
-            &finished,
-            args.jobs,
-            args.concurrency,
-            &format!("rep{rep}"),
-        )
-        .await;
-        visible.push(close_to_visible(&gateway, &finished, &uids).await);
-        let p = facade_posts(&base, &finished, args.jobs, args.concurrency).await;
-        ratio.push(o.per_sec / r.per_sec);
-        raw.push(r);
-        op.push(o);
-        posts.push(p);
+        for (level, &c) in levels.iter_mut().zip(&args.concurrency) {
+            level.raw.push(raw_temporal(&gateway, args.jobs, c).await);
+            let before = scrape(&metrics_url).await;
+            let (o, uids) = operator(&api, &finished, args.jobs, c, &format!("r{rep}c{c}")).await;
+            // Late writes of the last jobs are counted once their status settled.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            kubectl_path.add(&before, &scrape(&metrics_url).await, args.jobs);
+            level
+                .visible
+                .push(close_to_visible(&gateway, &finished, &uids).await);
+            level.op.push(o);
+        }
+        let before = scrape(&metrics_url).await;
+        posts.push(facade_posts(&base, &finished, args.jobs, highest).await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        facade_path.add(&before, &scrape(&metrics_url).await, args.jobs);
     }
-    let after = scrape(&metrics_url).await;
-    let jobs_measured = (2 * args.jobs * args.reps) as f64;
-    let writes_per_job = (metric_sum(&after, "imagejob_status_writes_total")
-        - metric_sum(&before, "imagejob_status_writes_total"))
-        / jobs_measured;
-    let requests_per_job = (metric_sum(&after, "imagejob_apiserver_requests_total")
-        - metric_sum(&before, "imagejob_apiserver_requests_total"))
-        / jobs_measured;
+    let jobs_through_controller = kubectl_path.jobs + facade_path.jobs;
+    let cpu_ms_per_job =
+        (cpu_seconds(&controller) - cpu_before) * 1000.0 / jobs_through_controller as f64;
 
-    let some_id = api.list(&Default::default()).await.expect("list").items[0]
-        .status
-        .clone()
-        .and_then(|s| s.workflow_id)
-        .expect("an id");
+    let some_id = first_workflow_id(&client, &ns).await;
     let status_url = format!("{base}/images/workflow/{some_id}/status");
     let wrk_runs: Vec<_> = (0..args.reps)
-        .map(|_| wrk_status(&status_url, args.wrk_seconds, args.wrk_connections))
+        .map(|_| wrk(&status_url, args.wrk_seconds, args.wrk_connections))
         .collect();
 
     let worker_rss = worker.rss_mib();
@@ -623,13 +761,29 @@ async fn main() {
         fill_finished(&client, &rss_ns, n).await;
         rss.push((n, controller_rss(&rss_ns, &settings, n).await));
     }
+    let scaled = if args.scale > 0 {
+        let scale_ns = format!("bench-scale-{run_id}");
+        create_namespace(&client, &scale_ns).await;
+        let env = facade_env(&scale_ns);
+        let phase = scale::run(
+            &client,
+            &scale_ns,
+            args.scale,
+            &settings,
+            &temporal_metrics,
+            env,
+            args.wrk_seconds,
+        );
+        Some(phase.await)
+    } else {
+        None
+    };
+    let tuned = if args.tuning {
+        Some(tuning::run(&settings, data.path(), args.jobs, args.reps, highest).await)
+    } else {
+        None
+    };
 
-    let col = |f: fn(&Run) -> f64, runs: &[Run]| stat(runs.iter().map(f).collect());
-    let rows: Vec<(&str, &[Run])> = vec![
-        ("raw Temporal", &raw),
-        ("operator (apiserver)", &op),
-        ("facade POST", &posts),
-    ];
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
@@ -641,81 +795,137 @@ async fn main() {
         .unwrap_or_default();
 
     println!(
-        "\nimagejob-operator benchmark — {cores} cores, commit {commit}, {} jobs x {} reps, concurrency {}",
+        "\nimagejob-operator benchmark — {cores} cores, commit {commit}, {} jobs x {} reps, concurrency {:?}",
         args.jobs, args.reps, args.concurrency
     );
-    println!("median (min–max)\n");
-    println!("| path | jobs/s | p50 ms | p95 ms | p99 ms |");
-    println!("|---|---|---|---|---|");
+    println!("median (min–max)");
     let mut paths = serde_json::Map::new();
-    for (name, runs) in &rows {
-        let (t, p50, p95, p99) = (
-            col(|r| r.per_sec, runs),
-            col(|r| r.p50, runs),
-            col(|r| r.p95, runs),
-            col(|r| r.p99, runs),
-        );
-        println!(
-            "| {name} | {} | {} | {} | {} |",
-            fmt_stat(t, 1),
-            fmt_stat(p50, 1),
-            fmt_stat(p95, 1),
-            fmt_stat(p99, 1)
-        );
-        paths.insert(name.to_string(), json!({"per_sec": stat_json(t), "p50_ms": stat_json(p50), "p95_ms": stat_json(p95), "p99_ms": stat_json(p99)}));
+    for (level, c) in levels.iter().zip(&args.concurrency) {
+        let rows: Vec<(&str, &[Run])> = vec![
+            ("raw Temporal", &level.raw),
+            ("operator (apiserver)", &level.op),
+        ];
+        print_paths(&format!("{c} in flight"), &rows, &mut paths);
     }
-    let ratio = stat(ratio);
-    let overhead = stat(raw.iter().zip(&op).map(|(r, o)| o.p50 - r.p50).collect());
+    print_paths(
+        &format!("{highest} in flight"),
+        &[("facade POST", &posts)],
+        &mut paths,
+    );
     let wrk_rps = stat(wrk_runs.iter().map(|w| w.0).collect());
     let wrk_p50 = stat(wrk_runs.iter().map(|w| w.1).collect());
     let wrk_p99 = stat(wrk_runs.iter().map(|w| w.2).collect());
-    let visible_p50 = stat(visible.iter().map(|l| percentile(l, 0.50)).collect());
-    let visible_p99 = stat(visible.iter().map(|l| percentile(l, 0.99)).collect());
-    println!();
-    println!("| figure | value | target |");
-    println!("|---|---|---|");
-    println!(
-        "| operator / raw throughput | {} | >= 0.9 |",
-        fmt_stat(ratio, 2)
-    );
-    println!(
-        "| create->Completed overhead, p50 ms | {} | <= 100 |",
-        fmt_stat(overhead, 1)
-    );
-    println!(
-        "| Temporal close -> status Completed visible, p50 / p99 ms | {} / {} | p50 <= 100 |",
-        fmt_stat(visible_p50, 1),
-        fmt_stat(visible_p99, 1)
-    );
-    println!("| status writes per job | {writes_per_job:.2} | <= 3 |");
-    println!("| apiserver requests per job (controller) | {requests_per_job:.2} | |");
-    println!(
-        "| facade GET status req/s (wrk, {} conns) | {} | >= 20000 |",
-        args.wrk_connections,
-        fmt_stat(wrk_rps, 0)
-    );
-    println!(
-        "| facade GET status p50 / p99 ms | {} / {} | p99 < 5 |",
-        fmt_stat(wrk_p50, 2),
-        fmt_stat(wrk_p99, 2)
-    );
-    for (n, mib) in &rss {
-        println!("| controller RSS with {n} ImageJobs, MiB | {mib:.1} | <= 50 at 10000 |");
+    let (kubectl_requests, kubectl_writes) = kubectl_path.per_job();
+    let (facade_requests, facade_writes) = facade_path.per_job();
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut levels_json = Vec::new();
+    for (level, &c) in levels.iter().zip(&args.concurrency) {
+        let (ratio, overhead) = (level.ratio(), level.overhead());
+        let visible_p50 = stat(level.visible.iter().map(|l| percentile(l, 0.50)).collect());
+        let visible_p99 = stat(level.visible.iter().map(|l| percentile(l, 0.99)).collect());
+        let (ratio_target, overhead_target) = if c <= 4 {
+            (">= 0.95", "<= 50")
+        } else {
+            (">= 0.90", "<= 100")
+        };
+        rows.push((
+            format!("operator / raw throughput, {c} in flight"),
+            fmt_stat(ratio, 2),
+            ratio_target.into(),
+        ));
+        rows.push((
+            format!("create->Completed overhead p50 ms, {c} in flight"),
+            fmt_stat(overhead, 1),
+            overhead_target.into(),
+        ));
+        rows.push((
+            format!("Temporal close -> status visible p50 / p99 ms, {c} in flight"),
+            format!(
+                "{} / {}",
+                fmt_stat(visible_p50, 1),
+                fmt_stat(visible_p99, 1)
+            ),
+            String::new(),
+        ));
+        levels_json.push(json!({"in_flight": c, "operator_over_raw_throughput": stat_json(ratio),
+            "create_to_completed_overhead_p50_ms": stat_json(overhead),
+            "close_to_status_visible_ms": {"p50": stat_json(visible_p50), "p99": stat_json(visible_p99)}}));
     }
-    println!("| worker RSS, MiB | {worker_rss:.1} | |");
+    rows.push((
+        "apiserver requests per job, kubectl path (create not counted)".into(),
+        format!("{kubectl_requests:.2}"),
+        "<= 3".into(),
+    ));
+    rows.push((
+        "apiserver requests per job, facade path (create not counted)".into(),
+        format!("{facade_requests:.2}"),
+        "<= 2".into(),
+    ));
+    rows.push((
+        "status writes per job, kubectl / facade path".into(),
+        format!("{kubectl_writes:.2} / {facade_writes:.2}"),
+        String::new(),
+    ));
+    rows.push((
+        "controller CPU ms per job (user+sys)".into(),
+        format!("{cpu_ms_per_job:.2}"),
+        "<= 2".into(),
+    ));
+    rows.push((
+        format!(
+            "facade GET status req/s (wrk, {} conns)",
+            args.wrk_connections
+        ),
+        fmt_stat(wrk_rps, 0),
+        String::new(),
+    ));
+    rows.push((
+        "facade GET status p50 / p99 ms".into(),
+        format!("{} / {}", fmt_stat(wrk_p50, 2), fmt_stat(wrk_p99, 2)),
+        "p99 <= 5".into(),
+    ));
+    for (n, mib) in &rss {
+        rows.push((
+            format!("controller RSS with {n} ImageJobs, MiB"),
+            format!("{mib:.1}"),
+            String::new(),
+        ));
+    }
+    rows.push((
+        "worker RSS, MiB".into(),
+        format!("{worker_rss:.1}"),
+        String::new(),
+    ));
+    if let Some(s) = &scaled {
+        rows.extend(s.rows().into_iter().map(|(a, b, c)| (a, b, c.to_owned())));
+    }
+    println!("\n| figure | value | target |");
+    println!("|---|---|---|");
+    for (figure, value, target) in &rows {
+        println!("| {figure} | {value} | {target} |");
+    }
+    if let Some(results) = &tuned {
+        println!("\nworker settings, raw Temporal at {highest} in flight\n");
+        println!("| setting | jobs/s |");
+        println!("|---|---|");
+        for (name, s) in results {
+            println!("| {name} | {} |", fmt_stat(*s, 1));
+        }
+    }
 
     let result = json!({
         "commit": commit, "cores": cores, "jobs": args.jobs, "reps": args.reps, "concurrency": args.concurrency,
         "paths": paths,
-        "operator_over_raw_throughput": stat_json(ratio),
-        "create_to_completed_overhead_p50_ms": stat_json(overhead),
-        "close_to_status_visible_ms": {"p50": stat_json(visible_p50), "p99": stat_json(visible_p99)},
-        "status_writes_per_job": writes_per_job,
-        "apiserver_requests_per_job": requests_per_job,
+        "levels": levels_json,
+        "apiserver_requests_per_job": {"kubectl_path": kubectl_requests, "facade_path": facade_requests},
+        "status_writes_per_job": {"kubectl_path": kubectl_writes, "facade_path": facade_writes},
+        "controller_cpu_ms_per_job": cpu_ms_per_job,
         "facade_get_status": {"connections": args.wrk_connections, "seconds": args.wrk_seconds,
             "requests_per_sec": stat_json(wrk_rps), "p50_ms": stat_json(wrk_p50), "p99_ms": stat_json(wrk_p99)},
         "controller_rss_mib": rss.iter().map(|(n, m)| json!({"jobs": n, "rss_mib": m})).collect::<Vec<_>>(),
         "worker_rss_mib": worker_rss,
+        "scale": scaled.as_ref().map(scale::Scale::json),
+        "worker_settings": tuned.as_deref().map(tuning::json),
     });
     std::fs::create_dir_all(&args.out).expect("results folder");
     let path = args.out.join(format!(
