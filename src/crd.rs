@@ -242,6 +242,15 @@ pub struct SimilarMatch {
 }
 
 impl ImageJob {
+    /// Drops what no reader of a watch cache uses and can be large: managed fields, and the
+    /// copy of the whole object `kubectl apply` keeps in an annotation.
+    pub fn trim_for_cache(&mut self) {
+        use kube::ResourceExt;
+        self.managed_fields_mut().clear();
+        self.annotations_mut()
+            .remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+
     /// The phase of the job, Pending when it has no status yet.
     pub fn phase(&self) -> Phase {
         self.status.as_ref().map(|s| s.phase).unwrap_or_default()
@@ -260,4 +269,26 @@ impl ImageJob {
 /// The CRD as YAML, exactly as committed in `crds/imagejob.yaml`.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     serde_yaml::to_string(&ImageJob::crd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::ResourceExt;
+
+    #[test]
+    fn trimming_for_the_cache_drops_managed_fields_and_the_applied_copy_only() {
+        let mut job = ImageJob::new("shirt", ImageJobSpec::default());
+        job.annotations_mut().extend([
+            (
+                "kubectl.kubernetes.io/last-applied-configuration".to_owned(),
+                "{\"big\":true}".to_owned(),
+            ),
+            ("team".to_owned(), "catalog".to_owned()),
+        ]);
+        job.managed_fields_mut().push(Default::default());
+        job.trim_for_cache();
+        assert!(job.managed_fields().is_empty());
+        assert_eq!(job.annotations().keys().collect::<Vec<_>>(), ["team"]);
+    }
 }

@@ -288,8 +288,8 @@ pub async fn run(
     };
     let jobs = events
         .default_backoff()
-        // The cache keeps only what reconciles read: managed fields can be large.
-        .modify(|job| job.managed_fields_mut().clear())
+        // The cache keeps only what reconciles read (see `trim_for_cache`).
+        .modify(ImageJob::trim_for_cache)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(trigger_fingerprint, Default::default());

@@ -89,7 +89,7 @@ impl JobCache {
         };
         let events = watcher(api, watcher::Config::default())
             .default_backoff()
-            .modify(|job| job.managed_fields_mut().clear())
+            .modify(ImageJob::trim_for_cache)
             .reflect(writer);
         let driver = cache.clone().drive(events);
         (cache, driver)
