@@ -13,7 +13,10 @@ use kube::{
     runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
 use serde_json::json;
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 use tracing::info;
 
 /// Re-read interval of a running job whose close is watched (a safety net only).
@@ -21,9 +24,9 @@ const WATCHED_RESYNC: Duration = Duration::from_secs(60);
 /// Poll interval of a running job beyond the watch bound.
 const POLLED_RESYNC: Duration = Duration::from_secs(5);
 /// How long a just-started job waits for its first status write: one that finishes sooner
-/// gets a single write (its end), woken by its workflow watch; one still running by then is
-/// written as started (with a "Started" event).
-const FIRST_WRITE_AFTER: Duration = Duration::from_secs(1);
+/// gets a single write (its end), woken by its workflow watch; one still running by then (or
+/// whose workflow made progress) is written as Processing.
+const FIRST_WRITE_AFTER: Duration = Duration::from_secs(2);
 
 pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
     let uid = job.uid().ok_or(Error::MissingUid)?;
@@ -38,10 +41,11 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
     let cancelling = job.spec.cancel_requested();
 
     let mut desired = match observe(&job, &id, &current, !cancelling, ctx).await {
-        Ok(Observed::JustStarted) => {
+        Ok(Observed::JustStarted { run_id, at }) => {
             // The watch wakes the job when the workflow ends or progresses; a job past the
             // watch bound is simply read again.
-            ctx.watches.ensure(&id, ObjectRef::from_obj(job.as_ref()));
+            let job_ref = ObjectRef::from_obj(job.as_ref());
+            ctx.watches.ensure_started(&id, job_ref, run_id, at);
             ctx.backoffs.reset(&uid);
             return Ok(Action::requeue(FIRST_WRITE_AFTER));
         }
@@ -77,10 +81,6 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
     };
     ctx.backoffs.reset(&uid);
     if write_status(&job, &current, &desired, ctx).await? {
-        if current.run_id.is_none() && desired.run_id.is_some() && !desired.phase.is_terminal() {
-            let note = format!("workflow {id} started");
-            ctx.event(&job, EventType::Normal, "Started", note).await;
-        }
         if desired.phase != current.phase {
             announce(&job, &desired, ctx).await;
         }
@@ -120,8 +120,13 @@ fn spec_edit_reported(status: &ImageJobStatus) -> bool {
 
 /// What [`observe`] found.
 enum Observed {
-    /// This call started the workflow: nothing to write yet.
-    JustStarted,
+    /// This call started the workflow, as run `run_id` at `at`: nothing to write yet.
+    JustStarted {
+        /// The new run.
+        run_id: String,
+        /// When it was started.
+        at: SystemTime,
+    },
     /// The workflow as it is now.
     Now(Box<WorkflowSnapshot>),
 }
@@ -146,7 +151,8 @@ async fn observe(
         match outcome.run_id {
             Some(run_id) if !outcome.already_started => {
                 info!(workflow_id = %id, %run_id, "workflow started");
-                return Ok(Observed::JustStarted);
+                let at = SystemTime::now();
+                return Ok(Observed::JustStarted { run_id, at });
             }
             _ => info!(workflow_id = %id, "workflow already started; adopting it"),
         }
@@ -227,7 +233,7 @@ async fn announce(job: &ImageJob, status: &ImageJobStatus, ctx: &Context) {
             "Cancelled",
             "workflow cancelled".to_owned(),
         ),
-        // The "Started" event said it, if the job ran long enough to be written as started.
+        // The status says it; an event per start would be one more request per job.
         Phase::Processing | Phase::Pending => return,
     };
     info!(name = %job.name_any(), phase = status.phase.as_str(), workflow_id = ?status.workflow_id, "job phase changed");

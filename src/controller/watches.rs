@@ -14,7 +14,7 @@ use kube::runtime::reflector::ObjectRef;
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 /// How long progress waits for more (or for the close) before it wakes the job: a job that
@@ -60,6 +60,27 @@ impl WorkflowWatches {
 
     /// Makes sure `workflow_id` is watched; false when the bound is reached (poll instead).
     pub fn ensure(&self, workflow_id: &str, job: ObjectRef<ImageJob>) -> bool {
+        self.watch(workflow_id, job, None)
+    }
+
+    /// Watches a workflow this controller has just started as run `run_id` at `at`: its close
+    /// snapshot carries them, so the job's single status write records the run too.
+    pub fn ensure_started(
+        &self,
+        workflow_id: &str,
+        job: ObjectRef<ImageJob>,
+        run_id: String,
+        at: SystemTime,
+    ) -> bool {
+        self.watch(workflow_id, job, Some((run_id, at)))
+    }
+
+    fn watch(
+        &self,
+        workflow_id: &str,
+        job: ObjectRef<ImageJob>,
+        started: Option<(String, SystemTime)>,
+    ) -> bool {
         let Ok(mut watched) = self.watched.lock() else {
             return false;
         };
@@ -89,7 +110,11 @@ impl WorkflowWatches {
             let still_wanted = state.lock().is_ok_and(|mut w| {
                 let wanted = w.active.remove(&id);
                 w.active.release_spare();
-                if let (true, Ok(snapshot)) = (wanted, outcome) {
+                if let (true, Ok(mut snapshot)) = (wanted, outcome) {
+                    if let Some((run_id, at)) = started {
+                        snapshot.run_id.get_or_insert(run_id);
+                        snapshot.start_time.get_or_insert(at);
+                    }
                     w.closed.insert(id.clone(), snapshot);
                 }
                 wanted
