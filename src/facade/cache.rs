@@ -1,7 +1,7 @@
 //! The facade's watch cache: a reflector over the facade namespace's ImageJobs, an index from
 //! workflow id to job, and a change signal that wakes result waiters (no polling).
 
-use super::list_index::{ListIndex, name_in};
+use super::list_index::{ListIndex, PageQuery, name_in};
 use crate::crd::{ImageJob, WORKFLOW_ID_PREFIX};
 use futures::{Stream, StreamExt};
 use kube::{
@@ -179,19 +179,12 @@ impl JobCache {
             .is_some_and(|uid| self.deleted.read().is_ok_and(|d| d.set.contains(uid)))
     }
 
-    /// One page of cached jobs in list order with their sort keys: up to `limit + 1` after the
-    /// key `after`, of seed status `status` when given (see [`ListIndex::page`]).
-    pub fn page(
-        &self,
-        status: Option<&str>,
-        after: Option<&str>,
-        newest_first: bool,
-        limit: usize,
-    ) -> Vec<(String, Arc<ImageJob>)> {
+    /// One page of cached jobs in list order with their sort keys (see [`ListIndex::page`]).
+    pub fn page(&self, query: &PageQuery) -> Vec<(String, Arc<ImageJob>)> {
         let keys = self
             .list_order
             .read()
-            .map(|order| order.page(status, after, newest_first, limit))
+            .map(|order| order.page(query))
             .unwrap_or_default();
         keys.into_iter()
             .filter_map(|key| {

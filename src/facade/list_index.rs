@@ -26,6 +26,19 @@ pub fn name_in(key: &str) -> &str {
     key.rsplit_once('/').map_or(key, |(_, name)| name)
 }
 
+/// Which page: keys after `after` (exclusive) in the page's order, of `status` only when given.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PageQuery<'a> {
+    /// A seed status (`processing`, `completed`, ...).
+    pub status: Option<&'a str>,
+    /// The continue token: the last key of the previous page.
+    pub after: Option<&'a str>,
+    /// Newest first instead of oldest first.
+    pub newest_first: bool,
+    /// Jobs on the page.
+    pub limit: usize,
+}
+
 /// Jobs in list order, all of them and by seed status.
 #[derive(Default)]
 pub struct ListIndex {
@@ -64,15 +77,15 @@ impl ListIndex {
         }
     }
 
-    /// Up to `limit + 1` keys after `after` (exclusive) in the page's order, of `status` only
-    /// when given: one more than the page, so the caller knows whether another page follows.
-    pub fn page(
-        &self,
-        status: Option<&str>,
-        after: Option<&str>,
-        newest_first: bool,
-        limit: usize,
-    ) -> Vec<String> {
+    /// Up to `limit + 1` keys of the page: one more than asked, so the caller knows whether
+    /// another page follows.
+    pub fn page(&self, query: &PageQuery) -> Vec<String> {
+        let PageQuery {
+            status,
+            after,
+            newest_first,
+            limit,
+        } = *query;
         let empty = BTreeSet::new();
         let set = match status {
             Some(s) => self.by_status.get(s).unwrap_or(&empty),
@@ -108,6 +121,20 @@ mod tests {
         job
     }
 
+    fn q<'a>(
+        status: Option<&'a str>,
+        after: Option<&'a str>,
+        newest_first: bool,
+        limit: usize,
+    ) -> PageQuery<'a> {
+        PageQuery {
+            status,
+            after,
+            newest_first,
+            limit,
+        }
+    }
+
     fn names(keys: Vec<String>) -> Vec<String> {
         keys.iter().map(|k| name_in(k).to_owned()).collect()
     }
@@ -123,15 +150,20 @@ mod tests {
         ] {
             index.upsert(&job(name, second, phase));
         }
-        assert_eq!(names(index.page(None, None, false, 2)), ["a", "b", "c"]);
-        let second_page = index.page(None, Some(&sort_key(&job("b", 2, Phase::Failed))), false, 2);
+        assert_eq!(names(index.page(&q(None, None, false, 2))), ["a", "b", "c"]);
+        let second_page = index.page(&q(
+            None,
+            Some(&sort_key(&job("b", 2, Phase::Failed))),
+            false,
+            2,
+        ));
         assert_eq!(names(second_page), ["c", "d"]);
-        assert_eq!(names(index.page(None, None, true, 1)), ["d", "c"]);
+        assert_eq!(names(index.page(&q(None, None, true, 1))), ["d", "c"]);
         assert_eq!(
-            names(index.page(Some("completed"), None, false, 5)),
+            names(index.page(&q(Some("completed"), None, false, 5))),
             ["c", "d"]
         );
-        assert!(index.page(Some("cancelled"), None, false, 5).is_empty());
+        assert!(index.page(&q(Some("cancelled"), None, false, 5)).is_empty());
     }
 
     #[test]
@@ -139,11 +171,18 @@ mod tests {
         let mut index = ListIndex::default();
         index.upsert(&job("a", 1, Phase::Processing));
         index.upsert(&job("a", 1, Phase::Completed));
-        assert!(index.page(Some("processing"), None, false, 5).is_empty());
-        assert_eq!(names(index.page(None, None, false, 5)), ["a"]);
-        assert_eq!(names(index.page(Some("completed"), None, false, 5)), ["a"]);
+        assert!(
+            index
+                .page(&q(Some("processing"), None, false, 5))
+                .is_empty()
+        );
+        assert_eq!(names(index.page(&q(None, None, false, 5))), ["a"]);
+        assert_eq!(
+            names(index.page(&q(Some("completed"), None, false, 5))),
+            ["a"]
+        );
         index.remove("a");
-        assert!(index.page(None, None, false, 5).is_empty());
-        assert!(index.page(Some("completed"), None, false, 5).is_empty());
+        assert!(index.page(&q(None, None, false, 5)).is_empty());
+        assert!(index.page(&q(Some("completed"), None, false, 5)).is_empty());
     }
 }

@@ -4,6 +4,7 @@ use super::{
     FacadeState,
     error::ApiError,
     idempotency,
+    list_index::PageQuery,
     model::{
         CancelResponse, ListQuery, ListResponse, ProcessRequest, ProcessResponse, ResultQuery,
         ResultResponse, StateView, StatusResponse, TimelineResponse, TimelineStep, WorkflowSummary,
@@ -547,12 +548,12 @@ pub async fn list(
             });
         }
     };
-    let jobs = state.cache.page(
-        params.status.as_deref(),
-        params.continue_token.as_deref(),
+    let jobs = state.cache.page(&PageQuery {
+        status: params.status.as_deref(),
+        after: params.continue_token.as_deref(),
         newest_first,
         limit,
-    );
+    });
     let next = (jobs.len() > limit).then(|| jobs[limit - 1].0.clone());
     let items = jobs
         .into_iter()
