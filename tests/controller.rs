@@ -450,3 +450,33 @@ async fn a_controller_watching_two_namespaces_keeps_the_jobs_of_both_in_its_cach
         }
     }
 }
+
+#[tokio::test]
+async fn a_job_found_finished_without_the_finalizer_is_left_as_it_is() {
+    let s = setup("settled").await;
+    // Finished before this controller ever saw it (restored from a backup, say).
+    create(&s.api, "restored", kube_env::spec(false)).await;
+    let status = serde_json::json!({
+        "apiVersion": "imagejob.dev/v1alpha1",
+        "kind": "ImageJob",
+        "status": {"phase": "Completed", "workflowId": "image-processing-restored"},
+    });
+    s.api
+        .patch_status(
+            "restored",
+            &kube::api::PatchParams::apply("backup").force(),
+            &kube::api::Patch::Apply(&status),
+        )
+        .await
+        .unwrap();
+    let before = s.api.get("restored").await.unwrap();
+    let _worker = TestWorker::plain(&s.settings);
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    // A job created after it is reconciled after it: once that one completed, the controller
+    // has been through the restored one.
+    create(&s.api, "fresh", kube_env::spec(false)).await;
+    wait_phase(&s.api, "fresh", Phase::Completed).await;
+    let after = s.api.get("restored").await.unwrap();
+    assert_eq!(after.resource_version(), before.resource_version());
+    assert!(after.finalizers().is_empty());
+}

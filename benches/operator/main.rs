@@ -441,8 +441,11 @@ async fn fill_finished(client: &Client, ns: &str, total: usize) {
         tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.expect("semaphore");
             let name = format!("done-{i}");
+            // As a job the controller ran carries it.
+            let meta = ObjectMeta { name: Some(name.clone()), finalizers: Some(vec![imagejob_operator::crd::FINALIZER.into()]), ..Default::default() };
             let spec = ImageJobSpec { url: format!("https://example.com/{i}.jpg"), tags: vec!["bench".into(), "rss".into()], ..Default::default() };
-            let created = api.create(&PostParams::default(), &ImageJob::new(&name, spec)).await.expect("create");
+            let job = ImageJob { metadata: meta, ..ImageJob::new(&name, spec) };
+            let created = api.create(&PostParams::default(), &job).await.expect("create");
             let status = ImageJobStatus {
                 phase: Phase::Completed,
                 workflow_id: Some(format!("image-processing-{}", created.uid().expect("uid"))),

@@ -173,14 +173,23 @@ async fn reconcile(job: Arc<ImageJob>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let api: Api<ImageJob> =
         Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    let result = finalizer(&api, FINALIZER, job, |event| async {
-        match event {
-            Finalizer::Apply(job) => apply::apply(job, &ctx).await,
-            Finalizer::Cleanup(job) => cleanup::cleanup(job, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    // A job that is already finished without our finalizer (restored from a backup, say) has
+    // no workflow to cancel: it gets none, so a start over many such jobs writes nothing.
+    let settled = job.phase().is_terminal()
+        && job.metadata.deletion_timestamp.is_none()
+        && !job.finalizers().iter().any(|f| f == FINALIZER);
+    let result = if settled {
+        apply::apply(job, &ctx).await
+    } else {
+        finalizer(&api, FINALIZER, job, |event| async {
+            match event {
+                Finalizer::Apply(job) => apply::apply(job, &ctx).await,
+                Finalizer::Cleanup(job) => cleanup::cleanup(job, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))
+    };
     ctx.metrics.reconcile_took(started.elapsed());
     ctx.metrics.set_tracked_jobs(ctx.tracked());
     result
