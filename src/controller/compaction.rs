@@ -5,8 +5,8 @@
 //! and slabs that keep the capacity of the most they ever held (Go's maps in client-go behave the
 //! same), and the predicate cache keeps a deleted object's entry for an hour. After 10,000 jobs
 //! came and went that is several MiB held for nothing. Once the jobs have fallen to a quarter of
-//! their high-water mark (`CACHE_REBUILD_MIN_PEAK` jobs or more), the controller is rebuilt: a fresh watch, store and scheduler, sized to
-//! what is left. A rebuild costs what a restart costs: one list and one reconcile per remaining
+//! their high-water mark (`CACHE_REBUILD_MIN_PEAK` jobs or more), the controller is rebuilt: a
+//! fresh watch, store and scheduler, sized to what is left. A rebuild costs what a restart costs: one list and one reconcile per remaining
 //! job, and finished jobs need neither Temporal nor a status write.
 
 use crate::crd::ImageJob;
@@ -14,7 +14,7 @@ use kube::runtime::reflector::Store;
 use std::time::Duration;
 
 /// A rebuild is due once the jobs are at most the peak divided by this.
-pub const SHRINK_FACTOR: usize = 4;
+const SHRINK_FACTOR: usize = 4;
 /// How often the cache's size is looked at (a read lock and a length: cheap).
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
