@@ -205,8 +205,10 @@ pub struct ImageJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
     /// Short summary of the similarity search (the full result is served by the facade).
+    // Boxed: it keeps a cached job within a smaller allocation class (`ImageJob` 704 bytes
+    // instead of 776), 12 MiB less per process with 100,000 jobs cached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub similarity: Option<SimilaritySummary>,
+    pub similarity: Option<Box<SimilaritySummary>>,
 }
 
 /// The few best matches of a similarity search.
@@ -275,6 +277,13 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
 mod tests {
     use super::*;
     use kube::ResourceExt;
+
+    #[test]
+    fn a_cached_job_fits_the_768_byte_allocation_class() {
+        // Caches hold each job in an `Arc` (two counters before it); jemalloc's classes around
+        // it are 640, 768 and 896 bytes.
+        assert!(2 * size_of::<usize>() + size_of::<ImageJob>() <= 768);
+    }
 
     #[test]
     fn trimming_for_the_cache_drops_managed_fields_and_the_applied_copy_only() {

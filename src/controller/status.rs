@@ -74,14 +74,14 @@ pub fn from_snapshot(
         status.error = snapshot.failure.clone();
     }
     if let Some(results) = &snapshot.similarity {
-        status.similarity = Some(summarize(results));
+        status.similarity = Some(Box::new(summarize(results)));
     }
     if let Some(reason) = &snapshot.similarity_skipped {
-        status.similarity = Some(SimilaritySummary {
+        status.similarity = Some(Box::new(SimilaritySummary {
             summary: "skipped".into(),
             skipped_reason: Some(reason.clone()),
             ..Default::default()
-        });
+        }));
     }
     let (value, reason, message) = succeeded_condition(snapshot.execution, status.error.as_deref());
     set_condition(

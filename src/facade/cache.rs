@@ -20,6 +20,7 @@ use std::{
     },
 };
 use tokio::sync::{broadcast, watch};
+use uuid::Uuid;
 
 /// How many updates a slow subscriber may fall behind before it is told to reload.
 const UPDATES_BUFFER: usize = 1024;
@@ -40,7 +41,8 @@ pub enum JobUpdate {
 pub struct JobCache {
     namespace: String,
     store: Store<ImageJob>,
-    names_by_uid: Arc<RwLock<HashMap<String, String>>>,
+    /// Job names by uid, the uid parsed (16 bytes instead of a 36-character string).
+    names_by_uid: Arc<RwLock<HashMap<Uuid, String>>>,
     list_order: Arc<RwLock<ListIndex>>,
     changes: watch::Sender<u64>,
     updates: broadcast::Sender<JobUpdate>,
@@ -72,6 +74,11 @@ impl Tombstones {
     }
 }
 
+/// A uid as the key of the name index; the apiserver's uids are UUIDs.
+fn uid_key(uid: &str) -> Option<Uuid> {
+    Uuid::parse_str(uid).ok()
+}
+
 impl JobCache {
     /// Starts watching `api` (namespaced); the returned future drives the watch and must be
     /// polled (spawned) for the cache to fill.
@@ -97,7 +104,7 @@ impl JobCache {
 
     async fn drive(self, events: impl Stream<Item = Result<Event<ImageJob>, watcher::Error>>) {
         let mut events = std::pin::pin!(events);
-        let mut relisted: Option<(HashMap<String, String>, ListIndex)> = None;
+        let mut relisted: Option<(HashMap<Uuid, String>, ListIndex)> = None;
         while let Some(event) = events.next().await {
             match event {
                 Ok(Event::Apply(job)) => {
@@ -116,7 +123,9 @@ impl JobCache {
                         order.remove(&job.name_any());
                     }
                     if let (Some(uid), Ok(mut map)) = (job.uid(), self.names_by_uid.write()) {
-                        map.remove(&uid);
+                        if let Some(key) = uid_key(&uid) {
+                            map.remove(&key);
+                        }
                         if let Ok(mut deleted) = self.deleted.write() {
                             deleted.insert(uid);
                         }
@@ -126,7 +135,7 @@ impl JobCache {
                 Ok(Event::InitApply(job)) => {
                     if let Some((names, order)) = relisted.as_mut() {
                         order.upsert(&job);
-                        if let Some(uid) = job.uid() {
+                        if let Some(uid) = job.uid().as_deref().and_then(uid_key) {
                             names.insert(uid, job.name_any());
                         }
                     }
@@ -151,7 +160,10 @@ impl JobCache {
 
     /// Indexes a job (also called right after the facade creates one, before its watch event).
     pub fn remember(&self, job: &ImageJob) {
-        if let (Some(uid), Ok(mut map)) = (job.uid(), self.names_by_uid.write()) {
+        if let (Some(uid), Ok(mut map)) = (
+            job.uid().as_deref().and_then(uid_key),
+            self.names_by_uid.write(),
+        ) {
             map.insert(uid, job.name_any());
         }
         if let Ok(mut order) = self.list_order.write() {
@@ -161,8 +173,8 @@ impl JobCache {
 
     /// The name of the job behind a workflow id, if it is one of ours.
     pub fn name_of(&self, workflow_id: &str) -> Option<String> {
-        let uid = workflow_id.strip_prefix(WORKFLOW_ID_PREFIX)?;
-        self.names_by_uid.read().ok()?.get(uid).cloned()
+        let uid = uid_key(workflow_id.strip_prefix(WORKFLOW_ID_PREFIX)?)?;
+        self.names_by_uid.read().ok()?.get(&uid).cloned()
     }
 
     /// The cached job behind a workflow id.

@@ -7,6 +7,7 @@ use kube::ResourceExt;
 use std::{
     collections::{BTreeSet, HashMap},
     ops::Bound,
+    sync::Arc,
 };
 
 /// Creation time then name: a stable order in which new jobs come last. The name follows the
@@ -39,22 +40,23 @@ pub struct PageQuery<'a> {
     pub limit: usize,
 }
 
-/// Jobs in list order, all of them and by seed status.
+/// Jobs in list order, all of them and by seed status. A job's key is allocated once and shared
+/// by the sets it is in.
 #[derive(Default)]
 pub struct ListIndex {
-    all: BTreeSet<String>,
-    by_status: HashMap<&'static str, BTreeSet<String>>,
+    all: BTreeSet<Arc<str>>,
+    by_status: HashMap<&'static str, BTreeSet<Arc<str>>>,
     /// Each job's key and status, to move it when it changes.
-    entry_of: HashMap<String, (String, &'static str)>,
+    entry_of: HashMap<String, (Arc<str>, &'static str)>,
 }
 
 impl ListIndex {
     /// Adds a job, or moves it to its new status.
     pub fn upsert(&mut self, job: &ImageJob) {
-        let (key, status) = (sort_key(job), seed_status(job.phase()));
+        let (key, status) = (Arc::<str>::from(sort_key(job)), seed_status(job.phase()));
         let name = job.name_any();
         if let Some((old_key, old_status)) = self.entry_of.get(&name) {
-            if *old_key == key && *old_status == status {
+            if **old_key == *key && *old_status == status {
                 return;
             }
             self.remove(&name);
@@ -95,10 +97,10 @@ impl ListIndex {
         let bound = after.map_or(Bound::Unbounded, Bound::Excluded);
         if newest_first {
             let range = set.range::<str, _>((Bound::Unbounded, bound));
-            range.rev().take(take).cloned().collect()
+            range.rev().take(take).map(|k| k.to_string()).collect()
         } else {
             let range = set.range::<str, _>((bound, Bound::Unbounded));
-            range.take(take).cloned().collect()
+            range.take(take).map(|k| k.to_string()).collect()
         }
     }
 }
