@@ -14,7 +14,7 @@ mod watches;
 pub use leader::{LeaderElector, LeaseSettings, TimingError};
 
 use crate::{
-    crd::{FINALIZER, ImageJob, WORKFLOW_ID_PREFIX},
+    crd::{FINALIZER, ImageJob, ImageJobSpec, ImageJobStatus, WORKFLOW_ID_PREFIX},
     kube_client::WriteFence,
     metrics::SharedMetrics,
     temporal::{GatewayError, WorkflowGateway},
@@ -226,13 +226,39 @@ fn error_policy(job: Arc<ImageJob>, error: &Error, ctx: Arc<Context>) -> Action 
 
 /// Hash of what should wake a reconcile: spec changes, deletion, finalizers. Status writes (ours)
 /// are filtered out, so a write does not trigger another Temporal round-trip.
+///
+/// Finished jobs get none, so every change of theirs passes: the filter keeps an entry per
+/// fingerprinted job (100,000 finished jobs held ~20 MiB of them), and a finished job's
+/// reconcile calls nothing unless it is being deleted or its TTL ran out.
 fn trigger_fingerprint(job: &ImageJob) -> Option<u64> {
     use std::hash::{Hash, Hasher};
+    if job.phase().is_terminal() {
+        return None;
+    }
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     job.metadata.generation.hash(&mut hasher);
     job.metadata.deletion_timestamp.is_some().hash(&mut hasher);
     job.finalizers().hash(&mut hasher);
     Some(hasher.finish())
+}
+
+/// What the cache keeps of a job: what [`ImageJob::trim_for_cache`] keeps and, of a finished
+/// job, only what its reconcile reads (metadata, phase, completion time, TTL). The cache holds
+/// every finished job for as long as it exists, and no write is ever made from a finished job's
+/// cached status.
+fn keep_for_reconcile(job: &mut ImageJob) {
+    job.trim_for_cache();
+    if let Some(status) = job.status.as_mut().filter(|s| s.phase.is_terminal()) {
+        *status = ImageJobStatus {
+            phase: status.phase,
+            completion_time: status.completion_time.take(),
+            ..Default::default()
+        };
+        job.spec = ImageJobSpec {
+            ttl_seconds_after_finished: job.spec.ttl_seconds_after_finished,
+            ..Default::default()
+        };
+    }
 }
 
 /// What the controller watches and how it names itself.
@@ -297,8 +323,7 @@ pub async fn run(
     };
     let jobs = events
         .default_backoff()
-        // The cache keeps only what reconciles read (see `trim_for_cache`).
-        .modify(ImageJob::trim_for_cache)
+        .modify(keep_for_reconcile)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(trigger_fingerprint, Default::default());
@@ -314,4 +339,66 @@ pub async fn run(
         info!("controller stopped");
     };
     (reader, done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::Phase;
+    use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+
+    fn job(phase: Phase) -> ImageJob {
+        let mut job = ImageJob::new(
+            "shirt",
+            ImageJobSpec {
+                url: "https://example.com/shirt.jpg".into(),
+                tags: vec!["summer".into()],
+                ttl_seconds_after_finished: Some(60),
+                ..Default::default()
+            },
+        );
+        job.finalizers_mut().push(FINALIZER.into());
+        job.status = Some(ImageJobStatus {
+            phase,
+            workflow_id: Some("image-processing-1".into()),
+            image_id: Some("img-1".into()),
+            completion_time: Some(Time(Timestamp::UNIX_EPOCH)),
+            ..Default::default()
+        });
+        job
+    }
+
+    #[test]
+    fn a_finished_job_is_cached_with_what_its_reconcile_reads_only() {
+        let mut cached = job(Phase::Completed);
+        keep_for_reconcile(&mut cached);
+        assert_eq!(cached.phase(), Phase::Completed);
+        assert_eq!(cached.finalizers(), [FINALIZER]);
+        assert_eq!(cached.spec.ttl_seconds_after_finished, Some(60));
+        assert_eq!(cached.spec.url, "");
+        assert!(cached.spec.tags.is_empty());
+        let status = cached.status.as_ref().expect("status");
+        assert_eq!(status.completion_time, Some(Time(Timestamp::UNIX_EPOCH)));
+        assert_eq!((&status.workflow_id, &status.image_id), (&None, &None));
+        assert_eq!(
+            status::ttl_deadline(&cached),
+            status::ttl_deadline(&job(Phase::Completed))
+        );
+    }
+
+    #[test]
+    fn a_running_job_is_cached_whole_and_fingerprinted() {
+        let mut cached = job(Phase::Processing);
+        keep_for_reconcile(&mut cached);
+        let whole = job(Phase::Processing);
+        assert_eq!((&cached.spec, &cached.status), (&whole.spec, &whole.status));
+        assert!(trigger_fingerprint(&cached).is_some());
+    }
+
+    #[test]
+    fn finished_jobs_are_not_fingerprinted() {
+        for phase in [Phase::Completed, Phase::Failed, Phase::Cancelled] {
+            assert_eq!(trigger_fingerprint(&job(phase)), None);
+        }
+    }
 }
