@@ -32,6 +32,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// Compression of the gRPC calls to Temporal.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrpcCompression {
+    /// Uncompressed (the Go and Java SDKs' default).
+    None,
+    /// Gzip requests and accept gzip responses.
+    Gzip,
+}
+
 /// The roles.
 // Parsed once at startup: the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -119,6 +128,16 @@ pub struct TemporalArgs {
     /// variables (`TEMPORAL_ADDRESS`, `TEMPORAL_API_KEY`, `TEMPORAL_TLS_*`, `TEMPORAL_PROFILE`).
     #[arg(long, env = "TEMPORAL_API_KEY_FILE")]
     pub temporal_api_key_file: Option<PathBuf>,
+    /// Compression of gRPC messages to and from Temporal. The SDK's default, gzip, cost the
+    /// controller and the Temporal server CPU on every call for payloads of a few hundred bytes;
+    /// worth it only over a slow link.
+    #[arg(
+        long,
+        env = "TEMPORAL_GRPC_COMPRESSION",
+        value_enum,
+        default_value_t = GrpcCompression::None
+    )]
+    pub temporal_grpc_compression: GrpcCompression,
     /// Directory of payload encryption keys (a mounted Secret: one file per key id, 32 bytes
     /// in base64). Set, every payload sent to Temporal is AES-256-GCM encrypted.
     #[arg(
@@ -147,6 +166,10 @@ impl TemporalArgs {
             self.temporal_api_key_file.clone(),
             self.payload_cipher()?,
         )
+        .map(|settings| TemporalSettings {
+            gzip: self.temporal_grpc_compression == GrpcCompression::Gzip,
+            ..settings
+        })
     }
 
     /// The payload cipher, when encryption is configured.
@@ -468,4 +491,32 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Parser)]
+    struct TemporalOnly {
+        #[command(flatten)]
+        temporal: TemporalArgs,
+    }
+
+    fn settings(args: &[&str]) -> TemporalSettings {
+        let argv = std::iter::once("imagejob-operator").chain(args.iter().copied());
+        TemporalOnly::parse_from(argv)
+            .temporal
+            .settings()
+            .expect("settings")
+    }
+
+    #[test]
+    fn grpc_compression_is_off_unless_gzip_is_asked_for() {
+        assert!(!settings(&[]).gzip);
+        assert!(settings(&["--temporal-grpc-compression", "gzip"]).gzip);
+        assert!(
+            TemporalOnly::try_parse_from(["t", "--temporal-grpc-compression", "zstd"]).is_err()
+        );
+    }
 }

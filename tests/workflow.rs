@@ -142,6 +142,21 @@ async fn temporal_dev_server_answers_through_the_rust_client() {
 }
 
 #[tokio::test]
+async fn a_worker_and_a_client_with_gzip_on_run_a_workflow() {
+    let (settings, _, id) = setup();
+    let settings = TemporalSettings {
+        gzip: true,
+        ..settings
+    };
+    let gateway = support::gateway(&settings);
+    let _worker = TestWorker::plain(&settings);
+    gateway.start(&id, input(false)).await.unwrap();
+    let snap = finish(&gateway, &id).await;
+    assert_eq!(snap.execution, ExecutionStatus::Completed);
+    assert!(snap.state.expect("state").metadata_stored);
+}
+
+#[tokio::test]
 async fn completes_without_similarity_and_stores_one_document() {
     let (settings, gateway, id) = setup();
     let worker = TestWorker::plain(&settings);

@@ -40,6 +40,8 @@ app.kubernetes.io/component: {{ .role }}
   value: {{ .Values.temporal.namespace | quote }}
 - name: TEMPORAL_TASK_QUEUE
   value: {{ .Values.temporal.taskQueue | quote }}
+- name: TEMPORAL_GRPC_COMPRESSION
+  value: {{ .Values.temporal.grpcCompression | quote }}
 {{- $t := .Values.temporal }}
 {{- with $t.address }}
 - name: TEMPORAL_ADDRESS

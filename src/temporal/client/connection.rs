@@ -12,7 +12,7 @@ use crate::temporal::{GatewayError, PayloadCipher};
 use std::{fmt, path::PathBuf, time::Duration};
 use temporalio_client::tonic::Code;
 use temporalio_client::{
-    Client, ClientOptions, Connection, ConnectionOptions,
+    Client, ClientOptions, Connection, ConnectionOptions, GrpcCompression,
     envconfig::{ClientConfigProfile, DataSource, LoadClientConfigProfileOptions},
     errors::ClientConnectError,
 };
@@ -40,6 +40,8 @@ pub struct TemporalSettings {
     pub api_key_file: Option<PathBuf>,
     /// Payload encryption, when on: every payload this process sends is encrypted.
     pub codec: Option<PayloadCipher>,
+    /// Gzip gRPC messages (`TEMPORAL_GRPC_COMPRESSION=gzip`); off by default.
+    pub gzip: bool,
 }
 
 impl Default for TemporalSettings {
@@ -52,6 +54,7 @@ impl Default for TemporalSettings {
             profile: ClientConfigProfile::default(),
             api_key_file: None,
             codec: None,
+            gzip: false,
         }
     }
 }
@@ -64,6 +67,7 @@ impl fmt::Debug for TemporalSettings {
             .field("namespace", &self.namespace)
             .field("task_queue", &self.task_queue)
             .field("tls", &self.uses_tls())
+            .field("gzip", &self.gzip)
             .field("api_key", &self.has_api_key())
             .field(
                 "payload_encryption_key",
@@ -98,6 +102,7 @@ impl TemporalSettings {
             profile,
             api_key_file,
             codec,
+            gzip: false,
         })
     }
 
@@ -166,6 +171,11 @@ impl TemporalSettings {
             .map_err(|e| GatewayError::Config(format!("Temporal client configuration: {e}")))?;
         options.identity = identity();
         options.connect_timeout = Some(Duration::from_secs(5));
+        options.grpc_compression = if self.gzip {
+            GrpcCompression::Gzip
+        } else {
+            GrpcCompression::None
+        };
         Ok(options)
     }
 }
