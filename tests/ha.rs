@@ -281,12 +281,13 @@ async fn a_job_whose_workflow_cannot_be_cancelled_is_released_after_the_timeout_
  {
     let s = Setup::new("release").await;
     // No worker: workflows start but never end, so a cancellation never completes. One
-    // reconcile at a time: a cleanup that held its slot would stall every other job.
+    // reconcile at a time: a cleanup that held its slot would stall every other job. The
+    // timeout outlasts another job's first status write (10 s after its start without a worker).
     let controller = ControllerProcess::start(
         &s.settings,
         &s.ns,
         &[
-            ("CANCEL_ON_DELETE_TIMEOUT_SECS", "15".to_owned()),
+            ("CANCEL_ON_DELETE_TIMEOUT_SECS", "30".to_owned()),
             ("RECONCILE_CONCURRENCY", "1".to_owned()),
         ],
     );

@@ -202,6 +202,33 @@ async fn status_follows_each_step_within_the_write_budget() {
 }
 
 #[tokio::test]
+async fn a_spec_edit_before_the_first_status_write_is_still_reported() {
+    let s = Setup::new("early-edit").await;
+    // No worker: the workflow stays queued, so the job's first status write comes 10 s after its
+    // start, and the edit lands before it.
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let job = create(&s.api, "early", kube_env::spec(false)).await;
+    let id = format!("image-processing-{}", job.metadata.uid.expect("uid"));
+    let gateway = support::gateway(&s.settings);
+    eventually("the workflow to start", JOB_WAIT, || async {
+        (gateway.execution(&id).await.ok() == Some(ExecutionStatus::Running)).then_some(())
+    })
+    .await;
+    let unwritten = s.api.get("early").await.unwrap();
+    assert!(unwritten.status.is_none(), "{:?}", unwritten.status);
+    let patch = json!({"spec": {"title": "Edited before the first write"}});
+    s.api
+        .patch("early", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let job = wait_job(&s.api, "early", "SpecApplied=False", JOB_WAIT, |j| {
+        condition(j, CONDITION_SPEC_APPLIED).is_some_and(|c| c.status == "False")
+    })
+    .await;
+    assert_eq!(job.phase(), Phase::Processing);
+}
+
+#[tokio::test]
 async fn a_spec_edit_after_start_is_reported_and_not_applied() {
     let s = Setup::new("spec-edit").await;
     let fake = FakeLykdat::start(vec![Reply::ok(&[]).after(Duration::from_secs(20))]).await;

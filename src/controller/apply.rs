@@ -1,7 +1,7 @@
 //! Apply: start the job's workflow once, mirror its state into the status, wake on its close,
 //! delete the job when its TTL after finishing runs out.
 
-use super::{Context, Error, Result, cancel, status, workflow_id};
+use super::{Context, Error, Result, cancel, status, watches::Started, workflow_id};
 use crate::{
     crd::{CONDITION_SPEC_APPLIED, FIELD_MANAGER, ImageJob, ImageJobStatus, Phase},
     temporal::{GatewayError, WorkflowSnapshot},
@@ -49,7 +49,12 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
             // The watch wakes the job when the workflow ends or progresses; a job past the
             // watch bound is simply read again.
             let job_ref = ObjectRef::from_obj(job.as_ref());
-            let watched = ctx.watches.ensure_started(&id, job_ref, run_id, at);
+            let started = Started {
+                run_id,
+                at,
+                spec_digest: status::spec_digest(&job.spec),
+            };
+            let watched = ctx.watches.ensure_started(&id, job_ref, started);
             ctx.backoffs.reset(&uid);
             let first_read = if watched {
                 FIRST_WRITE_AFTER
@@ -82,6 +87,12 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
         }
         Err(e) => return Err(e.into()),
     };
+    if current.started_spec_digest.is_none()
+        && let Some(digest) = ctx.watches.started_spec_digest(&id)
+    {
+        // The spec may have been edited before this first write: record the one started.
+        desired.started_spec_digest = Some(digest);
+    }
     let edited = status::check_spec_edits(&job, &mut desired, &now);
     let cancel_check = if cancelling && !desired.phase.is_terminal() {
         Some(cancel::request(&id, &mut desired, &now, ctx).await?)

@@ -29,6 +29,20 @@ const ERROR_PAUSE: Duration = Duration::from_secs(1);
 struct Watched {
     active: HashSet<String>,
     closed: HashMap<String, WorkflowSnapshot>,
+    /// How the workflows this controller started were started, until their job is forgotten.
+    started: HashMap<String, Started>,
+}
+
+/// A workflow this controller started: what its job's first status write records even when
+/// the job changed before that write.
+#[derive(Clone, Debug)]
+pub struct Started {
+    /// The run started.
+    pub run_id: String,
+    /// When.
+    pub at: SystemTime,
+    /// Digest of the spec it was started with (see [`super::status::spec_digest`]).
+    pub spec_digest: String,
 }
 
 /// The set of workflows being watched, and what the closed ones left (so the woken reconcile
@@ -60,27 +74,31 @@ impl WorkflowWatches {
 
     /// Makes sure `workflow_id` is watched; false when the bound is reached (poll instead).
     pub fn ensure(&self, workflow_id: &str, job: ObjectRef<ImageJob>) -> bool {
-        self.watch(workflow_id, job, None)
+        self.watch(workflow_id, job)
     }
 
-    /// Watches a workflow this controller has just started as run `run_id` at `at`: its close
-    /// snapshot carries them, so the job's single status write records the run too.
+    /// Watches a workflow this controller has just started: its close snapshot carries the run
+    /// and its start, so the job's single status write records them too, and
+    /// [`WorkflowWatches::started_spec_digest`] the spec it started with.
     pub fn ensure_started(
         &self,
         workflow_id: &str,
         job: ObjectRef<ImageJob>,
-        run_id: String,
-        at: SystemTime,
+        started: Started,
     ) -> bool {
-        self.watch(workflow_id, job, Some((run_id, at)))
+        if let Ok(mut watched) = self.watched.lock() {
+            watched.started.insert(workflow_id.to_owned(), started);
+        }
+        self.watch(workflow_id, job)
     }
 
-    fn watch(
-        &self,
-        workflow_id: &str,
-        job: ObjectRef<ImageJob>,
-        started: Option<(String, SystemTime)>,
-    ) -> bool {
+    /// Digest of the spec this controller started the workflow with.
+    pub fn started_spec_digest(&self, workflow_id: &str) -> Option<String> {
+        let watched = self.watched.lock().ok()?;
+        Some(watched.started.get(workflow_id)?.spec_digest.clone())
+    }
+
+    fn watch(&self, workflow_id: &str, job: ObjectRef<ImageJob>) -> bool {
         let Ok(mut watched) = self.watched.lock() else {
             return false;
         };
@@ -111,9 +129,11 @@ impl WorkflowWatches {
                 let wanted = w.active.remove(&id);
                 w.active.release_spare();
                 if let (true, Ok(mut snapshot)) = (wanted, outcome) {
-                    if let Some((run_id, at)) = started {
-                        snapshot.run_id.get_or_insert(run_id);
-                        snapshot.start_time.get_or_insert(at);
+                    if let Some(started) = w.started.get(&id) {
+                        snapshot
+                            .run_id
+                            .get_or_insert_with(|| started.run_id.clone());
+                        snapshot.start_time.get_or_insert(started.at);
                     }
                     w.closed.insert(id.clone(), snapshot);
                 }
@@ -155,8 +175,10 @@ impl WorkflowWatches {
         if let Ok(mut w) = self.watched.lock() {
             w.active.remove(workflow_id);
             w.closed.remove(workflow_id);
+            w.started.remove(workflow_id);
             w.active.release_spare();
             w.closed.release_spare();
+            w.started.release_spare();
         }
     }
 
@@ -164,7 +186,7 @@ impl WorkflowWatches {
     pub fn tracked(&self) -> usize {
         self.watched
             .lock()
-            .map(|w| w.active.len() + w.closed.len())
+            .map(|w| w.active.len() + w.closed.len() + w.started.len())
             .unwrap_or(0)
     }
 }
