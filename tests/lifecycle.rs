@@ -11,7 +11,7 @@ use imagejob_operator::{
     temporal::{ExecutionStatus, GatewayError, WorkflowGateway},
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -201,6 +201,19 @@ async fn status_follows_each_step_within_the_write_budget() {
     );
 }
 
+/// Sets the job's title, then waits for its `SpecApplied` condition to be `applied`.
+async fn retitle(api: &Api<ImageJob>, name: &str, title: &str, applied: &str) -> ImageJob {
+    let patch = json!({"spec": {"title": title}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let what = format!("SpecApplied={applied}");
+    wait_job(api, name, &what, JOB_WAIT, |j| {
+        condition(j, CONDITION_SPEC_APPLIED).is_some_and(|c| c.status == applied)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_spec_edit_before_the_first_status_write_is_still_reported() {
     let s = Setup::new("early-edit").await;
@@ -216,15 +229,7 @@ async fn a_spec_edit_before_the_first_status_write_is_still_reported() {
     .await;
     let unwritten = s.api.get("early").await.unwrap();
     assert!(unwritten.status.is_none(), "{:?}", unwritten.status);
-    let patch = json!({"spec": {"title": "Edited before the first write"}});
-    s.api
-        .patch("early", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    let job = wait_job(&s.api, "early", "SpecApplied=False", JOB_WAIT, |j| {
-        condition(j, CONDITION_SPEC_APPLIED).is_some_and(|c| c.status == "False")
-    })
-    .await;
+    let job = retitle(&s.api, "early", "Edited before the first write", "False").await;
     assert_eq!(job.phase(), Phase::Processing);
 }
 
@@ -237,15 +242,7 @@ async fn a_spec_edit_after_start_is_reported_and_not_applied() {
     create(&s.api, "edited", kube_env::spec(true)).await;
     search_started(&fake).await;
 
-    let patch = json!({"spec": {"title": "Another title"}});
-    s.api
-        .patch("edited", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    let job = wait_job(&s.api, "edited", "SpecApplied=False", JOB_WAIT, |j| {
-        condition(j, CONDITION_SPEC_APPLIED).is_some_and(|c| c.status == "False")
-    })
-    .await;
+    let job = retitle(&s.api, "edited", "Another title", "False").await;
     let reported = condition(&job, CONDITION_SPEC_APPLIED).unwrap();
     assert_eq!(reported.reason, "EditedAfterStart");
     assert!(
@@ -260,15 +257,7 @@ async fn a_spec_edit_after_start_is_reported_and_not_applied() {
     );
 
     // Undoing the edit while the workflow runs says so.
-    let patch = json!({"spec": {"title": "Product Image"}});
-    s.api
-        .patch("edited", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    let job = wait_job(&s.api, "edited", "SpecApplied=True", JOB_WAIT, |j| {
-        condition(j, CONDITION_SPEC_APPLIED).is_some_and(|c| c.status == "True")
-    })
-    .await;
+    let job = retitle(&s.api, "edited", "Product Image", "True").await;
     assert_eq!(
         job.phase(),
         Phase::Processing,

@@ -228,8 +228,8 @@ fn error_policy(job: Arc<ImageJob>, error: &Error, ctx: Arc<Context>) -> Action 
 /// are filtered out, so a write does not trigger another Temporal round-trip.
 ///
 /// Finished jobs get none, so every change of theirs passes: the filter keeps an entry per
-/// fingerprinted job (100,000 finished jobs held ~20 MiB of them), and a finished job's
-/// reconcile calls nothing unless it is being deleted or its TTL ran out.
+/// fingerprinted job (about 200 bytes: its name, namespace and uid copied), and a finished
+/// job's reconcile calls nothing unless it is being deleted or its TTL ran out.
 fn trigger_fingerprint(job: &ImageJob) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     if job.phase().is_terminal() {
