@@ -6,8 +6,9 @@
 //! same), and the predicate cache keeps a deleted object's entry for an hour. After 10,000 jobs
 //! came and went that is several MiB held for nothing. Once the jobs have fallen to a quarter of
 //! their high-water mark (`CACHE_REBUILD_MIN_PEAK` jobs or more), the controller is rebuilt: a
-//! fresh watch, store and scheduler, sized to what is left. A rebuild costs what a restart costs: one list and one reconcile per remaining
-//! job, and finished jobs need neither Temporal nor a status write.
+//! fresh watch, store and scheduler, sized to what is left. A rebuild costs what a restart
+//! costs: one list and one reconcile per remaining job, and finished jobs need neither Temporal
+//! nor a status write.
 
 use crate::crd::ImageJob;
 use kube::runtime::reflector::Store;

@@ -35,7 +35,7 @@ struct Watched {
 
 /// A workflow this controller started: what its job's first status write records even when
 /// the job changed before that write.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Started {
     /// The run started.
     pub run_id: String,
@@ -72,11 +72,6 @@ impl WorkflowWatches {
         }
     }
 
-    /// Makes sure `workflow_id` is watched; false when the bound is reached (poll instead).
-    pub fn ensure(&self, workflow_id: &str, job: ObjectRef<ImageJob>) -> bool {
-        self.watch(workflow_id, job)
-    }
-
     /// Watches a workflow this controller has just started: its close snapshot carries the run
     /// and its start, so the job's single status write records them too, and
     /// [`WorkflowWatches::started_spec_digest`] the spec it started with.
@@ -89,7 +84,7 @@ impl WorkflowWatches {
         if let Ok(mut watched) = self.watched.lock() {
             watched.started.insert(workflow_id.to_owned(), started);
         }
-        self.watch(workflow_id, job)
+        self.ensure(workflow_id, job)
     }
 
     /// Digest of the spec this controller started the workflow with.
@@ -98,7 +93,8 @@ impl WorkflowWatches {
         Some(watched.started.get(workflow_id)?.spec_digest.clone())
     }
 
-    fn watch(&self, workflow_id: &str, job: ObjectRef<ImageJob>) -> bool {
+    /// Makes sure `workflow_id` is watched; false when the bound is reached (poll instead).
+    pub fn ensure(&self, workflow_id: &str, job: ObjectRef<ImageJob>) -> bool {
         let Ok(mut watched) = self.watched.lock() else {
             return false;
         };
