@@ -61,8 +61,10 @@ pub struct Metrics {
     pub status_writes_per_job: Histogram,
     /// Requests the controller made to the apiserver, by verb.
     pub apiserver_requests: Family<RequestLabel, Counter>,
-    /// ImageJobs in the controller's cache, by phase.
+    /// ImageJobs the controller watches, by phase.
     pub jobs: Family<PhaseLabel, Gauge>,
+    /// ImageJobs in the controller's cache (the others are settled: finished, without a TTL).
+    pub cached_jobs: Gauge,
     /// Facade requests, by status class.
     pub http_requests: Family<ClassLabel, Counter>,
     /// Writes refused because this replica was not (or no longer) the leader.
@@ -108,6 +110,12 @@ impl Metrics {
         );
         let leader = Gauge::default();
         let tracked_jobs = Gauge::default();
+        let cached_jobs = Gauge::default();
+        registry.register(
+            "controller_cached_jobs",
+            "ImageJobs in the controller's cache; the other watched ones are finished without a TTL and kept as a uid and a phase",
+            cached_jobs.clone(),
+        );
         let heap = HeapGauges::register(&mut registry);
         let jobs_waiting_for_temporal = Gauge::default();
         registry.register(
@@ -156,7 +164,7 @@ impl Metrics {
             "Requests to the apiserver, by verb",
             apiserver_requests.clone(),
         );
-        registry.register("jobs", "ImageJobs in the cache, by phase", jobs.clone());
+        registry.register("jobs", "ImageJobs watched, by phase", jobs.clone());
         registry.register(
             "http_requests",
             "Facade requests, by status class",
@@ -175,6 +183,7 @@ impl Metrics {
             fenced_writes,
             leader,
             tracked_jobs,
+            cached_jobs,
             cache_rebuilds,
             heap,
             jobs_waiting_for_temporal,
@@ -274,15 +283,23 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets the jobs-by-phase gauges from the cache's contents.
-    pub fn count_phases<'a>(&self, jobs: impl Iterator<Item = &'a ImageJob>) {
-        let mut counts: HashMap<Phase, i64> = HashMap::new();
+    /// Sets the jobs-by-phase gauges from the cache's contents and the counts of the settled
+    /// jobs kept out of it.
+    pub fn count_phases<'a>(
+        &self,
+        jobs: impl Iterator<Item = &'a ImageJob>,
+        settled: HashMap<Phase, i64>,
+    ) {
+        let mut counts = settled;
         let mut waiting = 0;
+        let mut cached = 0;
         for job in jobs {
+            cached += 1;
             *counts.entry(job.phase()).or_default() += 1;
             waiting += i64::from(!job.phase().is_terminal() && job.temporal_unreachable());
         }
         self.jobs_waiting_for_temporal.set(waiting);
+        self.cached_jobs.set(cached);
         for phase in [
             Phase::Pending,
             Phase::Processing,

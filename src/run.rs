@@ -15,7 +15,7 @@ use crate::{
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use futures::FutureExt;
-use kube::{Api, runtime::reflector::Store};
+use kube::Api;
 use std::{
     net::SocketAddr,
     sync::{Arc, RwLock},
@@ -136,8 +136,8 @@ pub async fn worker(
     Ok(())
 }
 
-/// The controller's job cache, once it leads (the probes read it).
-type SharedStore = Arc<RwLock<Option<Store<ImageJob>>>>;
+/// The controller's jobs, once it leads (the probes read them).
+type SharedJobs = Arc<RwLock<Option<controller::Jobs>>>;
 
 /// `controller`: reconciles ImageJobs (as leader, when election is on) until shutdown.
 ///
@@ -165,11 +165,11 @@ pub async fn controller(
     let client = kube_client::counted(metrics.clone(), fence.clone())
         .await
         .context("connecting to Kubernetes")?;
-    let store: SharedStore = Arc::default();
+    let held: SharedJobs = Arc::default();
     let probes = serve_probes(
         args.metrics_addr,
         metrics.clone(),
-        store.clone(),
+        held.clone(),
         shutdown.clone(),
     )
     .await?;
@@ -182,13 +182,13 @@ pub async fn controller(
         release_after: Duration::from_secs(args.cancel_on_delete_timeout_secs),
     };
     let run_once = |stop: Shutdown| {
-        let (client, gateway, metrics, settings, fence, store) = (
+        let (client, gateway, metrics, settings, fence, held) = (
             client.clone(),
             gateway.clone(),
             metrics.clone(),
             settings.clone(),
             fence.clone(),
-            store.clone(),
+            held.clone(),
         );
         async move {
             // Each turn is one controller; a turn ends at shutdown, or when the cache has
@@ -204,7 +204,7 @@ pub async fn controller(
                         }
                     }
                 };
-                let (reader, running) = controller::run(
+                let (jobs, running) = controller::run(
                     client.clone(),
                     gateway.clone(),
                     metrics.clone(),
@@ -213,12 +213,12 @@ pub async fn controller(
                     until,
                 )
                 .await;
-                if let Ok(mut slot) = store.write() {
-                    *slot = Some(reader.clone());
+                if let Ok(mut slot) = held.write() {
+                    *slot = Some(jobs.clone());
                 }
                 let min_peak = args.cache_rebuild_min_peak;
                 let due = tokio::spawn(async move {
-                    controller::compaction::due(reader, min_peak).await;
+                    controller::compaction::due(jobs, min_peak).await;
                     rebuild.notify_one();
                 });
                 running.await;
@@ -247,7 +247,7 @@ pub async fn controller(
             _ = elector.hold() => true,
         };
         metrics.set_leader(false);
-        if let Ok(mut slot) = store.write() {
+        if let Ok(mut slot) = held.write() {
             *slot = None;
         }
         if !lost {
@@ -265,12 +265,12 @@ fn default_identity() -> String {
 #[derive(Clone)]
 struct ProbeState {
     metrics: SharedMetrics,
-    store: SharedStore,
+    held: SharedJobs,
 }
 
 impl ProbeState {
-    fn store(&self) -> Option<Store<ImageJob>> {
-        self.store.read().ok().and_then(|s| s.clone())
+    fn jobs(&self) -> Option<controller::Jobs> {
+        self.held.read().ok().and_then(|s| s.clone())
     }
 }
 
@@ -279,7 +279,7 @@ impl ProbeState {
 async fn serve_probes(
     addr: SocketAddr,
     metrics: SharedMetrics,
-    store: SharedStore,
+    held: SharedJobs,
     shutdown: Shutdown,
 ) -> anyhow::Result<impl Future<Output = ()>> {
     let app = Router::new()
@@ -288,8 +288,8 @@ async fn serve_probes(
             "/readyz",
             get(|State(s): State<ProbeState>| async move {
                 // A standby replica (no store) is ready: it is healthy and waiting to lead.
-                match s.store() {
-                    Some(store) if store.wait_until_ready().now_or_never().is_none() => {
+                match s.jobs() {
+                    Some(jobs) if jobs.cache.wait_until_ready().now_or_never().is_none() => {
                         (StatusCode::SERVICE_UNAVAILABLE, "cache not synced yet").into_response()
                     }
                     Some(_) => "ready: leading".into_response(),
@@ -300,14 +300,17 @@ async fn serve_probes(
         .route(
             "/metrics",
             get(|State(s): State<ProbeState>| async move {
-                if let Some(store) = s.store() {
-                    let jobs = store.state();
-                    s.metrics.count_phases(jobs.iter().map(|j| j.as_ref()));
+                if let Some(jobs) = s.jobs() {
+                    let cached = jobs.cache.state();
+                    s.metrics.count_phases(
+                        cached.iter().map(|j| j.as_ref()),
+                        jobs.settled.phase_counts(),
+                    );
                 }
                 s.metrics.encode()
             }),
         )
-        .with_state(ProbeState { metrics, store });
+        .with_state(ProbeState { metrics, held });
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics address {addr}"))?;

@@ -480,3 +480,45 @@ async fn a_job_found_finished_without_the_finalizer_is_left_as_it_is() {
     assert_eq!(after.resource_version(), before.resource_version());
     assert!(after.finalizers().is_empty());
 }
+
+#[tokio::test]
+async fn finished_jobs_without_a_ttl_leave_the_cache_yet_are_counted_and_released_on_delete() {
+    let s = setup("settled-cache").await;
+    let _worker = TestWorker::plain(&s.settings);
+    let controller = ControllerProcess::start(&s.settings, &s.ns, &[]);
+    let mut with_ttl = kube_env::spec(false);
+    with_ttl.ttl_seconds_after_finished = Some(3600);
+    create(&s.api, "with-ttl", with_ttl).await;
+    let settled = ["a", "b", "c"];
+    for name in settled {
+        create(&s.api, name, kube_env::spec(false)).await;
+    }
+    for name in settled.iter().chain(&["with-ttl"]) {
+        wait_phase(&s.api, name, Phase::Completed).await;
+    }
+    let cached_and_completed = |want: (f64, f64)| {
+        let controller = &controller;
+        async move {
+            let cached = controller.gauge("imagejob_controller_cached_jobs").await?;
+            let completed = controller
+                .gauge("imagejob_jobs{phase=\"Completed\"}")
+                .await?;
+            ((cached, completed) == want).then_some(())
+        }
+    };
+    // Only the job with a TTL stays cached (its deletion is due); all four are counted.
+    eventually("one cached job, four completed", JOB_WAIT, || {
+        cached_and_completed((1.0, 4.0))
+    })
+    .await;
+    // A settled job keeps the finalizer: its deletion brings it back to the controller, which
+    // releases it (the finished workflow needs no cancel).
+    let a = s.api.get("a").await.unwrap();
+    assert_eq!(a.finalizers(), [imagejob_operator::crd::FINALIZER]);
+    s.api.delete("a", &DeleteParams::default()).await.unwrap();
+    kube_env::wait_gone(&s.api, "a", JOB_WAIT).await;
+    eventually("one cached job, three completed", JOB_WAIT, || {
+        cached_and_completed((1.0, 3.0))
+    })
+    .await;
+}

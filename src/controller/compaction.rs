@@ -4,14 +4,13 @@
 //! The reflector store, kube-runtime's predicate cache and its scheduler's queue are hash maps
 //! and slabs that keep the capacity of the most they ever held (Go's maps in client-go behave the
 //! same), and the predicate cache keeps a deleted object's entry for an hour. After 10,000 jobs
-//! came and went that is several MiB held for nothing. Once the jobs have fallen to a quarter of
-//! their high-water mark (`CACHE_REBUILD_MIN_PEAK` jobs or more), the controller is rebuilt: a
-//! fresh watch, store and scheduler, sized to what is left. A rebuild costs what a restart
-//! costs: one list and one reconcile per remaining job, and finished jobs need neither Temporal
-//! nor a status write.
+//! came and went that is several MiB held for nothing. Once the jobs held (cached, or settled and
+//! recorded) have fallen to a quarter of their high-water mark (`CACHE_REBUILD_MIN_PEAK` jobs or
+//! more), the controller is rebuilt: a fresh watch, store and scheduler, sized to what is left. A
+//! job finishing moves from the cache to the settled record, so only deletions count down. A
+//! rebuild costs what a restart costs: one list, and one reconcile per cached job.
 
-use crate::crd::ImageJob;
-use kube::runtime::reflector::Store;
+use super::Jobs;
 use std::time::Duration;
 
 /// A rebuild is due once the jobs are at most the peak divided by this.
@@ -19,17 +18,17 @@ const SHRINK_FACTOR: usize = 4;
 /// How often the cache's size is looked at (a read lock and a length: cheap).
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Resolves once `store` holds a [`SHRINK_FACTOR`]th or less of the most it held, and that
+/// Resolves once `jobs` holds a [`SHRINK_FACTOR`]th or less of the most it held, and that
 /// most was at least `min_peak` jobs (below it the maps are too small to be worth a rebuild;
 /// 0 never resolves).
-pub async fn due(store: Store<ImageJob>, min_peak: usize) {
+pub async fn due(jobs: Jobs, min_peak: usize) {
     if min_peak == 0 {
         return std::future::pending().await;
     }
     let mut peak = 0;
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
-        let now = store.len();
+        let now = jobs.len();
         peak = peak.max(now);
         if shrunk_enough(peak, now, min_peak) {
             tracing::info!(

@@ -8,6 +8,7 @@ mod cleanup;
 pub mod compaction;
 mod leader;
 mod namespaces;
+mod settled;
 pub mod status;
 mod watches;
 
@@ -32,6 +33,7 @@ use kube::{
         watcher,
     },
 };
+pub use settled::SettledJobs;
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -243,9 +245,9 @@ fn trigger_fingerprint(job: &ImageJob) -> Option<u64> {
 }
 
 /// What the cache keeps of a job: what [`ImageJob::trim_for_cache`] keeps and, of a finished
-/// job, only what its reconcile reads (metadata, phase, completion time, TTL). The cache holds
-/// every finished job for as long as it exists, and no write is ever made from a finished job's
-/// cached status.
+/// job, only what its reconcile reads (metadata, phase, completion time, TTL). The finished jobs
+/// cached are those with a TTL or being deleted (the others are [settled](SettledJobs)), and no
+/// write is ever made from a finished job's cached status.
 fn keep_for_reconcile(job: &mut ImageJob) {
     job.trim_for_cache();
     if let Some(status) = job.status.as_mut().filter(|s| s.phase.is_terminal()) {
@@ -277,8 +279,48 @@ pub struct Settings {
     pub release_after: Duration,
 }
 
-/// Runs the controller until `shutdown` resolves. The returned store is filled with the
-/// watched jobs once the returned future runs.
+/// What a running controller holds of the jobs it watches: the cache of those it may reconcile
+/// and the record of the settled ones kept out of it.
+#[derive(Clone)]
+pub struct Jobs {
+    /// The jobs that may need a reconcile.
+    pub cache: Store<ImageJob>,
+    /// Finished jobs without a TTL, by uid and phase.
+    pub settled: SettledJobs,
+}
+
+impl Jobs {
+    /// How many jobs are held, cached or settled.
+    pub fn len(&self) -> usize {
+        self.cache.len() + self.settled.len()
+    }
+
+    /// Whether no job is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The watch of `api`, its settled jobs set aside in `settled` as stream number `stream`.
+fn watch(
+    api: Api<ImageJob>,
+    settled: &SettledJobs,
+    stream: usize,
+) -> impl futures::Stream<Item = watcher::Result<watcher::Event<ImageJob>>> + Send + Unpin + 'static
+{
+    let settled = settled.clone();
+    watcher(api, watcher::Config::default())
+        .filter_map(move |item| {
+            std::future::ready(match item {
+                Ok(event) => settled.set_aside(stream, event).map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+        })
+        .boxed()
+}
+
+/// Runs the controller until `shutdown` resolves. The returned jobs fill once the returned
+/// future runs.
 pub async fn run(
     client: Client,
     gateway: Arc<dyn WorkflowGateway>,
@@ -286,7 +328,7 @@ pub async fn run(
     settings: Settings,
     fence: WriteFence,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> (Store<ImageJob>, impl Future<Output = ()>) {
+) -> (Jobs, impl Future<Output = ()>) {
     let reporter = Reporter {
         controller: "imagejob-operator".into(),
         instance: settings.instance.clone(),
@@ -303,20 +345,15 @@ pub async fn run(
         settings: settings.clone(),
     });
     let (reader, writer) = reflector::store::<ImageJob>();
+    let settled = SettledJobs::new(settings.namespaces.len());
     let events = match settings.namespaces.as_slice() {
-        [] => watcher(Api::<ImageJob>::all(client), watcher::Config::default()).boxed(),
-        [ns] => watcher(
-            Api::<ImageJob>::namespaced(client, ns),
-            watcher::Config::default(),
-        )
-        .boxed(),
+        [] => watch(Api::all(client), &settled, 0).boxed(),
+        [ns] => watch(Api::namespaced(client, ns), &settled, 0).boxed(),
         list => {
             let streams = list
                 .iter()
-                .map(|ns| {
-                    let api = Api::<ImageJob>::namespaced(client.clone(), ns);
-                    watcher(api, watcher::Config::default()).boxed()
-                })
+                .enumerate()
+                .map(|(i, ns)| watch(Api::namespaced(client.clone(), ns), &settled, i))
                 .collect();
             namespaces::merge(list.to_vec(), streams, reader.clone()).boxed()
         }
@@ -338,7 +375,11 @@ pub async fn run(
         controller.await;
         info!("controller stopped");
     };
-    (reader, done)
+    let jobs = Jobs {
+        cache: reader,
+        settled,
+    };
+    (jobs, done)
 }
 
 #[cfg(test)]
