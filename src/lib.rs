@@ -15,6 +15,8 @@ pub mod facade;
 pub mod heap;
 /// The Kubernetes client, with its requests counted and its writes fenced.
 pub mod kube_client;
+/// The list (from the apiserver's watch cache, decoded as it arrives) and watch of ImageJobs.
+pub mod list_watch;
 /// Prometheus metrics shared by the roles.
 pub mod metrics;
 /// The worker's readiness probe: polling, and Temporal answering.

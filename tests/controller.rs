@@ -522,3 +522,58 @@ async fn finished_jobs_without_a_ttl_leave_the_cache_yet_are_counted_and_release
     })
     .await;
 }
+
+/// The next event of `events`, which must come within [`JOB_WAIT`] and not be an error.
+async fn next_event(
+    events: &mut futures::stream::BoxStream<
+        'static,
+        kube::runtime::watcher::Result<kube::runtime::watcher::Event<ImageJob>>,
+    >,
+) -> kube::runtime::watcher::Event<ImageJob> {
+    use futures::StreamExt;
+    tokio::time::timeout(JOB_WAIT, events.next())
+        .await
+        .expect("an event in time")
+        .expect("the stream goes on")
+        .expect("no error")
+}
+
+#[tokio::test]
+async fn the_list_from_the_watch_cache_and_the_watch_after_it_see_every_change() {
+    use futures::StreamExt;
+    use kube::runtime::watcher::Event;
+    let s = setup("list-watch").await;
+    let first = ["a", "b", "c"];
+    for name in first {
+        create(&s.api, name, kube_env::spec(false)).await;
+    }
+    let mut events = imagejob_operator::list_watch::list_watch(s.api.clone()).boxed();
+    assert!(matches!(next_event(&mut events).await, Event::Init));
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        match next_event(&mut events).await {
+            Event::InitApply(job) => seen.insert(job.name_any()),
+            Event::InitDone => break,
+            other => panic!("{other:?} inside the list"),
+        };
+    }
+    // The watch cache may answer from a moment before the last create: what the list did not
+    // have, the watch brings.
+    while seen.len() < first.len() {
+        match next_event(&mut events).await {
+            Event::Apply(job) => seen.insert(job.name_any()),
+            other => panic!("{other:?} before every created job was seen"),
+        };
+    }
+    assert_eq!(seen, first.into_iter().map(String::from).collect());
+    create(&s.api, "d", kube_env::spec(false)).await;
+    match next_event(&mut events).await {
+        Event::Apply(job) => assert_eq!(job.name_any(), "d"),
+        other => panic!("{other:?} instead of the new job"),
+    }
+    s.api.delete("a", &DeleteParams::default()).await.unwrap();
+    match next_event(&mut events).await {
+        Event::Delete(job) => assert_eq!(job.name_any(), "a"),
+        other => panic!("{other:?} instead of the deletion"),
+    }
+}

@@ -28,7 +28,7 @@ pub async fn due(jobs: Jobs, min_peak: usize) {
     let mut peak = 0;
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
-        let now = jobs.len();
+        let now = jobs.count();
         peak = peak.max(now);
         if shrunk_enough(peak, now, min_peak) {
             tracing::info!(

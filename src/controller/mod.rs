@@ -291,17 +291,13 @@ pub struct Jobs {
 
 impl Jobs {
     /// How many jobs are held, cached or settled.
-    pub fn len(&self) -> usize {
-        self.cache.len() + self.settled.len()
-    }
-
-    /// Whether no job is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub fn count(&self) -> usize {
+        self.cache.len() + self.settled.count()
     }
 }
 
-/// The watch of `api`, its settled jobs set aside in `settled` as stream number `stream`.
+/// The list and watch of `api`, its settled jobs set aside in `settled` as stream number
+/// `stream`.
 fn watch(
     api: Api<ImageJob>,
     settled: &SettledJobs,
@@ -309,7 +305,7 @@ fn watch(
 ) -> impl futures::Stream<Item = watcher::Result<watcher::Event<ImageJob>>> + Send + Unpin + 'static
 {
     let settled = settled.clone();
-    watcher(api, watcher::Config::default())
+    crate::list_watch::list_watch(api)
         .filter_map(move |item| {
             std::future::ready(match item {
                 Ok(event) => settled.set_aside(stream, event).map(Ok),

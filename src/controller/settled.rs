@@ -98,7 +98,7 @@ impl SettledJobs {
     }
 
     /// How many settled jobs there are.
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         (0..self.0.len())
             .map(|stream| self.record(stream).jobs.len())
             .sum()
@@ -174,7 +174,7 @@ mod tests {
         let counts = settled.phase_counts();
         assert_eq!(counts.get(&Phase::Completed), Some(&2));
         assert_eq!(counts.get(&Phase::Cancelled), Some(&1));
-        assert_eq!(settled.len(), 3);
+        assert_eq!(settled.count(), 3);
     }
 
     #[test]
@@ -193,9 +193,9 @@ mod tests {
             ],
         );
         assert_eq!(cached, ["job-1"], "the deleted job is reconciled again");
-        assert_eq!(settled.len(), 1);
+        assert_eq!(settled.count(), 1);
         feed(&settled, vec![Event::Delete(job(2, Phase::Completed))]);
-        assert_eq!(settled.len(), 0);
+        assert_eq!(settled.count(), 0);
     }
 
     #[test]
@@ -210,7 +210,7 @@ mod tests {
                 Event::InitDone,
             ],
         );
-        assert_eq!(settled.len(), 2);
+        assert_eq!(settled.count(), 2);
         // The watch desynced; job 1 was deleted meanwhile (no Delete seen), 3 and 4 finished.
         feed(
             &settled,
@@ -222,7 +222,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            settled.len(),
+            settled.count(),
             2,
             "the old record holds until the list is complete"
         );

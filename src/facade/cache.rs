@@ -9,7 +9,7 @@ use kube::{
     runtime::{
         WatchStreamExt,
         reflector::{self, ObjectRef, Store},
-        watcher::{self, Event, watcher},
+        watcher::{self, Event},
     },
 };
 use std::{
@@ -94,7 +94,7 @@ impl JobCache {
             ready: Arc::default(),
             deleted: Arc::default(),
         };
-        let events = watcher(api, watcher::Config::default())
+        let events = crate::list_watch::list_watch(api)
             .default_backoff()
             .modify(ImageJob::trim_for_cache)
             .reflect(writer);
