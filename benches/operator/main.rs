@@ -462,22 +462,28 @@ async fn fill_finished(client: &Client, ns: &str, total: usize) {
     }
 }
 
-/// Controller RSS (MiB) once it has reconciled every job in `ns`.
+/// Controller RSS (MiB) over the `jobs` jobs in `ns`, once it is ready and has reconciled every
+/// job its cache holds (settled jobs, finished without a TTL, need no reconcile).
 async fn controller_rss(ns: &str, settings: &TemporalSettings, jobs: usize) -> f64 {
     let port = free_port();
     let controller = spawn("controller", &controller_env(ns, settings, port));
-    let url = format!("http://127.0.0.1:{port}/metrics");
+    let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        if let Ok(r) = reqwest::get(&url).await
+        let ready = reqwest::get(format!("{base}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ready
+            && let Ok(r) = reqwest::get(format!("{base}/metrics")).await
             && let Ok(text) = r.text().await
-            && metric_sum(&text, "imagejob_reconciles_total") >= jobs as f64
+            && metric_sum(&text, "imagejob_reconciles_total")
+                >= metric_sum(&text, "imagejob_controller_cached_jobs")
         {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "controller did not reconcile {jobs} jobs in time"
+            "controller over {jobs} jobs not ready and through its first pass in time"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -302,8 +302,7 @@ fn watch(
     api: Api<ImageJob>,
     settled: &SettledJobs,
     stream: usize,
-) -> impl futures::Stream<Item = watcher::Result<watcher::Event<ImageJob>>> + Send + Unpin + 'static
-{
+) -> futures::stream::BoxStream<'static, watcher::Result<watcher::Event<ImageJob>>> {
     let settled = settled.clone();
     crate::list_watch::list_watch(api)
         .filter_map(move |item| {
@@ -343,8 +342,8 @@ pub async fn run(
     let (reader, writer) = reflector::store::<ImageJob>();
     let settled = SettledJobs::new(settings.namespaces.len());
     let events = match settings.namespaces.as_slice() {
-        [] => watch(Api::all(client), &settled, 0).boxed(),
-        [ns] => watch(Api::namespaced(client, ns), &settled, 0).boxed(),
+        [] => watch(Api::all(client), &settled, 0),
+        [ns] => watch(Api::namespaced(client, ns), &settled, 0),
         list => {
             let streams = list
                 .iter()
