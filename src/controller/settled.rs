@@ -136,6 +136,20 @@ mod tests {
         job
     }
 
+    fn deleting(n: u128, phase: Phase) -> ImageJob {
+        let mut job = job(n, phase);
+        job.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        job
+    }
+
+    /// A complete list of `jobs`: `Init`, an `InitApply` each, `InitDone`.
+    fn listed(jobs: Vec<ImageJob>) -> Vec<Event<ImageJob>> {
+        std::iter::once(Event::Init)
+            .chain(jobs.into_iter().map(Event::InitApply))
+            .chain(std::iter::once(Event::InitDone))
+            .collect()
+    }
+
     /// Feeds `events` through the stage into a real reflector store; the store's names after.
     fn feed(settled: &SettledJobs, events: Vec<Event<ImageJob>>) -> Vec<String> {
         let (store, mut writer) = reflector::store::<ImageJob>();
@@ -154,22 +168,16 @@ mod tests {
         let settled = SettledJobs::new(1);
         let mut with_ttl = job(3, Phase::Completed);
         with_ttl.spec.ttl_seconds_after_finished = Some(60);
-        let mut deleting = job(4, Phase::Failed);
-        deleting.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
-        let cached = feed(
-            &settled,
-            vec![
-                Event::Init,
-                Event::InitApply(job(1, Phase::Processing)),
-                Event::InitApply(job(2, Phase::Completed)),
-                Event::InitApply(with_ttl),
-                Event::InitApply(deleting),
-                Event::InitDone,
-                // Job 1 finishes; job 5 is created finished (restored from a backup, say).
-                Event::Apply(job(1, Phase::Cancelled)),
-                Event::Apply(job(5, Phase::Completed)),
-            ],
-        );
+        let mut events = listed(vec![
+            job(1, Phase::Processing),
+            job(2, Phase::Completed),
+            with_ttl,
+            deleting(4, Phase::Failed),
+        ]);
+        // Job 1 finishes; job 5 is created finished (restored from a backup, say).
+        events.push(Event::Apply(job(1, Phase::Cancelled)));
+        events.push(Event::Apply(job(5, Phase::Completed)));
+        let cached = feed(&settled, events);
         assert_eq!(cached, ["job-3", "job-4"]);
         let counts = settled.phase_counts();
         assert_eq!(counts.get(&Phase::Completed), Some(&2));
@@ -180,18 +188,9 @@ mod tests {
     #[test]
     fn a_deletion_brings_a_settled_job_back_and_its_end_forgets_it() {
         let settled = SettledJobs::new(1);
-        let mut deleting = job(1, Phase::Completed);
-        deleting.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
-        let cached = feed(
-            &settled,
-            vec![
-                Event::Init,
-                Event::InitApply(job(1, Phase::Completed)),
-                Event::InitApply(job(2, Phase::Completed)),
-                Event::InitDone,
-                Event::Apply(deleting),
-            ],
-        );
+        let mut events = listed(vec![job(1, Phase::Completed), job(2, Phase::Completed)]);
+        events.push(Event::Apply(deleting(1, Phase::Completed)));
+        let cached = feed(&settled, events);
         assert_eq!(cached, ["job-1"], "the deleted job is reconciled again");
         assert_eq!(settled.count(), 1);
         feed(&settled, vec![Event::Delete(job(2, Phase::Completed))]);
@@ -203,12 +202,7 @@ mod tests {
         let settled = SettledJobs::new(2);
         feed(
             &settled,
-            vec![
-                Event::Init,
-                Event::InitApply(job(1, Phase::Completed)),
-                Event::InitApply(job(2, Phase::Completed)),
-                Event::InitDone,
-            ],
+            listed(vec![job(1, Phase::Completed), job(2, Phase::Completed)]),
         );
         assert_eq!(settled.count(), 2);
         // The watch desynced; job 1 was deleted meanwhile (no Delete seen), 3 and 4 finished.
