@@ -9,9 +9,9 @@
 //! 100,000 jobs; the controller peaked at 704 MiB). Here the response is decoded while it is
 //! read, one item at a time, each handed on (in the controller, to the
 //! [settled](crate::controller::SettledJobs) stage, which keeps a uid and a phase of most)
-//! before more is read, so memory stays flat. After the list,
-//! the watch resumes from the list's resourceVersion with bookmarks, as kube's watcher does; a
-//! 410 Gone lists again. The events are kube's [`watcher::Event`]s, for its reflector.
+//! before more is read, so memory stays flat. After the list, the watch resumes from the
+//! list's resourceVersion with bookmarks, as kube's watcher does; a 410 Gone lists again. The
+//! events are kube's [`watcher::Event`]s, for its reflector.
 
 use crate::crd::ImageJob;
 use futures::{Stream, StreamExt, stream::BoxStream};
@@ -45,6 +45,7 @@ enum State {
     },
     /// Listed (or a watch ended) at `resource_version`: a watch from there is due.
     Listed { resource_version: String },
+    /// Watching from `resource_version`, the last version seen.
     Watching {
         resource_version: String,
         stream: BoxStream<'static, kube::Result<WatchEvent<ImageJob>>>,
