@@ -244,6 +244,15 @@ pub struct SimilarMatch {
 }
 
 impl ImageJob {
+    /// The job's uid as a UUID (the apiserver's uids are UUIDs); None for an object that did not
+    /// come from it.
+    pub fn uid_key(&self) -> Option<uuid::Uuid> {
+        self.metadata
+            .uid
+            .as_deref()
+            .and_then(|uid| uuid::Uuid::parse_str(uid).ok())
+    }
+
     /// Drops what no reader of a watch cache uses and can be large: managed fields, and the
     /// copy of the whole object `kubectl apply` keeps in an annotation.
     pub fn trim_for_cache(&mut self) {

@@ -11,7 +11,7 @@
 //! record from the list as the store rebuilds itself.
 
 use crate::crd::{ImageJob, Phase};
-use kube::{ResourceExt, runtime::watcher::Event};
+use kube::runtime::watcher::Event;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
@@ -54,14 +54,14 @@ impl SettledJobs {
                     Some(Event::Delete(job))
                 }
                 None => {
-                    if let Some(uid) = uid(&job) {
+                    if let Some(uid) = job.uid_key() {
                         record.jobs.remove(&uid);
                     }
                     Some(Event::Apply(job))
                 }
             },
             Event::Delete(job) => {
-                if let Some(uid) = uid(&job) {
+                if let Some(uid) = job.uid_key() {
                     record.jobs.remove(&uid);
                 }
                 Some(Event::Delete(job))
@@ -105,17 +105,15 @@ impl SettledJobs {
     }
 }
 
-fn uid(job: &ImageJob) -> Option<Uuid> {
-    job.uid().and_then(|uid| Uuid::parse_str(&uid).ok())
-}
-
 /// The uid and phase of a settled job: finished, no TTL after finishing, not being deleted.
 fn settled(job: &ImageJob) -> Option<(Uuid, Phase)> {
     let phase = job.phase();
     let settled = phase.is_terminal()
         && job.spec.ttl_seconds_after_finished.is_none()
         && job.metadata.deletion_timestamp.is_none();
-    settled.then(|| uid(job).map(|uid| (uid, phase))).flatten()
+    settled
+        .then(|| job.uid_key().map(|uid| (uid, phase)))
+        .flatten()
 }
 
 #[cfg(test)]
@@ -123,7 +121,7 @@ mod tests {
     use super::*;
     use crate::crd::{ImageJobSpec, ImageJobStatus};
     use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-    use kube::runtime::reflector;
+    use kube::{ResourceExt, runtime::reflector};
 
     fn job(n: u128, phase: Phase) -> ImageJob {
         let mut job = ImageJob::new(&format!("job-{n}"), ImageJobSpec::default());

@@ -135,7 +135,7 @@ impl JobCache {
                 Ok(Event::InitApply(job)) => {
                     if let Some((names, order)) = relisted.as_mut() {
                         order.upsert(&job);
-                        if let Some(uid) = job.uid().as_deref().and_then(uid_key) {
+                        if let Some(uid) = job.uid_key() {
                             names.insert(uid, job.name_any());
                         }
                     }
@@ -160,10 +160,7 @@ impl JobCache {
 
     /// Indexes a job (also called right after the facade creates one, before its watch event).
     pub fn remember(&self, job: &ImageJob) {
-        if let (Some(uid), Ok(mut map)) = (
-            job.uid().as_deref().and_then(uid_key),
-            self.names_by_uid.write(),
-        ) {
+        if let (Some(uid), Ok(mut map)) = (job.uid_key(), self.names_by_uid.write()) {
             map.insert(uid, job.name_any());
         }
         if let Ok(mut order) = self.list_order.write() {
