@@ -143,7 +143,11 @@ authorization: {mode: AlwaysAllow}
 resolvConf: $dir/resolv.conf
 clusterDomain: cluster.local
 serializeImagePulls: false
-evictionHard: {memory.available: 100Mi, nodefs.available: 2%, imagefs.available: 2%}
+# The node's disk is the host's, shared with everything else on it: its fill level says nothing
+# about this node. A disk threshold that is met taints the node (no pod schedules) and makes the
+# kubelet delete unused images, the project's own among them (pods use imagePullPolicy: Never),
+# so the disk signals are off ("0%" disables a threshold) and image GC with them.
+evictionHard: {memory.available: 100Mi, nodefs.available: "0%", imagefs.available: "0%"}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 YAML
@@ -171,9 +175,12 @@ YAML
   start_bg kube-proxy "$IJ_CACHE/kube-proxy" --config "$dir/kube-proxy.yaml"
 }
 
-node_ready() {
+# Ready and without taints: pods can be scheduled onto it (the not-ready taint goes a moment
+# after Ready; a pressure taint would stay and leave every pod Pending).
+node_schedulable() {
   KUBECONFIG="$dir/kubeconfig" kubectl get node "ij-node-$N" \
-    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -qx True
+    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status} {.spec.taints}' 2>/dev/null |
+    grep -qx 'True '
 }
 
 default_sa_token() {
@@ -190,11 +197,11 @@ up_cluster_node() {
   "$IJ_ROOT/scripts/image.sh" --load "$dir" >/dev/null
   kubelet_up
   kube_proxy_up
-  wait_for kubelet 120 node_ready
+  wait_for kubelet 120 node_schedulable
   wait_for kube-controller-manager 60 default_sa_token
   local took=$((SECONDS - started))
   echo "IJ_CLUSTER_NODE_READY_SECS=$took" >>"$dir/cluster.env"
-  step "node ij-node-$N Ready ${took}s after the control plane"
+  step "node ij-node-$N Ready and untainted ${took}s after the control plane"
   {
     echo "export IJ_CLUSTER=1"
     echo "export IJ_NODE_NAME=ij-node-$N"

@@ -46,6 +46,12 @@ impl Cluster {
     }
 
     fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> String {
+        self.try_kubectl(args, stdin)
+            .unwrap_or_else(|error| panic!("kubectl {args:?}: {error}"))
+    }
+
+    /// Runs kubectl; its stdout, or its stderr when it fails.
+    fn try_kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
         let mut cmd = Command::new("kubectl");
         cmd.args(args).env("KUBECONFIG", self.var("KUBECONFIG"));
         let out = match stdin {
@@ -68,12 +74,30 @@ impl Cluster {
             }
         }
         .expect("kubectl runs");
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Runs a kubectl wait; when it fails, panics with what the node and the namespace's pods
+    /// and events say (a wait that times out says nothing of why).
+    fn wait(&self, ns: &str, args: &[&str]) {
+        if let Err(error) = self.try_kubectl(args, None) {
+            let report: Vec<String> = [
+                &["get", "nodes", "-o", "custom-columns=NODE:.metadata.name,TAINTS:.spec.taints[*].key,CONDITIONS:.status.conditions[?(@.status==\"True\")].type"][..],
+                &["get", "pods", "-n", ns, "-o", "wide"],
+                &["get", "events", "-n", ns, "--sort-by=.lastTimestamp"],
+            ]
+            .iter()
+            .map(|what| {
+                let answer = self.try_kubectl(what, None).unwrap_or_else(|e| e);
+                format!("$ kubectl {}\n{answer}", what.join(" "))
+            })
+            .collect();
+            panic!("kubectl {args:?}: {error}\n{}", report.join("\n"));
+        }
     }
 
     fn json(&self, args: &[&str]) -> Value {
@@ -151,30 +175,36 @@ fn ready(pod: &Value) -> bool {
 }
 
 fn wait_available(c: &Cluster, ns: &str) {
-    c.kubectl(&[
-        "wait",
-        "-n",
+    c.wait(
         ns,
-        "--for=condition=Available",
-        "deployment",
-        "--all",
-        "--timeout=240s",
-    ]);
+        &[
+            "wait",
+            "-n",
+            ns,
+            "--for=condition=Available",
+            "deployment",
+            "--all",
+            "--timeout=240s",
+        ],
+    );
     // A rollout is over when only the new pods remain, all Ready.
     for deployment in c.json(&["get", "deployments", "-n", ns])["items"]
         .as_array()
         .unwrap()
     {
         let name = deployment["metadata"]["name"].as_str().unwrap();
-        c.kubectl(&[
-            "rollout",
-            "status",
-            "-n",
+        c.wait(
             ns,
-            "deployment",
-            name,
-            "--timeout=240s",
-        ]);
+            &[
+                "rollout",
+                "status",
+                "-n",
+                ns,
+                "deployment",
+                name,
+                "--timeout=240s",
+            ],
+        );
     }
 }
 
@@ -200,14 +230,17 @@ fn apply_jobs(c: &Cluster, ns: &str, names: &[String]) {
 
 fn wait_completed(c: &Cluster, ns: &str, names: &[String]) {
     for name in names {
-        c.kubectl(&[
-            "wait",
-            "-n",
+        c.wait(
             ns,
-            "--for=condition=Succeeded",
-            &format!("imagejob/{name}"),
-            "--timeout=240s",
-        ]);
+            &[
+                "wait",
+                "-n",
+                ns,
+                "--for=condition=Succeeded",
+                &format!("imagejob/{name}"),
+                "--timeout=240s",
+            ],
+        );
     }
 }
 
