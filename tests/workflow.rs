@@ -17,7 +17,7 @@ use std::{
         Arc,
         atomic::{AtomicU32, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 use support::{
     ChildGuard, TestWorker, eventually,
@@ -91,12 +91,33 @@ fn setup() -> (TemporalSettings, Arc<TemporalGateway>, String) {
     )
 }
 
+/// Waits for the workflow to close both ways the gateway can: following its history (the
+/// close event decoded by the gateway) and `get_result`, which must tell the same end; then
+/// returns a fresh snapshot.
 async fn finish(gateway: &TemporalGateway, id: &str) -> WorkflowSnapshot {
-    tokio::time::timeout(CLOSE_WAIT, gateway.wait_closed(id))
+    let followed = tokio::time::timeout(CLOSE_WAIT, gateway.follow(id, CLOSE_WAIT, &|| {}))
         .await
         .expect("workflow closed in time")
-        .expect("wait_closed");
-    gateway.snapshot(id).await.expect("snapshot")
+        .expect("follow");
+    let waited = gateway.wait_closed(id).await.expect("wait_closed");
+    let snapshot = gateway.snapshot(id).await.expect("snapshot");
+    let closed_at = followed.close_time.expect("the close event's time");
+    assert!(
+        snapshot.start_time.is_some_and(|start| start <= closed_at)
+            && closed_at <= SystemTime::now(),
+        "closed at {closed_at:?}, started at {:?}",
+        snapshot.start_time
+    );
+    let end = |s: WorkflowSnapshot| WorkflowSnapshot {
+        close_time: None,
+        ..s
+    };
+    assert_eq!(
+        end(followed),
+        end(waited),
+        "the close event says what get_result says"
+    );
+    snapshot
 }
 
 /// The retry policy recorded in the workflow history for the activity of this type.

@@ -1,22 +1,23 @@
 //! Our view of the Temporal client: start one workflow per id, read its state, cancel it, wait
 //! for it to close. The controller and the facade hold an `Arc<dyn WorkflowGateway>`.
 
-use super::history::{HistoryStep, TimelineEntry, history_step, timeline};
+use super::{
+    closed::{self, Closed},
+    history::{HistoryStep, TimelineEntry, history_step, timeline},
+};
 use crate::similarity::SimilarityResults;
 use crate::temporal::{
-    CREDENTIALS_RECHECK, CredentialsFingerprint, ImageProcessingInput, ImageProcessingResult,
-    ImageProcessingWorkflow, TemporalSettings, WorkflowState, connect,
+    CREDENTIALS_RECHECK, CredentialsFingerprint, ImageProcessingInput, ImageProcessingWorkflow,
+    TemporalSettings, WorkflowState, connect,
 };
 use async_trait::async_trait;
 use futures::StreamExt;
 use std::time::{Duration, SystemTime};
 use temporalio_client::{
-    Client, RpcOptions, WorkflowCancelOptions, WorkflowDescribeOptions, WorkflowExecutionStatus,
-    WorkflowFetchHistoryOptions, WorkflowGetResultOptions, WorkflowHandle, WorkflowIdReusePolicy,
-    WorkflowQueryOptions, WorkflowSignalOptions, WorkflowStartOptions,
-    errors::{
-        WorkflowGetResultError, WorkflowInteractionError, WorkflowQueryError, WorkflowStartError,
-    },
+    Client, NamespacedClient, RpcOptions, WorkflowCancelOptions, WorkflowDescribeOptions,
+    WorkflowExecutionStatus, WorkflowFetchHistoryOptions, WorkflowGetResultOptions, WorkflowHandle,
+    WorkflowIdReusePolicy, WorkflowQueryOptions, WorkflowSignalOptions, WorkflowStartOptions,
+    errors::{WorkflowInteractionError, WorkflowQueryError, WorkflowStartError},
     tonic::{Code, Status},
 };
 use tokio::{sync::Mutex, time::Instant};
@@ -65,7 +66,7 @@ impl GatewayError {
 
 /// A gRPC NotFound names what is missing in its details (`NamespaceNotFoundFailure` for the
 /// namespace, `NotFoundFailure` for an execution); only the second is about the workflow.
-fn from_not_found(status: &Status) -> GatewayError {
+pub(super) fn from_not_found(status: &Status) -> GatewayError {
     const NAMESPACE_NOT_FOUND: &[u8] = b"errordetails.v1.NamespaceNotFoundFailure";
     let about_namespace = status
         .details()
@@ -78,7 +79,7 @@ fn from_not_found(status: &Status) -> GatewayError {
     }
 }
 
-fn from_status(status: &Status) -> GatewayError {
+pub(super) fn from_status(status: &Status) -> GatewayError {
     match status.code() {
         Code::NotFound => from_not_found(status),
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
@@ -168,7 +169,8 @@ pub trait WorkflowGateway: Send + Sync {
     /// its run id and start time are not known there, its close time is the time of return.
     async fn wait_closed(&self, workflow_id: &str) -> Result<WorkflowSnapshot, GatewayError>;
     /// Follows the workflow's history with long polls (no polling) until it closes, and returns
-    /// what it left, as [`WorkflowGateway::wait_closed`]. On the way, `progressed` is called
+    /// what it left, as [`WorkflowGateway::wait_closed`], decoded from the close event the poll
+    /// saw (no further call), with that event's time as the close time. On the way, `progressed` is called
     /// when a step was scheduled or ended and `window` passed without the workflow closing:
     /// steps that land within the window give one call, and a workflow that closes within it
     /// gives none.
@@ -269,71 +271,6 @@ impl TemporalGateway {
     }
 }
 
-/// What a closed workflow left: how it ended, its state, similarity results and failure text.
-struct Closed {
-    execution: ExecutionStatus,
-    state: Option<WorkflowState>,
-    similarity: Option<SimilarityResults>,
-    similarity_skipped: Option<String>,
-    failure: Option<String>,
-}
-
-impl Closed {
-    fn new(
-        execution: ExecutionStatus,
-        state: Option<WorkflowState>,
-        failure: Option<&str>,
-    ) -> Self {
-        Self {
-            execution,
-            state,
-            similarity: None,
-            similarity_skipped: None,
-            failure: failure.map(str::to_owned),
-        }
-    }
-}
-
-fn closed_outcome(
-    result: Result<ImageProcessingResult, WorkflowGetResultError>,
-) -> Result<Closed, GatewayError> {
-    match result {
-        Ok(result) => Ok(Closed {
-            similarity: result.similarity,
-            similarity_skipped: result.similarity_skipped,
-            ..Closed::new(ExecutionStatus::Completed, Some(result.state), None)
-        }),
-        Err(WorkflowGetResultError::Failed(error)) => {
-            let state = match error.as_ref() {
-                temporalio_common::error::IncomingError::Application(app) => {
-                    app.details::<WorkflowState>().ok().flatten()
-                }
-                _ => None,
-            };
-            let message = &error.failure().message;
-            Ok(Closed::new(ExecutionStatus::Failed, state, Some(message)))
-        }
-        Err(WorkflowGetResultError::Cancelled { details }) => Ok(Closed::new(
-            ExecutionStatus::Cancelled,
-            details.deserialize::<WorkflowState>().ok(),
-            None,
-        )),
-        Err(WorkflowGetResultError::Terminated { .. }) => Ok(Closed::new(
-            ExecutionStatus::Terminated,
-            None,
-            Some("workflow terminated outside the operator"),
-        )),
-        Err(WorkflowGetResultError::TimedOut) => Ok(Closed::new(
-            ExecutionStatus::TimedOut,
-            None,
-            Some("workflow timed out"),
-        )),
-        Err(WorkflowGetResultError::NotFound(status)) => Err(from_not_found(&status)),
-        Err(WorkflowGetResultError::Rpc(status)) => Err(from_status(&status)),
-        Err(other) => Err(GatewayError::Rpc(other.to_string())),
-    }
-}
-
 fn execution_status(status: WorkflowExecutionStatus) -> Result<ExecutionStatus, GatewayError> {
     Ok(match status {
         WorkflowExecutionStatus::Running => ExecutionStatus::Running,
@@ -387,20 +324,15 @@ impl WorkflowGateway for TemporalGateway {
             .map_err(from_interaction)?;
         let execution = execution_status(description.status())?;
         let closed = if execution == ExecutionStatus::Running {
-            Closed::new(execution, self.query_state(&handle).await, None)
+            Closed::running(self.query_state(&handle).await)
         } else {
-            closed_outcome(handle.get_result(WorkflowGetResultOptions::default()).await)?
+            closed::from_result(handle.get_result(WorkflowGetResultOptions::default()).await)?
         };
-        Ok(WorkflowSnapshot {
-            run_id: Some(description.run_id().to_owned()),
-            execution,
-            start_time: description.start_time(),
-            close_time: description.close_time(),
-            state: closed.state,
-            similarity: closed.similarity,
-            similarity_skipped: closed.similarity_skipped,
-            failure: closed.failure,
-        })
+        Ok(closed.into_snapshot(
+            Some(description.run_id().to_owned()),
+            description.start_time(),
+            description.close_time(),
+        ))
     }
 
     async fn execution(&self, workflow_id: &str) -> Result<ExecutionStatus, GatewayError> {
@@ -443,10 +375,13 @@ impl WorkflowGateway for TemporalGateway {
             .skip_archival(true)
             .wait_new_event(true)
             .build();
-        let mut events = self.handle(workflow_id).await?.fetch_history(options);
+        let client = self.client().await?;
+        let mut events = client
+            .get_workflow_handle::<ImageProcessingWorkflow>(workflow_id)
+            .fetch_history(options);
         // When the progress seen so far is reported, unless the workflow closes first.
         let mut report_at: Option<Instant> = None;
-        loop {
+        let close_event = loop {
             let next = match report_at {
                 // Dropping `next()` on timeout leaves the stream's long poll running.
                 Some(at) => match tokio::time::timeout_at(at, events.next()).await {
@@ -460,17 +395,27 @@ impl WorkflowGateway for TemporalGateway {
                 None => events.next().await,
             };
             match next.transpose().map_err(from_interaction)? {
-                None => break,
+                None => break None,
                 Some(event) => match history_step(&event) {
-                    HistoryStep::Closed => break,
+                    HistoryStep::Closed => break Some(event),
                     HistoryStep::Progress => {
                         report_at.get_or_insert_with(|| Instant::now() + window);
                     }
                     HistoryStep::Other => {}
                 },
             }
+        };
+        let decoded = match close_event {
+            Some(event) => closed::from_close_event(event, client.data_converter()).await,
+            None => None,
+        };
+        match decoded {
+            Some(closed) => {
+                let (closed, at) = closed?;
+                Ok(closed.into_snapshot(None, None, at.or_else(|| Some(SystemTime::now()))))
+            }
+            None => self.wait_closed(workflow_id).await,
         }
-        self.wait_closed(workflow_id).await
     }
 
     async fn timeline(&self, workflow_id: &str) -> Result<Vec<TimelineEntry>, GatewayError> {
@@ -492,16 +437,8 @@ impl WorkflowGateway for TemporalGateway {
 
     async fn wait_closed(&self, workflow_id: &str) -> Result<WorkflowSnapshot, GatewayError> {
         let handle = self.handle(workflow_id).await?;
-        let closed = closed_outcome(handle.get_result(WorkflowGetResultOptions::default()).await)?;
-        Ok(WorkflowSnapshot {
-            run_id: None,
-            execution: closed.execution,
-            start_time: None,
-            close_time: Some(SystemTime::now()),
-            state: closed.state,
-            similarity: closed.similarity,
-            similarity_skipped: closed.similarity_skipped,
-            failure: closed.failure,
-        })
+        let closed =
+            closed::from_result(handle.get_result(WorkflowGetResultOptions::default()).await)?;
+        Ok(closed.into_snapshot(None, None, Some(SystemTime::now())))
     }
 }

@@ -2,6 +2,7 @@
 //! TLS, API key, payload codec), the gateway that starts, reads and cancels workflows, and
 //! history reading.
 
+mod closed;
 mod codec;
 mod connection;
 mod gateway;
