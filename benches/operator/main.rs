@@ -5,14 +5,15 @@
 //! 2. the operator: N ImageJobs created through the apiserver, until `Completed`;
 //! 3. the facade: N `POST /images/process` until completed, and `GET .../status` under `wrk`;
 //! 4. efficiency: status writes and apiserver requests per job (kubectl path and facade path
-//!    apart), controller CPU time per job, controller RSS with 1,000 and 10,000 ImageJobs
-//!    present, worker RSS;
+//!    apart), controller CPU time per job, every process's CPU per job ([`cpu`]), controller
+//!    RSS with 1,000 and 10,000 ImageJobs present, worker RSS;
 //! 5. `--scale N` ([`scale`]): N finished jobs, a controller started over them, the facade;
 //! 6. `--tuning` ([`tuning`]): raw Temporal throughput for several worker settings.
 //!
 //! Phases 1 and 2 run at each `--concurrency` level. Each figure is the median of `--reps`
 //! repetitions, with min and max; a warm-up is excluded.
 
+mod cpu;
 mod scale;
 mod tuning;
 
@@ -536,32 +537,6 @@ fn stat_json(s: Stat) -> Value {
     json!({"median": s.median, "min": s.min, "max": s.max})
 }
 
-/// User plus system CPU seconds a process has used so far.
-fn cpu_seconds(proc: &Proc) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", proc.0.id())).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) : utime and stime are 14 and 15.
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    let per_second = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(100.0);
-    (ticks(11) + ticks(12)) / per_second
-}
-
 /// The facade's URL in its environment.
 fn facade_base(env: &[(&str, String)]) -> String {
     env.iter()
@@ -613,6 +588,8 @@ struct Level {
     op: Vec<Run>,
     visible: Vec<Vec<f64>>,
     requests: Requests,
+    cpu_raw: cpu::Spent,
+    cpu_op: cpu::Spent,
 }
 
 impl Level {
@@ -702,7 +679,12 @@ async fn main() {
     };
     let bench_facade = facade_env(&ns);
     let base = facade_base(&bench_facade);
-    let _facade = spawn("facade", &bench_facade);
+    let facade = spawn("facade", &bench_facade);
+    let meter = cpu::Meter::new(&[
+        ("worker", worker.0.id()),
+        ("controller", controller.0.id()),
+        ("facade", facade.0.id()),
+    ]);
     let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
     for _ in 0..200 {
         if reqwest::get(format!("{base}/readyz"))
@@ -726,7 +708,7 @@ async fn main() {
     let mut levels: Vec<Level> = args.concurrency.iter().map(|_| Level::default()).collect();
     let mut posts = Vec::new();
     let mut facade_path = Requests::default();
-    let cpu_before = cpu_seconds(&controller);
+    let controller_cpu_before = meter.seconds(controller.0.id());
     for rep in 0..args.reps {
         eprintln!(
             "repetition {}/{}: {} jobs per phase",
@@ -735,9 +717,13 @@ async fn main() {
             args.jobs
         );
         for (level, &c) in levels.iter_mut().zip(&args.concurrency) {
+            let cpu_before = meter.sample();
             level.raw.push(raw_temporal(&gateway, args.jobs, c).await);
+            level.cpu_raw.add(&cpu_before, &meter.sample(), args.jobs);
             let before = scrape(&metrics_url).await;
+            let cpu_before = meter.sample();
             let (o, uids) = operator(&api, &finished, args.jobs, c, &format!("r{rep}c{c}")).await;
+            level.cpu_op.add(&cpu_before, &meter.sample(), args.jobs);
             // Late writes of the last jobs are counted once their status settled.
             tokio::time::sleep(Duration::from_millis(500)).await;
             level
@@ -755,8 +741,8 @@ async fn main() {
     }
     let jobs_through_controller =
         levels.iter().map(|l| l.requests.jobs).sum::<usize>() + facade_path.jobs;
-    let cpu_ms_per_job =
-        (cpu_seconds(&controller) - cpu_before) * 1000.0 / jobs_through_controller as f64;
+    let cpu_ms_per_job = (meter.seconds(controller.0.id()) - controller_cpu_before) * 1000.0
+        / jobs_through_controller as f64;
 
     let some_id = first_workflow_id(&client, &ns).await;
     let status_url = format!("{base}/images/workflow/{some_id}/status");
@@ -913,6 +899,12 @@ async fn main() {
     for (figure, value, target) in &rows {
         println!("| {figure} | {value} | {target} |");
     }
+    let cpu_levels: Vec<_> = levels
+        .iter()
+        .zip(&args.concurrency)
+        .map(|(l, &c)| (c, &l.cpu_raw, &l.cpu_op))
+        .collect();
+    let cpu_json = cpu::report(&meter, &cpu_levels);
     if let Some(results) = &tuned {
         println!("\nworker settings, raw Temporal at {highest} in flight\n");
         println!("| setting | jobs/s |");
@@ -928,6 +920,7 @@ async fn main() {
         "levels": levels_json,
         "facade_path": {"in_flight": highest, "apiserver_requests_per_job": facade_requests, "status_writes_per_job": facade_writes},
         "controller_cpu_ms_per_job": cpu_ms_per_job,
+        "cpu_ms_per_job": cpu_json,
         "facade_get_status": {"connections": args.wrk_connections, "seconds": args.wrk_seconds,
             "requests_per_sec": stat_json(wrk_rps), "p50_ms": stat_json(wrk_p50), "p99_ms": stat_json(wrk_p99)},
         "controller_rss_mib": rss.iter().map(|(n, m)| json!({"jobs": n, "rss_mib": m})).collect::<Vec<_>>(),
