@@ -91,14 +91,15 @@ fn setup() -> (TemporalSettings, Arc<TemporalGateway>, String) {
     )
 }
 
-/// Waits for the workflow to close both ways the gateway can: following its history (the
-/// close event decoded by the gateway) and `get_result`, which must tell the same end; then
-/// returns a fresh snapshot.
+/// Waits for the workflow to close every way the gateway can: following its history (the close
+/// event decoded by the gateway, read alone or, with no window, among every event) and
+/// `get_result`, which must all tell the same end; then returns a fresh snapshot.
 async fn finish(gateway: &TemporalGateway, id: &str) -> WorkflowSnapshot {
     let followed = tokio::time::timeout(CLOSE_WAIT, gateway.follow(id, CLOSE_WAIT, &|| {}))
         .await
         .expect("workflow closed in time")
         .expect("follow");
+    let stepped = gateway.follow(id, Duration::ZERO, &|| {}).await;
     let waited = gateway.wait_closed(id).await.expect("wait_closed");
     let snapshot = gateway.snapshot(id).await.expect("snapshot");
     let closed_at = followed.close_time.expect("the close event's time");
@@ -112,11 +113,14 @@ async fn finish(gateway: &TemporalGateway, id: &str) -> WorkflowSnapshot {
         close_time: None,
         ..s
     };
+    let stepped = stepped.expect("follow, every event read");
+    assert_eq!(stepped.close_time, Some(closed_at), "one close event");
     assert_eq!(
         end(followed),
-        end(waited),
+        end(waited.clone()),
         "the close event says what get_result says"
     );
+    assert_eq!(end(stepped), end(waited), "read among every event too");
     snapshot
 }
 

@@ -14,11 +14,15 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use std::time::{Duration, SystemTime};
 use temporalio_client::{
-    Client, NamespacedClient, RpcOptions, WorkflowCancelOptions, WorkflowDescribeOptions,
-    WorkflowExecutionStatus, WorkflowFetchHistoryOptions, WorkflowGetResultOptions, WorkflowHandle,
-    WorkflowIdReusePolicy, WorkflowQueryOptions, WorkflowSignalOptions, WorkflowStartOptions,
+    Client, HistoryEventFilterType, NamespacedClient, RpcOptions, WorkflowCancelOptions,
+    WorkflowDescribeOptions, WorkflowExecutionStatus, WorkflowFetchHistoryOptions,
+    WorkflowGetResultOptions, WorkflowHandle, WorkflowIdReusePolicy, WorkflowQueryOptions,
+    WorkflowSignalOptions, WorkflowStartOptions,
     errors::{WorkflowInteractionError, WorkflowQueryError, WorkflowStartError},
     tonic::{Code, Status},
+};
+use temporalio_common::protos::{
+    proto_ts_to_system_time, temporal::api::history::v1::HistoryEvent,
 };
 use tokio::{sync::Mutex, time::Instant};
 
@@ -170,7 +174,9 @@ pub trait WorkflowGateway: Send + Sync {
     async fn wait_closed(&self, workflow_id: &str) -> Result<WorkflowSnapshot, GatewayError>;
     /// Follows the workflow's history with long polls (no polling) until it closes, and returns
     /// what it left, as [`WorkflowGateway::wait_closed`], decoded from the close event the poll
-    /// saw (no further call), with that event's time as the close time. On the way, `progressed` is called
+    /// saw (no further call), with that event's time as the close time. The first poll waits
+    /// for the close event alone, for `window`; only a workflow still running then has every
+    /// event of its history read, one poll per batch. On the way, `progressed` is called
     /// when a step was scheduled or ended and `window` passed without the workflow closing:
     /// steps that land within the window give one call, and a workflow that closes within it
     /// gives none.
@@ -287,6 +293,59 @@ fn execution_status(status: WorkflowExecutionStatus) -> Result<ExecutionStatus, 
     })
 }
 
+/// Follows every event of the workflow's history with long polls until its close event, which
+/// it returns (`None` if the history ended without one). `progressed` is called `window` after
+/// a step was recorded, unless the workflow closed first; steps within that window share a call.
+async fn follow_steps(
+    handle: &WorkflowHandle<Client, ImageProcessingWorkflow>,
+    window: Duration,
+    progressed: &(dyn Fn() + Send + Sync),
+) -> Result<Option<HistoryEvent>, GatewayError> {
+    let options = WorkflowFetchHistoryOptions::builder()
+        .skip_archival(true)
+        .wait_new_event(true)
+        .build();
+    let mut events = handle.fetch_history(options);
+    // When the progress seen so far is reported, unless the workflow closes first.
+    let mut report_at: Option<Instant> = None;
+    loop {
+        let next = match report_at {
+            // Dropping `next()` on timeout leaves the stream's long poll running.
+            Some(at) => match tokio::time::timeout_at(at, events.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    report_at = None;
+                    progressed();
+                    continue;
+                }
+            },
+            None => events.next().await,
+        };
+        match next.transpose().map_err(from_interaction)? {
+            None => return Ok(None),
+            Some(event) => match history_step(&event) {
+                HistoryStep::Closed => return Ok(Some(event)),
+                HistoryStep::Progress => {
+                    report_at.get_or_insert_with(|| report_time(&event, window));
+                }
+                HistoryStep::Other => {}
+            },
+        }
+    }
+}
+
+/// When the step `event` records is reported: `window` after Temporal recorded it, so a step
+/// read late (the history read after the close-only wait) is not held a full window more.
+fn report_time(event: &HistoryEvent, window: Duration) -> Instant {
+    let age = event
+        .event_time
+        .as_ref()
+        .and_then(proto_ts_to_system_time)
+        .and_then(|at| SystemTime::now().duration_since(at).ok())
+        .unwrap_or_default();
+    Instant::now() + window.saturating_sub(age)
+}
+
 #[async_trait]
 impl WorkflowGateway for TemporalGateway {
     async fn start(
@@ -371,38 +430,23 @@ impl WorkflowGateway for TemporalGateway {
         window: Duration,
         progressed: &(dyn Fn() + Send + Sync),
     ) -> Result<WorkflowSnapshot, GatewayError> {
-        let options = WorkflowFetchHistoryOptions::builder()
+        let client = self.client().await?;
+        let handle = client.get_workflow_handle::<ImageProcessingWorkflow>(workflow_id);
+        // Most workflows close within `window` of their start: their close event alone is
+        // awaited first (one history read, as get_result makes); every event is followed, one
+        // read per batch, only once the window passed without it.
+        let close_only = WorkflowFetchHistoryOptions::builder()
             .skip_archival(true)
             .wait_new_event(true)
+            .event_filter_type(HistoryEventFilterType::CloseEvent)
             .build();
-        let client = self.client().await?;
-        let mut events = client
-            .get_workflow_handle::<ImageProcessingWorkflow>(workflow_id)
-            .fetch_history(options);
-        // When the progress seen so far is reported, unless the workflow closes first.
-        let mut report_at: Option<Instant> = None;
-        let close_event = loop {
-            let next = match report_at {
-                // Dropping `next()` on timeout leaves the stream's long poll running.
-                Some(at) => match tokio::time::timeout_at(at, events.next()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        report_at = None;
-                        progressed();
-                        continue;
-                    }
-                },
-                None => events.next().await,
-            };
-            match next.transpose().map_err(from_interaction)? {
-                None => break None,
-                Some(event) => match history_step(&event) {
-                    HistoryStep::Closed => break Some(event),
-                    HistoryStep::Progress => {
-                        report_at.get_or_insert_with(|| Instant::now() + window);
-                    }
-                    HistoryStep::Other => {}
-                },
+        let mut close = handle.fetch_history(close_only);
+        let close_event = match tokio::time::timeout(window, close.next()).await {
+            Ok(next) => next.transpose().map_err(from_interaction)?,
+            Err(_) => {
+                // Dropping the stream cancels its long poll.
+                drop(close);
+                follow_steps(&handle, window, progressed).await?
             }
         };
         let decoded = match close_event {
