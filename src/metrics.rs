@@ -67,6 +67,8 @@ pub struct Metrics {
     pub cached_jobs: Gauge,
     /// Facade requests, by status class.
     pub http_requests: Family<ClassLabel, Counter>,
+    /// Facade `GET .../result` requests in flight (each may wait for its job to finish).
+    pub result_waiters: Gauge,
     /// Writes refused because this replica was not (or no longer) the leader.
     pub fenced_writes: Counter,
     /// 1 while this replica holds the leader Lease (or runs without election), else 0.
@@ -101,6 +103,12 @@ impl Metrics {
         let apiserver_requests = Family::<RequestLabel, Counter>::default();
         let jobs = Family::<PhaseLabel, Gauge>::default();
         let http_requests = Family::<ClassLabel, Counter>::default();
+        let result_waiters = Gauge::default();
+        registry.register(
+            "facade_result_waiters",
+            "Facade GET .../result requests in flight, each waiting up to its timeout for the job to finish",
+            result_waiters.clone(),
+        );
         let fenced_writes = Counter::default();
         let cache_rebuilds = Counter::default();
         registry.register(
@@ -180,6 +188,7 @@ impl Metrics {
             apiserver_requests,
             jobs,
             http_requests,
+            result_waiters,
             fenced_writes,
             leader,
             tracked_jobs,

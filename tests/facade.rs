@@ -375,7 +375,18 @@ async fn delete_cancels_a_running_job() {
         )))
         .send();
     let delete = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        eventually(
+            "the result request to wait",
+            Duration::from_secs(30),
+            || async {
+                let metrics = facade.get_text("/metrics").await;
+                metrics
+                    .lines()
+                    .any(|l| l == "imagejob_facade_result_waiters 1")
+                    .then_some(())
+            },
+        )
+        .await;
         facade
             .http
             .delete(facade.url(&format!("/images/workflow/{workflow_id}")))

@@ -27,6 +27,7 @@ use kube::{
     ResourceExt,
     api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
 };
+use prometheus_client::metrics::gauge::Gauge;
 use serde::de::DeserializeOwned;
 use std::{sync::Arc, time::Duration};
 
@@ -254,6 +255,7 @@ pub async fn result(
     params: Result<Query<ResultQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let params = query(params)?;
+    let _in_flight = InFlight::count(&state.metrics.result_waiters);
     let wait = params
         .timeout
         .map(|t| Duration::from_secs(t.into()))
@@ -324,6 +326,22 @@ pub async fn result(
         job_deleted: false,
     };
     Ok(Json(body).into_response())
+}
+
+/// Counts a request in a gauge while it is answered.
+struct InFlight(Gauge);
+
+impl InFlight {
+    fn count(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The result of a workflow whose ImageJob is gone (deleted while a client waited, or its TTL

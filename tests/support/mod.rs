@@ -664,5 +664,11 @@ pub mod facade_env {
             let response = self.http.get(self.url(path)).send().await.expect("GET");
             response.json().await.expect("a JSON body")
         }
+
+        /// `GET path` with the accepted token, as text.
+        pub async fn get_text(&self, path: &str) -> String {
+            let response = self.http.get(self.url(path)).send().await.expect("GET");
+            response.text().await.expect("a text body")
+        }
     }
 }
