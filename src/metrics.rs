@@ -79,6 +79,8 @@ pub struct Metrics {
     pub cache_rebuilds: Counter,
     /// Unfinished jobs whose last reconcile could not use Temporal (`TemporalReachable=False`).
     pub jobs_waiting_for_temporal: Gauge,
+    /// Failed lists and watches of ImageJobs (each retried with backoff).
+    pub watch_errors: Counter,
     heap: HeapGauges,
     writes_by_job: Mutex<HashMap<String, u64>>,
 }
@@ -126,6 +128,12 @@ impl Metrics {
         );
         let heap = HeapGauges::register(&mut registry);
         let jobs_waiting_for_temporal = Gauge::default();
+        let watch_errors = Counter::default();
+        registry.register(
+            "watch_errors",
+            "Failed lists and watches of ImageJobs (each retried with backoff): refused rights, an unreachable apiserver",
+            watch_errors.clone(),
+        );
         registry.register(
             "jobs_waiting_for_temporal",
             "Unfinished ImageJobs whose last reconcile could not use Temporal (TemporalReachable=False)",
@@ -196,6 +204,7 @@ impl Metrics {
             cache_rebuilds,
             heap,
             jobs_waiting_for_temporal,
+            watch_errors,
             writes_by_job: Mutex::new(HashMap::new()),
         }
     }

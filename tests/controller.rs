@@ -577,3 +577,24 @@ async fn the_list_from_the_watch_cache_and_the_watch_after_it_see_every_change()
         other => panic!("{other:?} instead of the deletion"),
     }
 }
+
+#[tokio::test]
+async fn a_controller_refused_the_list_counts_each_refusal_and_touches_nothing() {
+    let s = setup("refused").await;
+    create(&s.api, "unseen", kube_env::spec(false)).await;
+    // A user with no rights at all: the apiserver refuses its list of ImageJobs (403).
+    let mut config = kube::Config::infer().await.expect("kubeconfig");
+    config.auth_info.impersonate = Some("someone-without-rights".into());
+    let refused = kube::Client::try_from(config).expect("client");
+    let controller = InProcessController::start(&refused, &s.settings, &s.ns).await;
+    support::eventually(
+        "the refusal to be retried and counted again",
+        JOB_WAIT,
+        || async { (controller.metrics.watch_errors.get() >= 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(controller.metrics.reconciles.get(), 0);
+    let job = s.api.get("unseen").await.expect("the job");
+    assert!(job.status.is_none(), "{:?}", job.status);
+    assert!(job.finalizers().is_empty(), "{:?}", job.finalizers());
+}

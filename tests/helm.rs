@@ -702,7 +702,8 @@ fn monitoring_expressions() -> Vec<String> {
             "ImageJobsFailing",
             "ImageJobScheduleToStartHigh",
             "ImageJobTemporalUnreachable",
-            "ImageJobControllerNotLeading"
+            "ImageJobControllerNotLeading",
+            "ImageJobWatchFailing"
         ]
     );
     exprs.extend(

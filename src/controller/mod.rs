@@ -329,6 +329,7 @@ pub async fn run(
         instance: settings.instance.clone(),
     };
     let (watch_tx, watch_rx) = futures::channel::mpsc::unbounded();
+    let watch_errors = metrics.watch_errors.clone();
     let ctx = Arc::new(Context {
         client: client.clone(),
         gateway: gateway.clone(),
@@ -364,7 +365,15 @@ pub async fn run(
         .reconcile_on(watch_rx)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| std::future::ready(()));
+        .for_each(move |outcome| {
+            // Reconcile failures are logged by `error_policy`; a failed list or watch (refused
+            // rights, an unreachable apiserver) only shows here, and is retried with backoff.
+            if let Err(kube::runtime::controller::Error::QueueError(e)) = outcome {
+                watch_errors.inc();
+                warn!(error = %e, "ImageJob list or watch failed; retrying");
+            }
+            std::future::ready(())
+        });
     let done = async move {
         info!("controller running");
         controller.await;
