@@ -3,7 +3,7 @@
 
 use super::{
     closed::{self, Closed},
-    history::{HistoryStep, TimelineEntry, history_step, timeline},
+    history::{HistoryStep, TimelineEntry, history_step, report_time, timeline},
 };
 use crate::similarity::SimilarityResults;
 use crate::temporal::{
@@ -21,9 +21,7 @@ use temporalio_client::{
     errors::{WorkflowInteractionError, WorkflowQueryError, WorkflowStartError},
     tonic::{Code, Status},
 };
-use temporalio_common::protos::{
-    proto_ts_to_system_time, temporal::api::history::v1::HistoryEvent,
-};
+use temporalio_common::protos::temporal::api::history::v1::HistoryEvent;
 use tokio::{sync::Mutex, time::Instant};
 
 /// Deadline of a state query: a workflow with no live worker would otherwise hang ~30 s.
@@ -332,18 +330,6 @@ async fn follow_steps(
             },
         }
     }
-}
-
-/// When the step `event` records is reported: `window` after Temporal recorded it, so a step
-/// read late (the history read after the close-only wait) is not held a full window more.
-fn report_time(event: &HistoryEvent, window: Duration) -> Instant {
-    let age = event
-        .event_time
-        .as_ref()
-        .and_then(proto_ts_to_system_time)
-        .and_then(|at| SystemTime::now().duration_since(at).ok())
-        .unwrap_or_default();
-    Instant::now() + window.saturating_sub(age)
 }
 
 #[async_trait]

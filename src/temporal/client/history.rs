@@ -1,11 +1,15 @@
 //! Reading a workflow's history: which events move its state (for the progress long poll) and
 //! when each step happened (the jobs page's timeline).
 
-use std::{collections::HashMap, time::SystemTime};
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
 use temporalio_common::protos::{
     proto_ts_to_system_time,
     temporal::api::history::v1::{HistoryEvent, history_event::Attributes},
 };
+use tokio::time::Instant;
 
 /// The activities' registered names.
 const STORE: &str = "store_image_metadata";
@@ -42,6 +46,19 @@ pub(super) fn history_step(event: &HistoryEvent) -> HistoryStep {
         ) => HistoryStep::Closed,
         _ => HistoryStep::Other,
     }
+}
+
+/// When the step `event` records is reported to someone following the workflow: `window`
+/// after Temporal recorded it, so a step read late (after the close-only wait) is not held a
+/// full window more; `window` from now for an event without a time or from a clock ahead.
+pub(super) fn report_time(event: &HistoryEvent, window: Duration) -> Instant {
+    let age = event
+        .event_time
+        .as_ref()
+        .and_then(proto_ts_to_system_time)
+        .and_then(|at| SystemTime::now().duration_since(at).ok())
+        .unwrap_or_default();
+    Instant::now() + window.saturating_sub(age)
 }
 
 /// One step of a workflow, as Temporal recorded it.
@@ -104,4 +121,48 @@ pub(super) fn timeline(events: &[HistoryEvent]) -> Vec<TimelineEntry> {
         }
     }
     steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_millis(400);
+
+    fn recorded(at: Option<SystemTime>) -> HistoryEvent {
+        HistoryEvent {
+            event_time: at.map(Into::into),
+            ..HistoryEvent::default()
+        }
+    }
+
+    #[test]
+    fn a_step_is_reported_a_window_after_temporal_recorded_it() {
+        let before = Instant::now();
+        let fresh = report_time(&recorded(Some(SystemTime::now())), WINDOW);
+        assert!(
+            fresh >= before + WINDOW - Duration::from_millis(50),
+            "{fresh:?}"
+        );
+        let ago = SystemTime::now() - Duration::from_millis(300);
+        let late = report_time(&recorded(Some(ago)), WINDOW);
+        assert!(
+            late <= Instant::now() + Duration::from_millis(100),
+            "{late:?}"
+        );
+        let older = report_time(&recorded(Some(ago - WINDOW)), WINDOW);
+        assert!(
+            older <= Instant::now(),
+            "a step older than the window is due at once"
+        );
+    }
+
+    #[test]
+    fn a_step_without_a_time_or_from_the_future_waits_a_whole_window() {
+        let future = SystemTime::now() + Duration::from_secs(5);
+        for event in [recorded(None), recorded(Some(future))] {
+            let before = Instant::now();
+            assert!(report_time(&event, WINDOW) >= before + WINDOW);
+        }
+    }
 }
