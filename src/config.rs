@@ -280,19 +280,19 @@ pub enum VersioningMode {
 #[derive(Args, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerTuningArgs {
     /// Workflow tasks run at once.
-    #[arg(long, env = "WORKER_MAX_CONCURRENT_WORKFLOW_TASKS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(2..))]
+    #[arg(long, env = "WORKER_MAX_CONCURRENT_WORKFLOW_TASKS", default_value_t = WorkerTuning::SDK_DEFAULTS.max_concurrent_workflow_tasks as u32, value_parser = clap::value_parser!(u32).range(2..))]
     pub max_concurrent_workflow_tasks: u32,
     /// Activities run at once.
-    #[arg(long, env = "WORKER_MAX_CONCURRENT_ACTIVITIES", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "WORKER_MAX_CONCURRENT_ACTIVITIES", default_value_t = WorkerTuning::SDK_DEFAULTS.max_concurrent_activities as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_activities: u32,
     /// Concurrent workflow task polls (at least 2 with the sticky cache on).
-    #[arg(long, env = "WORKER_WORKFLOW_POLLERS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..))]
+    #[arg(long, env = "WORKER_WORKFLOW_POLLERS", default_value_t = WorkerTuning::SDK_DEFAULTS.workflow_pollers as u32, value_parser = clap::value_parser!(u32).range(2..))]
     pub workflow_pollers: u32,
     /// Concurrent activity task polls.
-    #[arg(long, env = "WORKER_ACTIVITY_POLLERS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "WORKER_ACTIVITY_POLLERS", default_value_t = WorkerTuning::SDK_DEFAULTS.activity_pollers as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub activity_pollers: u32,
     /// Workflows kept in memory between tasks (sticky execution); 0 replays each task.
-    #[arg(long, env = "WORKER_MAX_CACHED_WORKFLOWS", default_value_t = 1000)]
+    #[arg(long, env = "WORKER_MAX_CACHED_WORKFLOWS", default_value_t = WorkerTuning::SDK_DEFAULTS.max_cached_workflows as u32)]
     pub max_cached_workflows: u32,
 }
 
@@ -509,6 +509,23 @@ mod tests {
             .temporal
             .settings()
             .expect("settings")
+    }
+
+    #[derive(Parser)]
+    struct TuningOnly {
+        #[command(flatten)]
+        tuning: WorkerTuningArgs,
+    }
+
+    #[test]
+    fn worker_tuning_defaults_to_the_sdks_and_takes_each_option() {
+        let parsed = TuningOnly::parse_from(["t"]).tuning.tuning();
+        assert_eq!(parsed, WorkerTuning::SDK_DEFAULTS);
+        let tuned = TuningOnly::parse_from(["t", "--workflow-pollers", "2"])
+            .tuning
+            .tuning();
+        assert_eq!(tuned.workflow_pollers, 2);
+        assert!(TuningOnly::try_parse_from(["t", "--workflow-pollers", "1"]).is_err());
     }
 
     #[test]

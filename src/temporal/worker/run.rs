@@ -74,20 +74,23 @@ pub struct WorkerTuning {
     pub max_cached_workflows: usize,
 }
 
-/// The SDK's own defaults.
 impl Default for WorkerTuning {
     fn default() -> Self {
-        Self {
-            max_concurrent_workflow_tasks: 100,
-            max_concurrent_activities: 100,
-            workflow_pollers: 5,
-            activity_pollers: 5,
-            max_cached_workflows: 1000,
-        }
+        Self::SDK_DEFAULTS
     }
 }
 
 impl WorkerTuning {
+    /// The SDK's own defaults, which the worker's options default to (chosen by measurement:
+    /// see README, Performance).
+    pub const SDK_DEFAULTS: Self = Self {
+        max_concurrent_workflow_tasks: 100,
+        max_concurrent_activities: 100,
+        workflow_pollers: 5,
+        activity_pollers: 5,
+        max_cached_workflows: 1000,
+    };
+
     fn slots(&self) -> TunerHolder {
         TunerHolder::builder()
             .workflow_task_slot_supplier(FixedSizeSlotSupplier::new(
