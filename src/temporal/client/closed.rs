@@ -147,13 +147,15 @@ pub(super) async fn from_close_event(
             if a.new_execution_run_id.is_empty() =>
         {
             let mut failure = a.failure.unwrap_or_default();
-            match decode_payloads(&mut failure, converter.codec(), &context).await {
-                Ok(()) => converter
-                    .failure_converter()
-                    .to_error(failure, converter.payload_converter(), &context)
-                    .map(|error| Closed::failed(&error)),
-                Err(e) => Err(e),
-            }
+            decode_payloads(&mut failure, converter.codec(), &context)
+                .await
+                .and_then(|()| {
+                    let payloads = converter.payload_converter();
+                    converter
+                        .failure_converter()
+                        .to_error(failure, payloads, &context)
+                })
+                .map(|error| Closed::failed(&error))
         }
         Attributes::WorkflowExecutionCanceledEventAttributes(a) => {
             let details = a.details.map(|d| d.payloads).unwrap_or_default();
