@@ -9,6 +9,8 @@
 #                                                     scheduler, containerd, kubelet, kube-proxy,
 #                                                     the project's image loaded (scripts/cluster.sh)
 #   scripts/stack.sh down DIR                        stop everything started in DIR
+#   scripts/stack.sh restart-kube-apiserver DIR      stop the kube-apiserver and start it again
+#                                                     (etcd keeps the data; its caches start anew)
 #   scripts/stack.sh stop-temporal DIR               stop only Temporal (its data is kept)
 #   scripts/stack.sh start-temporal DIR              start Temporal again on the same ports
 #
@@ -80,6 +82,15 @@ make_certs() {
     -out "$c/apiserver.crt" 2>/dev/null
 }
 
+# Starts the kube-apiserver recorded by up_kube and waits until it is ready.
+start_kube_apiserver() {
+  local cmd=() url token
+  mapfile -d '' cmd <"$dir/kube-apiserver.cmd"
+  { read -r url; read -r token; } <"$dir/kube-apiserver.endpoint"
+  start_bg kube-apiserver "${cmd[@]}"
+  wait_for kube-apiserver 90 curl -fsS --cacert "$dir/certs/ca.crt" -H "Authorization: Bearer $token" "$url/readyz"
+}
+
 up_kube() {
   local apiserver="$IJ_CACHE/kube-apiserver"
   [ -x "$apiserver" ] || fail "kube-apiserver is not built: run scripts/install-deps.sh"
@@ -104,15 +115,17 @@ up_kube() {
   local admission=(--disable-admission-plugins ServiceAccount)
   [ -z "$cluster" ] || admission=(--kubelet-preferred-address-types InternalIP)
   step "kube-apiserver on https://$bind_ip:$kube_port"
-  start_bg kube-apiserver "$apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
+  # Its command line is kept, so restart-kube-apiserver starts the same one again.
+  printf '%s\0' "$apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
     --bind-address "$bind_ip" --advertise-address "$bind_ip" --secure-port "$kube_port" \
     --tls-cert-file "$dir/certs/apiserver.crt" --tls-private-key-file "$dir/certs/apiserver.key" \
     --client-ca-file "$dir/certs/ca.crt" \
     --token-auth-file "$dir/certs/tokens.csv" --authorization-mode RBAC \
     --service-cluster-ip-range "${SVC_NET:-10.0.0.0/24}" --service-account-issuer "https://$bind_ip:$kube_port" \
     --service-account-key-file "$dir/certs/sa.pub" --service-account-signing-key-file "$dir/certs/sa.key" \
-    --allow-privileged=true "${admission[@]}"
-  wait_for kube-apiserver 90 curl -fsS --cacert "$dir/certs/ca.crt" -H "Authorization: Bearer $admin_token" "https://$bind_ip:$kube_port/readyz"
+    --allow-privileged=true "${admission[@]}" >"$dir/kube-apiserver.cmd"
+  printf '%s\n' "https://$bind_ip:$kube_port" "$admin_token" >"$dir/kube-apiserver.endpoint"
+  start_kube_apiserver
 
   cat >"$dir/kubeconfig" <<KCFG
 apiVersion: v1
@@ -183,7 +196,7 @@ up_temporal() {
 }
 
 cmd=${1:-}; dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || fail "usage: $0 up|down|stop-temporal|start-temporal DIR [--only kube|temporal] [--cluster]"
+[ -n "$cmd" ] && [ -n "$dir" ] || fail "usage: $0 up|down|restart-kube-apiserver|stop-temporal|start-temporal DIR [--only kube|temporal] [--cluster]"
 mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
 shift 2
 only="" cluster="" seed_ports=""
@@ -222,6 +235,7 @@ case "$cmd" in
     done
     for name in temporal kube-apiserver etcd; do stop_one "$name"; done
     ;;
+  restart-kube-apiserver) stop_one kube-apiserver; start_kube_apiserver ;;
   stop-temporal) stop_one temporal ;;
   start-temporal) start_temporal ;;
   *) fail "unknown command $cmd" ;;

@@ -10,15 +10,18 @@
 //! read, one item at a time, each handed on (in the controller, to the
 //! [settled](crate::controller::SettledJobs) stage, which keeps a uid and a phase of most)
 //! before more is read, so memory stays flat. After the list, the watch resumes from the
-//! list's resourceVersion with bookmarks, as kube's watcher does; a 410 Gone lists again. The
-//! events are kube's [`watcher::Event`]s, for its reflector.
+//! list's resourceVersion with bookmarks, as kube's watcher does. A watch that fell behind (410
+//! Gone) lists again no older than the version it last saw, as client-go's reflector does: a
+//! list at "any" version may be served by an apiserver whose cache is behind what this stream
+//! already delivered, and take the cache back in time. The events are kube's
+//! [`watcher::Event`]s, for its reflector.
 
 use crate::crd::ImageJob;
 use futures::{Stream, StreamExt, stream::BoxStream};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, WatchEvent, WatchParams},
+    api::{ListParams, VersionMatch, WatchEvent, WatchParams},
     runtime::watcher::{self, Event},
 };
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -35,13 +38,51 @@ const DECODED_AHEAD: usize = 256;
 
 type Decoding = JoinHandle<Result<Option<String>, kube::Error>>;
 
+/// Which state of the jobs a list asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ListFrom {
+    /// Whatever the apiserver's watch cache holds (`resourceVersion=0`): the first list.
+    Cache,
+    /// At least as new as this version, the last one seen: the list after a watch fell behind.
+    NotOlderThan(String),
+    /// The newest, read from etcd (no `resourceVersion`): when the apiserver cannot serve a list
+    /// at the version last seen (too old for it, or newer than its cache gets in time).
+    Latest,
+}
+
+impl ListFrom {
+    /// The list's parameters.
+    fn params(&self) -> ListParams {
+        match self {
+            ListFrom::Cache => ListParams::default().match_any(),
+            ListFrom::NotOlderThan(version) => ListParams::default()
+                .at(version)
+                .matching(VersionMatch::NotOlderThan),
+            ListFrom::Latest => ListParams::default(),
+        }
+    }
+
+    /// What to list from after a list from here failed with `error`.
+    fn after_failure(self, error: &kube::Error) -> ListFrom {
+        // 410 Expired: too old for the apiserver; 504 "Too large resource version": its cache
+        // did not reach the version within its wait.
+        let unservable = matches!(error, kube::Error::Api(s) if s.code == 410 || s.code == 504);
+        match self {
+            ListFrom::NotOlderThan(_) if unservable => ListFrom::Latest,
+            from => from,
+        }
+    }
+}
+
 enum State {
-    /// Nothing listed yet, or a relist is due.
-    Empty,
-    /// The list's items arrive on `items`; `done` gives its resourceVersion.
+    /// A list is due.
+    Unlisted(ListFrom),
+    /// The list's items arrive on `items`; `done` gives its resourceVersion; `from` is listed
+    /// again if it fails.
     Listing {
         items: mpsc::Receiver<ImageJob>,
         done: Decoding,
+        from: ListFrom,
     },
     /// Listed (or a watch ended) at `resource_version`: a watch from there is due.
     Listed { resource_version: String },
@@ -60,7 +101,8 @@ type Step = (Option<watcher::Result<Event<ImageJob>>>, State);
 pub fn list_watch(
     api: Api<ImageJob>,
 ) -> impl Stream<Item = watcher::Result<Event<ImageJob>>> + Send + 'static {
-    futures::stream::unfold((api, State::Empty), |(api, mut state)| async move {
+    let start = State::Unlisted(ListFrom::Cache);
+    futures::stream::unfold((api, start), |(api, mut state)| async move {
         loop {
             match step(&api, state).await {
                 (Some(event), next) => return Some((event, (api, next))),
@@ -72,19 +114,23 @@ pub fn list_watch(
 
 async fn step(api: &Api<ImageJob>, state: State) -> Step {
     match state {
-        State::Empty => match list(api).await {
-            Ok((items, done)) => (Some(Ok(Event::Init)), State::Listing { items, done }),
-            Err(e) => (
-                Some(Err(watcher::Error::InitialListFailed(e))),
-                State::Empty,
-            ),
+        State::Unlisted(from) => match list(api, &from).await {
+            Ok((items, done)) => (Some(Ok(Event::Init)), State::Listing { items, done, from }),
+            Err(e) => {
+                let next = State::Unlisted(from.after_failure(&e));
+                (Some(Err(watcher::Error::InitialListFailed(e))), next)
+            }
         },
-        State::Listing { mut items, done } => match items.recv().await {
+        State::Listing {
+            mut items,
+            done,
+            from,
+        } => match items.recv().await {
             Some(job) => (
                 Some(Ok(Event::InitApply(job))),
-                State::Listing { items, done },
+                State::Listing { items, done, from },
             ),
-            None => listed(done).await,
+            None => listed(done, from).await,
         },
         State::Listed { resource_version } => {
             // Bookmarks are on by default.
@@ -97,10 +143,14 @@ async fn step(api: &Api<ImageJob>, state: State) -> Step {
                         stream: stream.boxed(),
                     },
                 ),
-                Err(e) => (
-                    Some(Err(watcher::Error::WatchStartFailed(e))),
-                    State::Listed { resource_version },
-                ),
+                Err(e) => {
+                    let next = if matches!(&e, kube::Error::Api(s) if s.code == 410) {
+                        State::Unlisted(ListFrom::NotOlderThan(resource_version))
+                    } else {
+                        State::Listed { resource_version }
+                    };
+                    (Some(Err(watcher::Error::WatchStartFailed(e))), next)
+                }
             }
         }
         State::Watching {
@@ -114,23 +164,22 @@ async fn step(api: &Api<ImageJob>, state: State) -> Step {
     }
 }
 
-/// The end of a list: its items are all out, its decoding says how it went.
-async fn listed(done: Decoding) -> Step {
+/// The end of a list from `from`: its items are all out, its decoding says how it went.
+async fn listed(done: Decoding, from: ListFrom) -> Step {
+    let failed = |e| Some(Err(watcher::Error::InitialListFailed(e)));
     match done.await {
         Ok(Ok(Some(resource_version))) => (
             Some(Ok(Event::InitDone)),
             State::Listed { resource_version },
         ),
-        Ok(Ok(None)) => (Some(Err(watcher::Error::NoResourceVersion)), State::Empty),
-        Ok(Err(e)) => (
-            Some(Err(watcher::Error::InitialListFailed(e))),
-            State::Empty,
+        Ok(Ok(None)) => (
+            Some(Err(watcher::Error::NoResourceVersion)),
+            State::Unlisted(from),
         ),
+        Ok(Err(e)) => (failed(e), State::Unlisted(from)),
         Err(join) => (
-            Some(Err(watcher::Error::InitialListFailed(
-                kube::Error::Service(Box::new(join)),
-            ))),
-            State::Empty,
+            failed(kube::Error::Service(Box::new(join))),
+            State::Unlisted(from),
         ),
     }
 }
@@ -155,9 +204,10 @@ fn watched(
         }
         Ok(WatchEvent::Bookmark(mark)) => (None, at(mark.metadata.resource_version, stream)),
         // 410 Gone: the watch fell too far behind; only a new list catches up.
-        Ok(WatchEvent::Error(status)) if status.code == 410 => {
-            (Some(Err(watcher::Error::WatchError(status))), State::Empty)
-        }
+        Ok(WatchEvent::Error(status)) if status.code == 410 => (
+            Some(Err(watcher::Error::WatchError(status))),
+            State::Unlisted(ListFrom::NotOlderThan(resource_version)),
+        ),
         Ok(WatchEvent::Error(status)) => (
             Some(Err(watcher::Error::WatchError(status))),
             at(resource_version, stream),
@@ -169,10 +219,13 @@ fn watched(
     }
 }
 
-/// Starts the list from the watch cache: its jobs arrive on the receiver as they are decoded.
-async fn list(api: &Api<ImageJob>) -> kube::Result<(mpsc::Receiver<ImageJob>, Decoding)> {
+/// Starts the list: its jobs arrive on the receiver as they are decoded.
+async fn list(
+    api: &Api<ImageJob>,
+    from: &ListFrom,
+) -> kube::Result<(mpsc::Receiver<ImageJob>, Decoding)> {
     let request = kube::core::Request::new(api.resource_url())
-        .list(&ListParams::default().match_any())
+        .list(&from.params())
         .map_err(kube::Error::BuildRequest)?;
     let body = api.clone().into_client().request_stream(request).await?;
     let reader = std::io::BufReader::new(SyncIoBridge::new(Box::pin(body).compat()));
@@ -328,11 +381,52 @@ mod tests {
             assert!(matches!(event, Some(Err(watcher::Error::WatchError(_)))));
             next
         };
-        assert!(matches!(watching(410), State::Empty));
+        assert!(matches!(
+            watching(410),
+            State::Unlisted(ListFrom::NotOlderThan(version)) if version == "5"
+        ));
         assert!(matches!(
             watching(500),
             State::Watching { resource_version, .. } if resource_version == "5"
         ));
+    }
+
+    fn query(from: &ListFrom) -> String {
+        let request = kube::core::Request::new("/apis/imagejob.dev/v1alpha1/imagejobs")
+            .list(&from.params())
+            .expect("list request");
+        request.uri().query().unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn the_first_list_reads_the_cache_a_relist_no_older_than_seen_and_the_fallback_etcd() {
+        assert_eq!(
+            query(&ListFrom::Cache),
+            "&resourceVersion=0&resourceVersionMatch=NotOlderThan"
+        );
+        assert_eq!(
+            query(&ListFrom::NotOlderThan("42".into())),
+            "&resourceVersion=42&resourceVersionMatch=NotOlderThan"
+        );
+        assert_eq!(query(&ListFrom::Latest), "");
+    }
+
+    #[test]
+    fn a_relist_the_apiserver_cannot_serve_at_the_version_seen_reads_the_latest() {
+        let refused = |code| {
+            let mut status = kube::core::Status::failure("list refused", "Expired");
+            status.code = code;
+            kube::Error::Api(Box::new(status))
+        };
+        let seen = || ListFrom::NotOlderThan("42".into());
+        assert_eq!(seen().after_failure(&refused(410)), ListFrom::Latest);
+        assert_eq!(seen().after_failure(&refused(504)), ListFrom::Latest);
+        // Anything else is retried as it was: the version seen is still the one to reach.
+        assert_eq!(seen().after_failure(&refused(500)), seen());
+        assert_eq!(
+            ListFrom::Cache.after_failure(&refused(410)),
+            ListFrom::Cache
+        );
     }
 
     #[test]

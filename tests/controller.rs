@@ -278,7 +278,7 @@ async fn with_temporal_down_the_job_says_so_and_completes_once_it_is_back() {
     let temporal = support::PrivateTemporal::start(&s.settings.task_queue);
     let _worker = TestWorker::plain(&temporal.settings);
     let _controller = InProcessController::start(&s.client, &temporal.settings, &s.ns).await;
-    support::PrivateTemporal::script(&temporal.dir, &["stop-temporal"]);
+    support::stack_script(&temporal.dir, &["stop-temporal"]);
 
     create(&s.api, "patient", kube_env::spec(false)).await;
     let job = wait_job(
@@ -293,7 +293,7 @@ async fn with_temporal_down_the_job_says_so_and_completes_once_it_is_back() {
     assert_eq!(c.reason, "TemporalUnavailable");
     assert_ne!(job.phase(), Phase::Completed);
 
-    support::PrivateTemporal::script(&temporal.dir, &["start-temporal"]);
+    support::stack_script(&temporal.dir, &["start-temporal"]);
     let job = wait_job(
         &s.api,
         "patient",
@@ -597,4 +597,79 @@ async fn a_controller_refused_the_list_counts_each_refusal_and_touches_nothing()
     let job = s.api.get("unseen").await.expect("the job");
     assert!(job.status.is_none(), "{:?}", job.status);
     assert!(job.finalizers().is_empty(), "{:?}", job.finalizers());
+}
+
+/// The kube-apiserver restarted under a running watch: its new cache begins past the version
+/// the watch resumes from, so the resumed watch gets 410 Gone. The stream lists again (no older
+/// than what it had delivered: no job's version ever goes back) and watches what changes after.
+#[tokio::test]
+async fn a_watch_too_old_for_a_restarted_apiserver_lists_again_and_goes_on() {
+    use futures::StreamExt;
+    use imagejob_operator::list_watch::list_watch;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::{WatchStreamExt, watcher::Event};
+    use std::collections::HashMap;
+
+    let kube = support::PrivateKube::start();
+    let client = kube.client().await;
+    let api: Api<ImageJob> = Api::namespaced(client.clone(), "default");
+    create(&api, "before", kube_env::spec(false)).await;
+    let mut events = list_watch(api.clone()).default_backoff().boxed();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let delivered = |seen: &mut HashMap<String, u64>, job: &ImageJob| {
+        let version: u64 = job
+            .resource_version()
+            .and_then(|v| v.parse().ok())
+            .expect("an etcd resourceVersion");
+        let before = seen.insert(job.name_any(), version).unwrap_or_default();
+        assert!(
+            version >= before,
+            "{} went back from version {before} to {version}",
+            job.name_any()
+        );
+    };
+    loop {
+        let event = tokio::time::timeout(JOB_WAIT, events.next()).await;
+        match event.expect("the first list").expect("open") {
+            Ok(Event::InitApply(job)) => delivered(&mut seen, &job),
+            Ok(Event::InitDone) => break,
+            other => assert!(matches!(other, Ok(Event::Init)), "{other:?}"),
+        }
+    }
+
+    // Another write, so etcd has moved past the watch's version when the new cache starts.
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let mut marker = ConfigMap::default();
+    marker.metadata.name = Some("moves-etcd-on".into());
+    configmaps
+        .create(&Default::default(), &marker)
+        .await
+        .expect("configmap");
+    kube.restart_apiserver();
+    create(&api, "after", kube_env::spec(false)).await;
+
+    let (mut gone, mut relisted, mut relist_done) = (false, Vec::new(), false);
+    while !(relist_done && seen.contains_key("after")) {
+        let event = tokio::time::timeout(JOB_WAIT, events.next()).await;
+        match event.expect("events after the restart") {
+            Some(Err(kube::runtime::watcher::Error::WatchError(status))) if status.code == 410 => {
+                gone = true
+            }
+            // The old connection's end, or the apiserver still starting: retried after a pause.
+            Some(Err(_)) => {}
+            Some(Ok(Event::Init)) => assert!(gone, "a relist without a 410 first"),
+            Some(Ok(Event::InitApply(job))) => {
+                relisted.push(job.name_any());
+                delivered(&mut seen, &job);
+            }
+            Some(Ok(Event::InitDone)) => relist_done = true,
+            Some(Ok(Event::Apply(job))) => delivered(&mut seen, &job),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(gone, "the resumed watch was not told it is too old");
+    assert!(
+        relisted.contains(&"before".to_owned()),
+        "the relist holds every job: {relisted:?}"
+    );
 }

@@ -441,7 +441,7 @@ async fn the_worker_is_ready_only_while_it_polls_a_reachable_temporal() {
         }
     };
     eventually("the worker to be ready", JOB_WAIT, || readyz(200)).await;
-    support::PrivateTemporal::script(&temporal.dir, &["stop-temporal"]);
+    support::stack_script(&temporal.dir, &["stop-temporal"]);
     let why = eventually(
         "the worker to be unready with Temporal gone",
         JOB_WAIT,
@@ -449,7 +449,7 @@ async fn the_worker_is_ready_only_while_it_polls_a_reachable_temporal() {
     )
     .await;
     assert!(why.contains("Temporal") || why.contains("polling"), "{why}");
-    support::PrivateTemporal::script(&temporal.dir, &["start-temporal"]);
+    support::stack_script(&temporal.dir, &["start-temporal"]);
     eventually("the worker to be ready again", JOB_WAIT, || readyz(200)).await;
 }
 
@@ -469,7 +469,7 @@ async fn a_job_deleted_while_temporal_is_down_is_released_after_the_timeout_with
     // No worker: the workflow runs until it is cancelled.
     create(&s.api, "orphan", kube_env::spec(false)).await;
     wait_phase(&s.api, "orphan", Phase::Processing).await;
-    support::PrivateTemporal::script(&temporal.dir, &["stop-temporal"]);
+    support::stack_script(&temporal.dir, &["stop-temporal"]);
     s.api
         .delete("orphan", &DeleteParams::default())
         .await

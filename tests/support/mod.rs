@@ -303,6 +303,20 @@ impl ControllerProcess {
     }
 }
 
+/// Runs `scripts/stack.sh ARGS[0] DIR ARGS[1..]`.
+pub fn stack_script(dir: &tempfile::TempDir, args: &[&str]) {
+    let script = stack_env("IJ_STACK_SCRIPT");
+    let (cmd, rest) = args.split_first().unwrap();
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(cmd)
+        .arg(dir.path())
+        .args(rest)
+        .status()
+        .unwrap();
+    assert!(status.success(), "stack.sh {args:?}");
+}
+
 /// A Temporal server of this test's own, so stopping it disturbs no other test.
 pub struct PrivateTemporal {
     /// Its stack folder.
@@ -315,7 +329,7 @@ impl PrivateTemporal {
     /// Starts one for `task_queue`.
     pub fn start(task_queue: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        Self::script(&dir, &["up", "--only", "temporal"]);
+        stack_script(&dir, &["up", "--only", "temporal"]);
         let env = std::fs::read_to_string(dir.path().join("env")).unwrap();
         let port = env
             .lines()
@@ -332,25 +346,50 @@ impl PrivateTemporal {
         };
         Self { dir, settings }
     }
-
-    /// Runs `scripts/stack.sh ARGS[0] DIR ARGS[1..]`.
-    pub fn script(dir: &tempfile::TempDir, args: &[&str]) {
-        let script = stack_env("IJ_STACK_SCRIPT");
-        let (cmd, rest) = args.split_first().unwrap();
-        let status = std::process::Command::new("bash")
-            .arg(&script)
-            .arg(cmd)
-            .arg(dir.path())
-            .args(rest)
-            .status()
-            .unwrap();
-        assert!(status.success(), "stack.sh {args:?}");
-    }
 }
 
 impl Drop for PrivateTemporal {
     fn drop(&mut self) {
-        Self::script(&self.dir, &["down"]);
+        stack_script(&self.dir, &["down"]);
+    }
+}
+
+/// An etcd and kube-apiserver (with the CRD) of this test's own, so restarting the apiserver
+/// disturbs no other test.
+pub struct PrivateKube {
+    /// Its stack folder.
+    pub dir: tempfile::TempDir,
+}
+
+impl PrivateKube {
+    /// Starts one.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        stack_script(&dir, &["up", "--only", "kube"]);
+        Self { dir }
+    }
+
+    /// An admin client of it.
+    pub async fn client(&self) -> kube::Client {
+        init();
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.dir.path().join("kubeconfig"))
+            .expect("the private stack's kubeconfig");
+        let options = kube::config::KubeConfigOptions::default();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .expect("config from the private kubeconfig");
+        kube::Client::try_from(config).expect("client of the private apiserver")
+    }
+
+    /// Stops the kube-apiserver and starts it again (etcd keeps the data; its caches start anew).
+    pub fn restart_apiserver(&self) {
+        stack_script(&self.dir, &["restart-kube-apiserver"]);
+    }
+}
+
+impl Drop for PrivateKube {
+    fn drop(&mut self) {
+        stack_script(&self.dir, &["down"]);
     }
 }
 
