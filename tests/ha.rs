@@ -486,3 +486,46 @@ async fn a_job_deleted_while_temporal_is_down_is_released_after_the_timeout_with
         "{reasons:?}"
     );
 }
+
+/// The kube-apiserver restarted under the leading controller: its watch resumes too old (410)
+/// and lists again, its Lease renewals fail meanwhile. The same process goes on leading, a job
+/// created after the restart completes, and the job finished before is not written again.
+#[tokio::test]
+async fn an_apiserver_restart_under_the_leader_is_ridden_out() {
+    let kube = support::PrivateKube::start();
+    let client = kube.client().await;
+    let api: Api<ImageJob> = Api::namespaced(client.clone(), "default");
+    let settings = support::temporal(&support::unique("apiserver-restart"));
+    let _worker = TestWorker::plain(&settings);
+    let mut env = election("ij-leader", "default", "ctl-a", ["15", "10", "2"]);
+    let kubeconfig = kube.dir.path().join("kubeconfig");
+    env.push(("KUBECONFIG", kubeconfig.display().to_string()));
+    let mut controller = ControllerProcess::start(&settings, "default", &env);
+    create(&api, "before", kube_env::spec(false)).await;
+    let before = wait_phase(&api, "before", Phase::Completed).await;
+    let errors_before = controller
+        .gauge("imagejob_watch_errors_total")
+        .await
+        .expect("the controller's metrics");
+
+    kube.restart_apiserver();
+    create(&api, "after", kube_env::spec(false)).await;
+    wait_phase(&api, "after", Phase::Completed).await;
+
+    assert!(
+        controller.child.0.try_wait().expect("wait").is_none(),
+        "the controller exited"
+    );
+    assert_eq!(controller.gauge("imagejob_leader").await, Some(1.0));
+    let errors_after = controller.gauge("imagejob_watch_errors_total").await;
+    assert!(
+        errors_after > Some(errors_before),
+        "the broken watch was not counted: {errors_before} then {errors_after:?}"
+    );
+    let untouched = api.get("before").await.expect("the finished job");
+    assert_eq!(
+        untouched.resource_version(),
+        before.resource_version(),
+        "the finished job was written again"
+    );
+}
