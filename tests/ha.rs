@@ -1,6 +1,7 @@
 //! The chart's multi-replica topology and Temporal faults, on the real stack: a paused leader
 //! makes no write when it wakes, graceful handover, a wrong Temporal namespace, deletion while
-//! cancellation cannot happen, probes that answer at once, per-job memory that goes away.
+//! cancellation cannot happen, probes that answer at once, per-job memory that goes away, the
+//! kube-apiserver restarted under the leader.
 
 mod support;
 
