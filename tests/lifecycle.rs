@@ -4,6 +4,7 @@
 mod support;
 
 use imagejob_operator::{
+    controller::status::spec_digest,
     crd::{
         CONDITION_CANCEL_REQUESTED, CONDITION_SPEC_APPLIED, CONDITION_SUCCEEDED, ImageJob, Phase,
     },
@@ -231,6 +232,43 @@ async fn a_spec_edit_before_the_first_status_write_is_still_reported() {
     assert!(unwritten.status.is_none(), "{:?}", unwritten.status);
     let job = retitle(&s.api, "early", "Edited before the first write", "False").await;
     assert_eq!(job.phase(), Phase::Processing);
+}
+
+#[tokio::test]
+async fn a_spec_edit_made_while_no_controller_ran_is_reported_by_the_next_one() {
+    let s = Setup::new("adopted-edit").await;
+    // No worker: the workflow stays queued, and the controller that started it is killed before
+    // its first status write (10 s after the start).
+    let mut first = support::ControllerProcess::start(&s.settings, &s.ns, &[]);
+    let job = create(&s.api, "adopted", kube_env::spec(false)).await;
+    let id = format!("image-processing-{}", job.metadata.uid.expect("uid"));
+    let gateway = support::gateway(&s.settings);
+    eventually("the workflow to start", JOB_WAIT, || async {
+        (gateway.execution(&id).await.ok() == Some(ExecutionStatus::Running)).then_some(())
+    })
+    .await;
+    first.child.kill();
+    let patch = json!({"spec": {"title": "Edited while no controller ran"}});
+    let edited = s
+        .api
+        .patch("adopted", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert!(edited.status.is_none(), "{:?}", edited.status);
+
+    // The next controller adopts the workflow: the spec it started with is read from Temporal.
+    let _second = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let job = wait_job(&s.api, "adopted", "SpecApplied=False", JOB_WAIT, |j| {
+        condition(j, CONDITION_SPEC_APPLIED).is_some_and(|c| c.status == "False")
+    })
+    .await;
+    let status = job.status.expect("status");
+    assert_eq!(status.phase, Phase::Processing);
+    assert_eq!(
+        status.started_spec_digest.as_deref(),
+        Some(spec_digest(&kube_env::spec(false)).as_str()),
+        "the digest of the spec the workflow started with"
+    );
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use std::{
     sync::Arc,
     time::{Duration, SystemTime},
 };
-use tracing::info;
+use tracing::{info, warn};
 
 /// Re-read interval of a running job whose close is watched (a safety net only).
 const WATCHED_RESYNC: Duration = Duration::from_secs(60);
@@ -88,7 +88,7 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
         Err(e) => return Err(e.into()),
     };
     if current.started_spec_digest.is_none()
-        && let Some(digest) = ctx.watches.started_spec_digest(&id)
+        && let Some(digest) = started_digest(&id, &desired, ctx).await
     {
         // The spec may have been edited before this first write: record the one started.
         desired.started_spec_digest = Some(digest);
@@ -128,6 +128,24 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(
         cancel_check.map_or(resync, |c| c.min(resync)),
     ))
+}
+
+/// Digest of the spec the job's workflow started with, for its first status write: known to
+/// the watch of a workflow this controller started; for one it adopted (started by a controller
+/// that stopped before writing), read from the workflow's input in Temporal. `None` (the
+/// current spec is taken) when no workflow started, or its input cannot be read.
+async fn started_digest(id: &str, desired: &ImageJobStatus, ctx: &Context) -> Option<String> {
+    if let Some(digest) = ctx.watches.started_spec_digest(id) {
+        return Some(digest);
+    }
+    desired.run_id.as_ref()?;
+    match ctx.gateway.started_input(id).await {
+        Ok(input) => Some(status::input_digest(&input)),
+        Err(e) => {
+            warn!(workflow_id = %id, error = %e, "the workflow's input could not be read: the job's current spec is taken as the one it started with");
+            None
+        }
+    }
 }
 
 /// Whether the status already reports a spec edit after start.

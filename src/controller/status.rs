@@ -32,7 +32,12 @@ pub fn workflow_input(spec: &ImageJobSpec) -> ImageProcessingInput {
 /// Digest of the spec fields a workflow is started with (its input): a later spec with another
 /// digest was edited after start.
 pub fn spec_digest(spec: &ImageJobSpec) -> String {
-    let input = serde_json::to_vec(&workflow_input(spec)).unwrap_or_default();
+    input_digest(&workflow_input(spec))
+}
+
+/// Digest of a workflow's input: [`spec_digest`] of the spec it was made from.
+pub fn input_digest(input: &ImageProcessingInput) -> String {
+    let input = serde_json::to_vec(input).unwrap_or_default();
     sha256_hex(&input)[..16].to_owned()
 }
 

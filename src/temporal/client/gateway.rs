@@ -21,7 +21,10 @@ use temporalio_client::{
     errors::{WorkflowInteractionError, WorkflowQueryError, WorkflowStartError},
     tonic::{Code, Status},
 };
-use temporalio_common::protos::temporal::api::history::v1::HistoryEvent;
+use temporalio_common::{
+    data_converters::{SerializationContextData, WorkflowSerializationContext},
+    protos::temporal::api::history::v1::{HistoryEvent, history_event::Attributes},
+};
 use tokio::{sync::Mutex, time::Instant};
 
 /// Deadline of a state query: a workflow with no live worker would otherwise hang ~30 s.
@@ -186,6 +189,8 @@ pub trait WorkflowGateway: Send + Sync {
     ) -> Result<WorkflowSnapshot, GatewayError>;
     /// The steps of the workflow so far, with the times Temporal recorded them.
     async fn timeline(&self, workflow_id: &str) -> Result<Vec<TimelineEntry>, GatewayError>;
+    /// The input the workflow was started with, from the first event of its history.
+    async fn started_input(&self, workflow_id: &str) -> Result<ImageProcessingInput, GatewayError>;
 }
 
 /// The gateway over a real Temporal server. It connects on first use, again after a failed
@@ -463,6 +468,30 @@ impl WorkflowGateway for TemporalGateway {
             .collect::<Result<Vec<_>, _>>()
             .map_err(from_interaction)?;
         Ok(timeline(&events))
+    }
+
+    async fn started_input(&self, workflow_id: &str) -> Result<ImageProcessingInput, GatewayError> {
+        let client = self.client().await?;
+        let handle = client.get_workflow_handle::<ImageProcessingWorkflow>(workflow_id);
+        let options = WorkflowFetchHistoryOptions::builder()
+            .skip_archival(true)
+            .build();
+        let first = handle.fetch_history(options).next().await;
+        let first = first.transpose().map_err(from_interaction)?;
+        let Some(Attributes::WorkflowExecutionStartedEventAttributes(started)) =
+            first.and_then(|event| event.attributes)
+        else {
+            return Err(GatewayError::Rpc(format!(
+                "the history of {workflow_id} does not begin with its start"
+            )));
+        };
+        let payload = started.input.and_then(|p| p.payloads.into_iter().next());
+        let context = SerializationContextData::Workflow(WorkflowSerializationContext::new());
+        client
+            .data_converter()
+            .from_payload(&context, payload.unwrap_or_default())
+            .await
+            .map_err(|e| GatewayError::Rpc(format!("decoding the workflow's input: {e}")))
     }
 
     async fn wait_closed(&self, workflow_id: &str) -> Result<WorkflowSnapshot, GatewayError> {
