@@ -4,6 +4,7 @@
 use crate::{
     crd::{ImageJob, Phase},
     heap::{HeapGauges, ReleaseSpare},
+    temporal::SdkMetrics,
 };
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -12,7 +13,7 @@ use prometheus_client::{
 };
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
@@ -83,6 +84,8 @@ pub struct Metrics {
     pub watch_errors: Counter,
     heap: HeapGauges,
     writes_by_job: Mutex<HashMap<String, u64>>,
+    /// The Temporal SDK's exporter this process's client connections record into.
+    sdk: OnceLock<SdkMetrics>,
 }
 
 impl Default for Metrics {
@@ -206,6 +209,7 @@ impl Metrics {
             jobs_waiting_for_temporal,
             watch_errors,
             writes_by_job: Mutex::new(HashMap::new()),
+            sdk: OnceLock::new(),
         }
     }
 
@@ -339,6 +343,21 @@ impl Metrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Serves `sdk`'s figures (the process's Temporal requests) with these in [`Self::exposition`].
+    pub fn relay_sdk(&self, sdk: SdkMetrics) {
+        let _ = self.sdk.set(sdk);
+    }
+
+    /// What `/metrics` answers: the relayed Temporal SDK figures, then these.
+    pub async fn exposition(&self) -> String {
+        let mut out = match self.sdk.get() {
+            Some(sdk) => sdk.scrape().await,
+            None => String::new(),
+        };
+        out.push_str(&self.encode());
         out
     }
 }

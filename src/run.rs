@@ -10,7 +10,10 @@ use crate::{
     kube_client::{self, WriteFence},
     metrics::{Metrics, SharedMetrics},
     probes::{Readiness, WorkerReadiness},
-    temporal::{ImageActivities, SdkMetrics, TemporalGateway, WorkflowGateway, spawn_worker},
+    temporal::{
+        ImageActivities, SdkMetrics, TemporalGateway, TemporalSettings, WorkflowGateway,
+        spawn_worker,
+    },
 };
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
@@ -149,8 +152,9 @@ pub async fn controller(
     args: &ControllerArgs,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let gateway: Arc<dyn WorkflowGateway> = Arc::new(TemporalGateway::new(temporal.settings()?));
     let metrics: SharedMetrics = Arc::new(Metrics::new());
+    let gateway: Arc<dyn WorkflowGateway> =
+        Arc::new(metered_gateway(temporal.settings()?, &metrics)?);
     metrics.declare_error_kinds(controller::Error::KINDS);
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let lease = args
@@ -258,6 +262,17 @@ pub async fn controller(
     }
 }
 
+/// A gateway whose Temporal requests are counted by the SDK, relayed in `metrics`' exposition.
+fn metered_gateway(
+    settings: TemporalSettings,
+    metrics: &Metrics,
+) -> anyhow::Result<TemporalGateway> {
+    let sdk = SdkMetrics::start()?;
+    let gateway = TemporalGateway::metered(settings, &sdk);
+    metrics.relay_sdk(sdk);
+    Ok(gateway)
+}
+
 fn default_identity() -> String {
     format!("{}-{}", crate::config::hostname(), std::process::id())
 }
@@ -307,7 +322,7 @@ async fn serve_probes(
                         jobs.settled.phase_counts(),
                     );
                 }
-                s.metrics.encode()
+                s.metrics.exposition().await
             }),
         )
         .with_state(ProbeState { metrics, held });
@@ -348,6 +363,7 @@ pub async fn facade(
     };
     let settings = temporal.settings()?;
     let metrics: SharedMetrics = Arc::new(Metrics::new());
+    let gateway = Arc::new(metered_gateway(settings.clone(), &metrics)?);
     let client = kube_client::counted(metrics.clone(), WriteFence::open())
         .await
         .context("connecting to Kubernetes")?;
@@ -360,7 +376,7 @@ pub async fn facade(
         cache,
         temporal_namespace: settings.namespace.clone(),
         codec: settings.codec.clone(),
-        gateway: Arc::new(TemporalGateway::new(settings)),
+        gateway,
         similarity_default: args.similarity_search_default,
         job_ttl: (args.job_ttl_secs > 0).then_some(args.job_ttl_secs),
         metrics,

@@ -212,12 +212,27 @@ async fn a_controller_killed_right_after_starting_a_workflow_never_starts_a_seco
     first.child.kill();
 
     let _worker = TestWorker::plain(&s.settings);
-    let _second = ControllerProcess::start(&s.settings, &s.ns, &[]);
+    let second = ControllerProcess::start(&s.settings, &s.ns, &[]);
     let job = wait_phase(&s.api, "crashy", Phase::Completed).await;
     assert_eq!(
         job.status.unwrap().workflow_id.as_deref(),
         Some(workflow_id.as_str())
     );
+    // Its Temporal calls are in its /metrics (the SDK's client metrics, relayed): the start it
+    // tried (and found made) and the history it followed.
+    let metrics = second.metrics().await.expect("the controller's metrics");
+    for (name, operation) in [
+        ("temporal_request_total", "StartWorkflowExecution"),
+        ("temporal_long_request_total", "GetWorkflowExecutionHistory"),
+    ] {
+        let calls: f64 = metrics
+            .iter()
+            .filter(|(series, _)| series.starts_with(&format!("{name}{{")))
+            .filter(|(series, _)| series.contains(&format!("operation=\"{operation}\"")))
+            .map(|(_, value)| value)
+            .sum();
+        assert!(calls >= 1.0, "no {operation} in {name}: {metrics:?}");
+    }
     let count = eventually(
         "the workflow to be visible",
         Duration::from_secs(20),

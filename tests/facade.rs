@@ -552,6 +552,7 @@ async fn any_replica_answers_for_a_job_another_replica_just_accepted() {
         .await;
     }
     let mut not_found = Vec::new();
+    let mut last_id = String::new();
     for i in 0..200 {
         let created: Value = http
             .post(format!("{replica_a}/images/process"))
@@ -595,8 +596,43 @@ async fn any_replica_answers_for_a_job_another_replica_just_accepted() {
         let result: Value = result.json().await.unwrap();
         assert_eq!(result["done"], true);
         assert_eq!(result["state"]["status"], "completed", "{result}");
+        last_id = id;
     }
     assert!(not_found.is_empty(), "404s from replica B: {not_found:?}");
+
+    // A timeline is read from Temporal's history: the replica's /metrics counts that call (the
+    // SDK's client metrics, relayed beside its own).
+    let history_reads = || async {
+        let text = http
+            .get(format!("{replica_b}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let reads = text
+            .lines()
+            .filter(|l| l.starts_with("temporal_request_total{"))
+            .filter(|l| l.contains("operation=\"GetWorkflowExecutionHistory\""))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>();
+        Some((reads, text.contains("imagejob_http_requests_total")))
+    };
+    let (before, own) = history_reads().await.expect("replica B's metrics");
+    assert!(own, "the facade's own metrics are served too");
+    let timeline = http
+        .get(format!("{replica_b}/images/workflow/{last_id}/timeline"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(timeline.status(), StatusCode::OK);
+    let (after, _) = history_reads().await.expect("replica B's metrics");
+    assert!(
+        after > before,
+        "the history read is not counted: {before} then {after}"
+    );
 }
 
 #[tokio::test]

@@ -131,7 +131,7 @@ async fn readyz(State(state): State<Arc<FacadeState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<FacadeState>>) -> String {
-    state.metrics.encode()
+    state.metrics.exposition().await
 }
 
 /// Counts responses by class and turns axum's plain-text 413 into our JSON error.

@@ -6,6 +6,7 @@
 //! `cancel` signal and `get_status` query), which the SDK generates from the workflow code.
 
 pub mod client;
+mod sdk_metrics;
 mod types;
 pub mod worker;
 
@@ -14,11 +15,12 @@ pub use client::{
     PayloadCipher, StartOutcome, TemporalGateway, TemporalSettings, TimelineEntry, WorkflowGateway,
     WorkflowSnapshot, connect,
 };
+pub use sdk_metrics::SdkMetrics;
 pub use types::{
     ImageProcessingInput, ImageProcessingResult, ProcessingStatus, SimilaritySearchOutcome,
     WorkflowState,
 };
 pub use worker::{
-    ImageActivities, ImageProcessingWorkflow, SdkMetrics, WorkerHandle, WorkerTuning,
-    WorkerVersion, similarity_search_retry, spawn_worker, store_metadata_retry,
+    ImageActivities, ImageProcessingWorkflow, WorkerHandle, WorkerTuning, WorkerVersion,
+    similarity_search_retry, spawn_worker, store_metadata_retry,
 };

@@ -8,7 +8,7 @@ use super::{
 use crate::similarity::SimilarityResults;
 use crate::temporal::{
     CREDENTIALS_RECHECK, CredentialsFingerprint, ImageProcessingInput, ImageProcessingWorkflow,
-    TemporalSettings, WorkflowState, connect,
+    SdkMetrics, TemporalSettings, WorkflowState, connect,
 };
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -24,6 +24,7 @@ use temporalio_client::{
 use temporalio_common::{
     data_converters::{SerializationContextData, WorkflowSerializationContext},
     protos::temporal::api::history::v1::{HistoryEvent, history_event::Attributes},
+    telemetry::metrics::TemporalMeter,
 };
 use tokio::{sync::Mutex, time::Instant};
 
@@ -198,6 +199,7 @@ pub trait WorkflowGateway: Send + Sync {
 /// files were rotated.
 pub struct TemporalGateway {
     settings: TemporalSettings,
+    meter: Option<TemporalMeter>,
     connected: Mutex<Option<Connected>>,
 }
 
@@ -213,7 +215,16 @@ impl TemporalGateway {
     pub fn new(settings: TemporalSettings) -> Self {
         Self {
             settings,
+            meter: None,
             connected: Mutex::new(None),
+        }
+    }
+
+    /// A gateway whose connections record their requests and long polls in `metrics`.
+    pub fn metered(settings: TemporalSettings, metrics: &SdkMetrics) -> Self {
+        Self {
+            meter: metrics.client_meter(),
+            ..Self::new(settings)
         }
     }
 
@@ -231,7 +242,7 @@ impl TemporalGateway {
             tracing::info!("Temporal credentials changed: reconnecting with the new ones");
         }
         let credentials = self.settings.credentials();
-        let client = connect(&self.settings, None).await?;
+        let client = connect(&self.settings, self.meter.clone()).await?;
         *connected = Some(Connected {
             client: client.clone(),
             credentials,

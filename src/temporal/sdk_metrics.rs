@@ -1,8 +1,10 @@
-//! The Temporal SDK's own worker metrics (task latencies, schedule-to-start, slots, pollers,
-//! poll and request failures), through the SDK's Prometheus exporter.
+//! The Temporal SDK's own metrics, through its Prometheus exporter: a worker's (task latencies,
+//! schedule-to-start, slots, pollers, poll failures) and every client connection's requests
+//! and long polls (`temporal_request_*`, `temporal_long_request_*`: the controller's starts,
+//! describes and history long polls, the facade's reads).
 //!
 //! The exporter serves its registry on an address of its own; it is bound to a loopback port
-//! and the worker's `/metrics` relays it beside the operator's own figures, so one scrape
+//! and each process's `/metrics` relays it beside the operator's own figures, so one scrape
 //! target per pod has everything.
 
 use crate::temporal::GatewayError;
@@ -51,8 +53,8 @@ impl SdkMetrics {
             .build()
     }
 
-    /// A meter for the worker's client connection, prefixed and labelled as the SDK does for
-    /// its own metrics: requests, long polls and their failures (`temporal_request_*`,
+    /// A meter for a client connection, prefixed and labelled as the SDK does for its own
+    /// metrics: requests, long polls and their failures (`temporal_request_*`,
     /// `temporal_long_request_*`).
     pub fn client_meter(&self) -> Option<TemporalMeter> {
         telemetry_init(self.telemetry())
