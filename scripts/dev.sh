@@ -47,5 +47,6 @@ cat <<MSG
 MSG
 EMBEDDED_STORE_PATH="${EMBEDDED_STORE_PATH:-$stack/metadata.redb}" \
   FACADE_TEMPORAL_UI_URL="${FACADE_TEMPORAL_UI_URL:-$TEMPORAL_UI_URL}" \
+  FACADE_DRAIN_SECS="${FACADE_DRAIN_SECS:-0}" \
   "$CARGO_TARGET_DIR/debug/imagejob-operator" run --no-auth \
   --facade-addr "127.0.0.1:$facade_port" --metrics-addr "127.0.0.1:$metrics_port"

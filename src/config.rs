@@ -480,6 +480,11 @@ pub struct FacadeArgs {
     /// long as Temporal retains the workflow. 0 keeps jobs forever.
     #[arg(long, env = "FACADE_JOB_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub job_ttl_secs: u32,
+    /// Seconds the facade keeps serving after SIGTERM, reporting itself not ready, before it
+    /// stops accepting connections: requests routed to it before it left the Service's
+    /// endpoints are still answered. Waiting `result` requests and event streams end at once.
+    #[arg(long, env = "FACADE_DRAIN_SECS", default_value_t = 5)]
+    pub drain_secs: u64,
     /// Base URL of the Temporal UI (e.g. `http://localhost:8233`): the jobs page links each job
     /// to its workflow there. Unset: no link.
     #[arg(long, env = "FACADE_TEMPORAL_UI_URL")]

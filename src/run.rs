@@ -5,7 +5,7 @@ use crate::{
     config::{ControllerArgs, FacadeArgs, RunCommand, TemporalArgs, WorkerArgs},
     controller::{self, LeaderElector},
     crd::ImageJob,
-    facade::{self, Auth, FacadeState, JobCache, TokenFile},
+    facade::{self, Auth, Draining, FacadeState, JobCache, TokenFile},
     heap::HeapGauges,
     kube_client::{self, WriteFence},
     metrics::{Metrics, SharedMetrics},
@@ -369,6 +369,7 @@ pub async fn facade(
         .context("connecting to Kubernetes")?;
     let api: Api<ImageJob> = Api::namespaced(client, &args.facade_namespace);
     let (cache, driver) = JobCache::start(api.clone(), args.facade_namespace.clone());
+    let (start_drain, draining) = Draining::new();
     tokio::spawn(driver);
     let state = Arc::new(FacadeState {
         api,
@@ -381,13 +382,24 @@ pub async fn facade(
         job_ttl: (args.job_ttl_secs > 0).then_some(args.job_ttl_secs),
         metrics,
         temporal_ui_url: args.temporal_ui_url.as_ref().map(|u| u.to_string()),
+        draining,
     });
     let listener = tokio::net::TcpListener::bind(args.facade_addr)
         .await
         .with_context(|| format!("binding the facade address {}", args.facade_addr))?;
     info!(addr = %args.facade_addr, namespace = %args.facade_namespace, "facade listening");
+    let drain = Duration::from_secs(args.drain_secs);
+    let drained = async move {
+        shutdown.wait().await;
+        info!(
+            ?drain,
+            "draining: not ready, waiting requests answered, new ones served until the drain ends"
+        );
+        start_drain.start();
+        tokio::time::sleep(drain).await;
+    };
     axum::serve(listener, facade::router(state, auth))
-        .with_graceful_shutdown(shutdown.wait())
+        .with_graceful_shutdown(drained)
         .await
         .context("facade server")
 }

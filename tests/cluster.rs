@@ -341,6 +341,7 @@ fn the_chart_runs_in_pods_and_survives_failover_restart_upgrade_and_uninstall() 
             "replicas": 1,
             "metadataStore": {"backend": "embedded", "embedded": {"persistence": {"storageClassName": class}}},
         },
+        "podDisruptionBudget": {"enabled": true},
     });
 
     // helm install: every Deployment Available, every probe passing, the chart's security.
@@ -372,6 +373,20 @@ fn the_chart_runs_in_pods_and_survives_failover_restart_upgrade_and_uninstall() 
                 "{role} restarts"
             );
         }
+    }
+    // The disruption budgets cover each role's pods (the cluster's disruption controller says
+    // so): a drain may take one of each, never more.
+    for (role, replicas) in [("controller", 2), ("facade", 2), ("worker", 1)] {
+        let name = format!("{release}-imagejob-operator-{role}");
+        let budget = until(
+            &format!("the {role} disruption budget to count its pods"),
+            || {
+                let budget = c.json(&["get", "pdb", "-n", &ns, &name]);
+                (budget["status"]["expectedPods"] == replicas).then_some(budget)
+            },
+        );
+        assert_eq!(budget["status"]["currentHealthy"], replicas, "{budget}");
+        assert_eq!(budget["status"]["disruptionsAllowed"], 1, "{budget}");
     }
     let worker_pod = pods(&c, &ns, "worker")[0]["metadata"]["name"]
         .as_str()
@@ -484,10 +499,36 @@ fn the_chart_runs_in_pods_and_survives_failover_restart_upgrade_and_uninstall() 
         .collect();
     let in_flight: Vec<String> = (0..8).map(|i| format!("upgrade-{i}")).collect();
     apply_jobs(&c, &ns, &in_flight);
+    // Clients of the facade's Service keep asking all through the rollout; the replicas that
+    // stop drain first, so not one request fails.
+    let rolling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let asking = std::thread::spawn({
+        let (rolling, base, http) = (rolling.clone(), facade.base.clone(), facade.http.clone());
+        move || {
+            let mut answers: BTreeMap<String, usize> = BTreeMap::new();
+            while rolling.load(std::sync::atomic::Ordering::Relaxed) {
+                let answer = http
+                    .get(format!("{base}/images/workflows?limit=1"))
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .map_or_else(|e| format!("error: {e}"), |r| r.status().to_string());
+                *answers.entry(answer).or_default() += 1;
+            }
+            answers
+        }
+    });
     values["podAnnotations"] = json!({"example.com/rollout": "2"});
     let file = values_file(&values);
     c.chart(&["upgrade", release, &ns, file.path().to_str().unwrap()]);
     wait_available(&c, &ns);
+    rolling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let answers = asking.join().expect("the asking thread");
+    eprintln!("figure: facade answers through the rollout: {answers:?}");
+    assert_eq!(
+        answers.keys().collect::<Vec<_>>(),
+        ["200 OK"],
+        "requests failed while the facade rolled: {answers:?}"
+    );
     wait_completed(&c, &ns, &in_flight);
     let after: Vec<Value> = ["controller", "facade", "worker"]
         .iter()

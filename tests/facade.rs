@@ -513,7 +513,11 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
 }
 
 /// A facade replica as its own process (the chart's topology: several behind one Service).
-fn facade_process(s: &Setup, tokens: &std::path::Path) -> (support::ChildGuard, String) {
+fn facade_process(
+    s: &Setup,
+    tokens: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> (support::ChildGuard, String) {
     let port = support::free_port();
     let child = support::ChildGuard::spawn(
         std::process::Command::new(support::operator_bin())
@@ -524,9 +528,23 @@ fn facade_process(s: &Setup, tokens: &std::path::Path) -> (support::ChildGuard, 
             .env("TEMPORAL_HOST", &s.settings.host)
             .env("TEMPORAL_PORT", s.settings.port.to_string())
             .env("TEMPORAL_TASK_QUEUE", &s.settings.task_queue)
-            .env("RUST_LOG", "warn"),
+            .env("RUST_LOG", "warn")
+            .envs(extra.iter().copied()),
     );
     (child, format!("http://127.0.0.1:{port}"))
+}
+
+/// Waits until the facade at `base` answers `/readyz` with `code`.
+async fn readyz_answers(http: &reqwest::Client, base: &str, code: u16) {
+    eventually(
+        &format!("{base}/readyz to answer {code}"),
+        Duration::from_secs(30),
+        || async {
+            let r = http.get(format!("{base}/readyz")).send().await.ok()?;
+            (r.status().as_u16() == code).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -537,19 +555,11 @@ async fn any_replica_answers_for_a_job_another_replica_just_accepted() {
     let tokens = tempfile::tempdir().unwrap();
     let token_file = tokens.path().join("tokens");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let (_a, replica_a) = facade_process(&s, &token_file);
-    let (_b, replica_b) = facade_process(&s, &token_file);
+    let (_a, replica_a) = facade_process(&s, &token_file, &[]);
+    let (_b, replica_b) = facade_process(&s, &token_file, &[]);
     let http = reqwest::Client::new();
     for base in [&replica_a, &replica_b] {
-        eventually(
-            "the facade replica to be ready",
-            Duration::from_secs(30),
-            || async {
-                let r = http.get(format!("{base}/readyz")).send().await.ok()?;
-                r.status().is_success().then_some(())
-            },
-        )
-        .await;
+        readyz_answers(&http, base, 200).await;
     }
     let mut not_found = Vec::new();
     let mut last_id = String::new();
@@ -757,4 +767,98 @@ async fn a_job_whose_ttl_ran_out_still_answers_from_temporal() {
         .await;
     assert_eq!(result["done"], true);
     assert_eq!(result["state"], done["state"]);
+}
+
+/// SIGTERM, as in a rolling update: the replica reports itself not ready at once, answers a
+/// waiting `result` at once (202, ask again), ends its event streams (browsers reconnect
+/// elsewhere), still serves requests during its drain period, then exits cleanly.
+#[tokio::test]
+async fn a_replica_told_to_stop_drains_without_dropping_a_request() {
+    let s = Setup::new("drain").await;
+    let tokens = tempfile::tempdir().unwrap();
+    let token_file = tokens.path().join("tokens");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    // No controller: the job stays Pending, so a wait for its result lasts.
+    let (mut replica, base) = facade_process(&s, &token_file, &[("FACADE_DRAIN_SECS", "3")]);
+    let http = reqwest::Client::new();
+    readyz_answers(&http, &base, 200).await;
+    let accepted: Value = support::json_of(
+        http.post(format!("{base}/images/process"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"url": "https://example.com/drain.jpg"})),
+    )
+    .await;
+    let id = accepted["workflow_id"]
+        .as_str()
+        .expect("accepted")
+        .to_owned();
+    let waiting = tokio::spawn(
+        http.get(format!("{base}/images/workflow/{id}/result?timeout=120"))
+            .bearer_auth(TOKEN)
+            .send(),
+    );
+    let events = http
+        .get(format!("{base}/images/events"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    let stream_ended = tokio::spawn(async move {
+        let mut events = events;
+        while events
+            .chunk()
+            .await
+            .expect("the event stream ends cleanly, not cut")
+            .is_some()
+        {}
+    });
+    eventually(
+        "the result request to wait",
+        Duration::from_secs(30),
+        || async {
+            let metrics = http.get(format!("{base}/metrics")).send().await.ok()?;
+            let text = metrics.text().await.ok()?;
+            text.lines()
+                .any(|l| l == "imagejob_facade_result_waiters 1")
+                .then_some(())
+        },
+    )
+    .await;
+
+    let exited = tokio::task::spawn_blocking(move || replica.terminate());
+    readyz_answers(&http, &base, 503).await;
+    let listed = http
+        .get(format!("{base}/images/workflows"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("served while draining");
+    assert_eq!(listed.status(), StatusCode::OK);
+    assert_eq!(
+        listed.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "a draining replica closes each connection after its answer"
+    );
+    let answered = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the waiting result is answered when the drain starts, not after its 120 s")
+        .unwrap()
+        .expect("an answer, not a cut connection");
+    assert_eq!(answered.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        answered.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    let body: Value = answered.json().await.unwrap();
+    assert_eq!(body["done"], false, "{body}");
+    tokio::time::timeout(Duration::from_secs(20), stream_ended)
+        .await
+        .expect("the event stream ends when the drain starts")
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), exited)
+        .await
+        .expect("the replica exits after its drain")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
 }

@@ -129,6 +129,18 @@ fn default_values_render_three_roles_with_hardened_pods_and_no_secret_values() {
         assert_eq!(env["TEMPORAL_PORT"]["value"], "7233");
         assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        // Replicas spread over nodes, as a preference only.
+        let spread = &pod["topologySpreadConstraints"][0];
+        assert_eq!(spread["topologyKey"], "kubernetes.io/hostname");
+        assert_eq!(spread["whenUnsatisfiable"], "ScheduleAnyway");
+        assert_eq!(
+            spread["labelSelector"]["matchLabels"],
+            deployment["spec"]["selector"]["matchLabels"]
+        );
+        if role == "facade" {
+            assert_eq!(env["FACADE_DRAIN_SECS"]["value"], "5");
+            assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+        }
         if role == "worker" {
             assert_eq!(
                 env["COUCHBASE_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"],
@@ -166,7 +178,18 @@ fn every_optional_part_renders() {
                    "jobNamespace": "jobs"},
         "serviceMonitor": {"enabled": true},
         "nodeSelector": {"pool": "ops"}, "tolerations": [{"key": "ops", "operator": "Exists"}],
+        "podDisruptionBudget": {"enabled": true},
     }));
+    // One budget per role, over exactly that role's pods.
+    for role in ["controller", "facade", "worker"] {
+        let budget = &objects[&format!("PodDisruptionBudget/imagejob-operator-{role}")];
+        let deployment = &objects[&format!("Deployment/imagejob-operator-{role}")];
+        assert_eq!(budget["spec"]["maxUnavailable"], 1);
+        assert_eq!(
+            budget["spec"]["selector"]["matchLabels"],
+            deployment["spec"]["selector"]["matchLabels"]
+        );
+    }
     for key in [
         "HorizontalPodAutoscaler/imagejob-operator-worker",
         "Ingress/imagejob-operator-facade",
@@ -226,6 +249,8 @@ fn values_that_break_the_schema_are_rejected() {
         json!({"logFormat": "xml"}),
         json!({"controller": {"leaderElection": {"enabled": "yes"}}}),
         json!({"unknownTopLevel": 1}),
+        json!({"podDisruptionBudget": {"maxUnavailable": 0}}),
+        json!({"facade": {"drainSeconds": -1}}),
     ] {
         let (ok, out) = chart(&["validate", values_file(&bad).path().to_str().unwrap()]);
         assert!(!ok, "{bad} was accepted: {out}");
@@ -348,6 +373,7 @@ async fn the_release_installs_and_its_rbac_is_sufficient_and_minimal() {
         "controller": {"watchNamespaces": [ns], "replicas": 1},
         "worker": {"replicas": 1, "metadataStore": {"backend": "embedded"}},
         "facade": {"ingress": {"enabled": true}},
+        "podDisruptionBudget": {"enabled": true},
     });
     let file = values_file(&values);
     let (ok, out) = tokio::task::spawn_blocking({

@@ -31,8 +31,11 @@ pub async fn events(
         let event = next_event(&mut updates).await?;
         Some((event, updates))
     });
+    // A facade shutting down ends the stream; the browser reconnects, to another replica.
+    let draining = state.draining.clone();
     let stream = futures::stream::once(async { hello })
         .chain(changes)
+        .take_until(async move { draining.started().await })
         .map(Ok);
     Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }

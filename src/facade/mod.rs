@@ -6,6 +6,7 @@ mod auth;
 mod cache;
 mod codec_server;
 mod docs;
+mod drain;
 mod error;
 mod events;
 mod idempotency;
@@ -16,6 +17,7 @@ mod ui;
 
 pub use auth::{Auth, TokenFile};
 pub use cache::JobCache;
+pub use drain::{DrainStart, Draining};
 pub use error::ApiError;
 pub use model::{ProcessResponse, ResultResponse, StatusResponse};
 pub use ui::UiConfig;
@@ -28,7 +30,7 @@ use crate::{
 use axum::{
     Router,
     extract::{DefaultBodyLimit, Request, State},
-    http::{HeaderValue, StatusCode},
+    http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -61,6 +63,8 @@ pub struct FacadeState {
     pub temporal_namespace: String,
     /// Payload encryption, when on: served to the Temporal UI as a remote codec.
     pub codec: Option<PayloadCipher>,
+    /// Set once the facade is shutting down (see [`Draining`]).
+    pub draining: Draining,
 }
 
 /// The router: API routes behind auth, probes and docs open.
@@ -119,7 +123,9 @@ pub fn router(state: Arc<FacadeState>, auth: Auth) -> Router {
 }
 
 async fn readyz(State(state): State<Arc<FacadeState>>) -> Response {
-    if state.cache.is_ready() {
+    if state.draining.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if state.cache.is_ready() {
         "ready".into_response()
     } else {
         (
@@ -134,14 +140,16 @@ async fn metrics(State(state): State<Arc<FacadeState>>) -> String {
     state.metrics.exposition().await
 }
 
-/// Counts responses by class and turns axum's plain-text 413 into our JSON error.
+/// Counts responses by class and turns axum's plain-text 413 into our JSON error. While the
+/// facade drains, each response closes its connection, so a client's next request opens a new
+/// one, to a replica that stays, instead of reusing one this replica is about to close.
 async fn count_and_map_limits(
     State(state): State<Arc<FacadeState>>,
     request: Request,
     next: Next,
 ) -> Response {
     let response = next.run(request).await;
-    let response = if response.status() == StatusCode::PAYLOAD_TOO_LARGE
+    let mut response = if response.status() == StatusCode::PAYLOAD_TOO_LARGE
         && !response
             .headers()
             .get("content-type")
@@ -152,5 +160,10 @@ async fn count_and_map_limits(
         response
     };
     state.metrics.http_response(response.status().as_u16());
+    if state.draining.is_draining() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }

@@ -239,11 +239,11 @@ async fn from_temporal(
 }
 
 /// Waits until the workflow finished (woken by the watch, not polled) and returns its result
-/// with all similarity results. When `timeout` runs out first: `202` with `done: false` and a
-/// `Retry-After` header.
+/// with all similarity results. When `timeout` runs out first, or the replica starts shutting
+/// down: `202` with `done: false` and a `Retry-After` header.
 #[utoipa::path(get, path = "/images/workflow/{workflow_id}/result",
     params(("workflow_id" = String, Path, description = "Workflow id"), ResultQuery),
-    responses((status = 200, body = ResultResponse), (status = 202, body = ResultResponse, description = "still running when the wait ended"),
+    responses((status = 200, body = ResultResponse), (status = 202, body = ResultResponse, description = "still running when the wait ended (its timeout, or this replica shutting down): ask again after Retry-After"),
               (status = 400, body = super::error::ErrorBody, description = "invalid query parameter"),
               (status = 404, body = super::error::ErrorBody),
               (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
@@ -279,21 +279,20 @@ pub async fn result(
         if job.phase().is_terminal() {
             break job;
         }
-        let woken = tokio::time::timeout_at(deadline, changes.changed()).await;
-        if !matches!(woken, Ok(Ok(()))) {
-            let body = ResultResponse {
+        // A facade shutting down answers at once: the client asks again, at another replica.
+        let woken = tokio::select! {
+            woken = tokio::time::timeout_at(deadline, changes.changed()) => matches!(woken, Ok(Ok(()))),
+            () = state.draining.started() => false,
+        };
+        if !woken {
+            return Ok(still_running(ResultResponse {
                 workflow_id,
                 done: false,
                 state: StateView::of(&job),
                 similarity: None,
                 similarity_skipped: None,
                 job_deleted: false,
-            };
-            let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return Ok(response);
+            }));
         }
     };
     let similarity = if job.spec.similarity_search
@@ -352,11 +351,14 @@ async fn result_from_temporal(
     deadline: tokio::time::Instant,
 ) -> Result<Response, ApiError> {
     let mut snapshot = from_temporal(state, &workflow_id).await?;
-    if snapshot.execution == ExecutionStatus::Running
-        && let Ok(Ok(closed)) =
-            tokio::time::timeout_at(deadline, state.gateway.wait_closed(&workflow_id)).await
-    {
-        snapshot = closed;
+    if snapshot.execution == ExecutionStatus::Running {
+        let closed = tokio::select! {
+            closed = tokio::time::timeout_at(deadline, state.gateway.wait_closed(&workflow_id)) => closed.ok().and_then(Result::ok),
+            () = state.draining.started() => None,
+        };
+        if let Some(closed) = closed {
+            snapshot = closed;
+        }
     }
     let done = snapshot.execution != ExecutionStatus::Running;
     let body = ResultResponse {
@@ -367,12 +369,20 @@ async fn result_from_temporal(
         similarity_skipped: snapshot.similarity_skipped,
         job_deleted: true,
     };
-    let code = if done {
-        StatusCode::OK
+    Ok(if done {
+        (StatusCode::OK, Json(body)).into_response()
     } else {
-        StatusCode::ACCEPTED
-    };
-    Ok((code, Json(body)).into_response())
+        still_running(body)
+    })
+}
+
+/// `202` for a result asked for while the workflow still runs, with when to ask again.
+fn still_running(body: ResultResponse) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 /// Cancels a workflow and keeps its record: sets the ImageJob's `spec.status` to `Cancelled`;

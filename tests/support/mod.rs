@@ -664,6 +664,7 @@ pub mod facade_env {
                 temporal_ui_url: Some("http://temporal-ui.invalid:8233".into()),
                 temporal_namespace: settings.namespace.clone(),
                 codec: None,
+                draining: facade::Draining::never(),
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());

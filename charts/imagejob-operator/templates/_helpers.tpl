@@ -22,6 +22,20 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .role }}
 {{- end -}}
 
+{{/* A role's replicas spread over nodes (ROLE in dict "ctx" "role"): a preference that never
+keeps a pod from being scheduled. */}}
+{{- define "ij.spread" -}}
+{{- if .ctx.Values.topologySpread.enabled -}}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: {{ .ctx.Values.topologySpread.topologyKey }}
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "ij.selector" . | nindent 8 }}
+{{- end }}
+{{- end -}}
+
 {{- define "ij.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
