@@ -215,19 +215,24 @@ async fn retitle(api: &Api<ImageJob>, name: &str, title: &str, applied: &str) ->
     .await
 }
 
-#[tokio::test]
-async fn a_spec_edit_before_the_first_status_write_is_still_reported() {
-    let s = Setup::new("early-edit").await;
-    // No worker: the workflow stays queued, so the job's first status write comes 10 s after its
-    // start, and the edit lands before it.
-    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
-    let job = create(&s.api, "early", kube_env::spec(false)).await;
+/// Creates the job `name` and waits until its workflow runs in Temporal.
+async fn create_and_wait_started(s: &Setup, name: &str) {
+    let job = create(&s.api, name, kube_env::spec(false)).await;
     let id = format!("image-processing-{}", job.metadata.uid.expect("uid"));
     let gateway = support::gateway(&s.settings);
     eventually("the workflow to start", JOB_WAIT, || async {
         (gateway.execution(&id).await.ok() == Some(ExecutionStatus::Running)).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_spec_edit_before_the_first_status_write_is_still_reported() {
+    let s = Setup::new("early-edit").await;
+    // No worker: the workflow stays queued, so the job's first status write comes 10 s after its
+    // start, and the edit lands before it.
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    create_and_wait_started(&s, "early").await;
     let unwritten = s.api.get("early").await.unwrap();
     assert!(unwritten.status.is_none(), "{:?}", unwritten.status);
     let job = retitle(&s.api, "early", "Edited before the first write", "False").await;
@@ -240,13 +245,7 @@ async fn a_spec_edit_made_while_no_controller_ran_is_reported_by_the_next_one() 
     // No worker: the workflow stays queued, and the controller that started it is killed before
     // its first status write (10 s after the start).
     let mut first = support::ControllerProcess::start(&s.settings, &s.ns, &[]);
-    let job = create(&s.api, "adopted", kube_env::spec(false)).await;
-    let id = format!("image-processing-{}", job.metadata.uid.expect("uid"));
-    let gateway = support::gateway(&s.settings);
-    eventually("the workflow to start", JOB_WAIT, || async {
-        (gateway.execution(&id).await.ok() == Some(ExecutionStatus::Running)).then_some(())
-    })
-    .await;
+    create_and_wait_started(&s, "adopted").await;
     first.child.kill();
     let patch = json!({"spec": {"title": "Edited while no controller ran"}});
     let edited = s
