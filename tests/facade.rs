@@ -779,7 +779,7 @@ async fn a_replica_told_to_stop_drains_without_dropping_a_request() {
     let token_file = tokens.path().join("tokens");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     // No controller: the job stays Pending, so a wait for its result lasts.
-    let (mut replica, base) = facade_process(&s, &token_file, &[("FACADE_DRAIN_SECS", "3")]);
+    let (mut replica, base) = facade_process(&s, &token_file, &[("FACADE_DRAIN_SECS", "10")]);
     let http = reqwest::Client::new();
     readyz_answers(&http, &base, 200).await;
     let accepted: Value = support::json_of(
@@ -828,18 +828,6 @@ async fn a_replica_told_to_stop_drains_without_dropping_a_request() {
 
     let exited = tokio::task::spawn_blocking(move || replica.terminate());
     readyz_answers(&http, &base, 503).await;
-    let listed = http
-        .get(format!("{base}/images/workflows"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("served while draining");
-    assert_eq!(listed.status(), StatusCode::OK);
-    assert_eq!(
-        listed.headers().get("connection").map(|v| v.as_bytes()),
-        Some(&b"close"[..]),
-        "a draining replica closes each connection after its answer"
-    );
     let answered = tokio::time::timeout(Duration::from_secs(20), waiting)
         .await
         .expect("the waiting result is answered when the drain starts, not after its 120 s")
@@ -856,6 +844,19 @@ async fn a_replica_told_to_stop_drains_without_dropping_a_request() {
         .await
         .expect("the event stream ends when the drain starts")
         .unwrap();
+    // Both ended while the replica still serves: within its drain, not at its end.
+    let listed = http
+        .get(format!("{base}/images/workflows"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("served while draining");
+    assert_eq!(listed.status(), StatusCode::OK);
+    assert_eq!(
+        listed.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "a draining replica closes each connection after its answer"
+    );
     let status = tokio::time::timeout(Duration::from_secs(30), exited)
         .await
         .expect("the replica exits after its drain")
