@@ -46,6 +46,14 @@ impl Draining {
             std::future::pending::<()>().await;
         }
     }
+
+    /// What `wait` gives, or `None` once the drain starts first (a wait cut short).
+    pub async fn or_drain<F: Future>(&self, wait: F) -> Option<F::Output> {
+        tokio::select! {
+            output = wait => Some(output),
+            () = self.started() => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -59,9 +67,11 @@ mod tests {
         let other = draining.clone();
         assert!(!draining.is_draining());
         assert!(draining.started().now_or_never().is_none());
+        assert_eq!(draining.or_drain(async { 7 }).await, Some(7));
         start.start();
         assert!(other.is_draining());
         assert!(other.started().now_or_never().is_some());
+        assert_eq!(other.or_drain(std::future::pending::<u8>()).await, None);
 
         let never = Draining::never();
         assert!(!never.is_draining());

@@ -280,11 +280,8 @@ pub async fn result(
             break job;
         }
         // A facade shutting down answers at once: the client asks again, at another replica.
-        let woken = tokio::select! {
-            woken = tokio::time::timeout_at(deadline, changes.changed()) => matches!(woken, Ok(Ok(()))),
-            () = state.draining.started() => false,
-        };
-        if !woken {
+        let woken = tokio::time::timeout_at(deadline, changes.changed());
+        if !matches!(state.draining.or_drain(woken).await, Some(Ok(Ok(())))) {
             return Ok(still_running(ResultResponse {
                 workflow_id,
                 done: false,
@@ -352,11 +349,8 @@ async fn result_from_temporal(
 ) -> Result<Response, ApiError> {
     let mut snapshot = from_temporal(state, &workflow_id).await?;
     if snapshot.execution == ExecutionStatus::Running {
-        let closed = tokio::select! {
-            closed = tokio::time::timeout_at(deadline, state.gateway.wait_closed(&workflow_id)) => closed.ok().and_then(Result::ok),
-            () = state.draining.started() => None,
-        };
-        if let Some(closed) = closed {
+        let closed = tokio::time::timeout_at(deadline, state.gateway.wait_closed(&workflow_id));
+        if let Some(Ok(Ok(closed))) = state.draining.or_drain(closed).await {
             snapshot = closed;
         }
     }
