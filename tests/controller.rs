@@ -243,6 +243,34 @@ async fn a_controller_killed_right_after_starting_a_workflow_never_starts_a_seco
 }
 
 #[tokio::test]
+async fn a_new_job_gets_the_finalizer_and_its_workflow_in_one_reconcile() {
+    let s = setup("claim").await;
+    let gateway = support::gateway(&s.settings);
+    // No worker: the workflows wait in Temporal's queue, so nothing they do wakes a job.
+    let controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let mut workflow_ids = Vec::new();
+    for name in ["first", "second"] {
+        let created = create(&s.api, name, kube_env::spec(false)).await;
+        workflow_ids.push(format!("image-processing-{}", created.uid().unwrap()));
+    }
+    let reconciles = eventually("both workflows started", JOB_WAIT, || async {
+        for id in &workflow_ids {
+            // Its first history event (a snapshot would wait for a worker to answer its query).
+            gateway.started_input(id).await.ok()?;
+        }
+        Some(controller.metrics.reconciles.get()).filter(|n| *n >= 2)
+    })
+    .await;
+    // One each: kube's finalizer helper took two (the patch, then the start once the watch
+    // brought the patch back), so by the second start there would have been at least three.
+    assert_eq!(reconciles, 2, "reconciles for two new jobs");
+    for name in ["first", "second"] {
+        let job = s.api.get(name).await.unwrap();
+        assert_eq!(job.finalizers(), [imagejob_operator::crd::FINALIZER]);
+    }
+}
+
+#[tokio::test]
 async fn with_two_controllers_one_leads_and_the_other_takes_over_when_it_dies() {
     let s = setup("leader").await;
     let lease = support::unique("lease");

@@ -4,6 +4,7 @@
 mod apply;
 mod backoff;
 mod cancel;
+mod claim;
 mod cleanup;
 pub mod compaction;
 mod leader;
@@ -74,7 +75,7 @@ impl Error {
         match self {
             Error::Kube(e) => gone(e),
             Error::Finalizer(e) => match e.as_ref() {
-                FinalizerError::AddFinalizer(e) | FinalizerError::RemoveFinalizer(e) => gone(e),
+                FinalizerError::RemoveFinalizer(e) => gone(e),
                 FinalizerError::ApplyFailed(inner) | FinalizerError::CleanupFailed(inner) => {
                     inner.is_object_gone()
                 }
@@ -182,6 +183,8 @@ async fn reconcile(job: Arc<ImageJob>, ctx: Arc<Context>) -> Result<Action> {
         && !job.finalizers().iter().any(|f| f == FINALIZER);
     let result = if settled {
         apply::apply(job, &ctx).await
+    } else if claim::needs_claim(&job) {
+        claim::claim_and_apply(&api, &job, &ctx).await
     } else {
         finalizer(&api, FINALIZER, job, |event| async {
             match event {
@@ -226,8 +229,10 @@ fn error_policy(job: Arc<ImageJob>, error: &Error, ctx: Arc<Context>) -> Action 
     Action::requeue(delay)
 }
 
-/// Hash of what should wake a reconcile: spec changes, deletion, finalizers. Status writes (ours)
-/// are filtered out, so a write does not trigger another Temporal round-trip.
+/// Hash of what should wake a reconcile: spec changes and deletion. Status writes (ours) are
+/// filtered out, so a write does not trigger another Temporal round-trip; so are finalizer
+/// changes: the controller goes on from its own finalizer patch without waiting for it to come
+/// back (a finalizer someone strips from a running job is put back at its next timed reconcile).
 ///
 /// Finished jobs get none, so every change of theirs passes: the filter keeps an entry per
 /// fingerprinted job (about 200 bytes: its name, namespace and uid copied), and a finished
@@ -240,7 +245,6 @@ fn trigger_fingerprint(job: &ImageJob) -> Option<u64> {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     job.metadata.generation.hash(&mut hasher);
     job.metadata.deletion_timestamp.is_some().hash(&mut hasher);
-    job.finalizers().hash(&mut hasher);
     Some(hasher.finish())
 }
 
@@ -438,6 +442,25 @@ mod tests {
         let whole = job(Phase::Processing);
         assert_eq!((&cached.spec, &cached.status), (&whole.spec, &whole.status));
         assert!(trigger_fingerprint(&cached).is_some());
+    }
+
+    #[test]
+    fn the_finalizer_patch_does_not_wake_a_job_but_an_edit_or_a_delete_does() {
+        let mut created = job(Phase::Pending);
+        created.metadata.finalizers = None;
+        created.metadata.generation = Some(1);
+        let mut claimed = created.clone();
+        claimed.finalizers_mut().push(FINALIZER.into());
+        assert_eq!(trigger_fingerprint(&created), trigger_fingerprint(&claimed));
+        let mut edited = claimed.clone();
+        edited.metadata.generation = Some(2);
+        assert_ne!(trigger_fingerprint(&claimed), trigger_fingerprint(&edited));
+        let mut deleting = claimed.clone();
+        deleting.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        assert_ne!(
+            trigger_fingerprint(&claimed),
+            trigger_fingerprint(&deleting)
+        );
     }
 
     #[test]

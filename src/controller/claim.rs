@@ -1,0 +1,96 @@
+//! Claiming a new job: the controller's finalizer is added, and the job applied at once from the
+//! object the patch returned.
+//!
+//! kube's finalizer helper adds the finalizer and waits for the watch to bring the patched job
+//! back before applying it: one more watch delivery and reconcile before every workflow start.
+//! The patch's answer is the job as it now is, so nothing is gained by waiting, and the
+//! finalizer still lands before the workflow can exist.
+
+use super::{Context, Result, apply};
+use crate::crd::{FINALIZER, ImageJob};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Whether `job` still needs the finalizer before anything is started for it.
+pub(super) fn needs_claim(job: &ImageJob) -> bool {
+    job.metadata.deletion_timestamp.is_none() && !job.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// Adds the finalizer, then applies the job as the patch returned it.
+pub(super) async fn claim_and_apply(
+    api: &Api<ImageJob>,
+    job: &ImageJob,
+    ctx: &Context,
+) -> Result<Action> {
+    let ops = serde_json::from_value(add_finalizer_ops(job.finalizers()))
+        .map_err(kube::Error::SerdeError)?;
+    let patch: Patch<ImageJob> = Patch::Json(ops);
+    let claimed = api
+        .patch(&job.name_any(), &PatchParams::default(), &patch)
+        .await?;
+    apply::apply(Arc::new(claimed), ctx).await
+}
+
+/// The JSON patch adding the finalizer, which fails (and is retried) rather than duplicating
+/// it when the job's finalizers changed since `seen` was read, as kube's helper does.
+fn add_finalizer_ops(seen: &[String]) -> Value {
+    if seen.is_empty() {
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ])
+    } else {
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": seen},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(finalizers: &[&str], deleting: bool) -> ImageJob {
+        let mut job = ImageJob::new("j", Default::default());
+        job.metadata.finalizers = Some(finalizers.iter().map(|f| (*f).to_owned()).collect());
+        if deleting {
+            job.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                ));
+        }
+        job
+    }
+
+    #[test]
+    fn only_a_live_job_without_the_finalizer_is_claimed() {
+        assert!(needs_claim(&job(&[], false)));
+        assert!(needs_claim(&job(&["other.io/keep"], false)));
+        assert!(!needs_claim(&job(&[FINALIZER], false)));
+        // A job being deleted may not get new finalizers; there is nothing to start for it.
+        assert!(!needs_claim(&job(&[], true)));
+    }
+
+    #[test]
+    fn the_patch_tests_the_finalizers_it_saw_and_appends_to_them() {
+        let first = add_finalizer_ops(&[]);
+        assert_eq!(first[0]["value"], Value::Null);
+        assert_eq!(first[1]["path"], "/metadata/finalizers");
+        assert_eq!(first[1]["value"], json!([FINALIZER]));
+        let appended = add_finalizer_ops(&["other.io/keep".to_owned()]);
+        assert_eq!(appended[0]["value"], json!(["other.io/keep"]));
+        assert_eq!(appended[1]["path"], "/metadata/finalizers/-");
+        assert_eq!(appended[1]["value"], FINALIZER);
+        // Both parse as the JSON patch the apiserver is sent.
+        for ops in [first, appended] {
+            let patch: Patch<()> = Patch::Json(serde_json::from_value(ops).unwrap());
+            assert!(matches!(patch, Patch::Json(p) if p.0.len() == 2));
+        }
+    }
+}
