@@ -347,17 +347,18 @@ async fn facade_posts(base: &str, finished: &Finished, n: usize, concurrency: us
     through_jobs(finished, n, concurrency, move |i| {
         let (http, url) = (http.clone(), url.clone());
         async move {
-            let body: Value = http
+            let response = http
                 .post(url)
                 .bearer_auth(TOKEN)
                 .json(&json!({"url": format!("https://example.com/{i}.jpg"), "tags": ["bench"]}))
                 .send()
                 .await
-                .expect("post")
-                .json()
-                .await
-                .expect("json");
-            let id = body["workflow_id"].as_str().expect("workflow_id");
+                .expect("post");
+            let status = response.status();
+            let body: Value = response.json().await.expect("json");
+            let id = body["workflow_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("POST answered {status}: {body}"));
             id.trim_start_matches("image-processing-").to_owned()
         }
     })
