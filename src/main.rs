@@ -31,7 +31,11 @@ fn main() -> anyhow::Result<()> {
     {
         runtime.worker_threads(CONTROLLER_WORKER_THREADS);
     }
-    runtime.enable_all().build()?.block_on(run_role(cli))
+    let runtime = runtime.enable_all().build()?;
+    // The role runs as a task on the worker threads, not on the main thread `block_on` parks:
+    // its streams and the tasks they wake then share the worker, instead of waking each other
+    // across two threads for every event.
+    runtime.block_on(runtime.spawn(run_role(cli)))?
 }
 
 async fn run_role(cli: Cli) -> anyhow::Result<()> {
