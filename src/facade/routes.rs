@@ -157,7 +157,7 @@ pub async fn process(
 /// Creates of a job with a generated name made before the facade gives up: the apiserver picks
 /// a 5-character suffix and, when that name is taken, refuses the create with a 500
 /// `ServerTimeout` ("please try again") rather than picking another. With 100,000 jobs in the
-/// namespace that is about 1 create in 140; four collisions in a row, about 1 in 10^8.
+/// namespace that is about 1 create in 140; four collisions in a row, about 1 in 4 x 10^8.
 const GENERATED_NAME_ATTEMPTS: usize = 4;
 
 /// Creates `job`, again (with a new generated name) while its generated name was taken.
