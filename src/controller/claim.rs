@@ -1,39 +1,39 @@
-//! Claiming a new job: the controller's finalizer is added, and the job applied at once from the
+//! Claiming a new job: the controller's finalizer is added, and the reconcile goes on with the
 //! object the patch returned.
 //!
-//! kube's finalizer helper adds the finalizer and waits for the watch to bring the patched job
-//! back before applying it: one more watch delivery and reconcile before every workflow start.
-//! The patch's answer is the job as it now is, so nothing is gained by waiting, and the
-//! finalizer still lands before the workflow can exist.
+//! kube's finalizer helper adds the finalizer itself and then waits for the watch to bring the
+//! patched job back before applying it: one more watch delivery and reconcile before every
+//! workflow start. The patch's answer is the job as it now is, so nothing is gained by waiting;
+//! the helper then finds its finalizer and applies at once, and the finalizer still lands before
+//! the workflow can exist.
 
-use super::{Context, Result, apply};
+use super::Result;
 use crate::crd::{FINALIZER, ImageJob};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::controller::Action,
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
 
 /// Whether `job` still needs the finalizer before anything is started for it.
-pub(super) fn needs_claim(job: &ImageJob) -> bool {
+fn needs_claim(job: &ImageJob) -> bool {
     job.metadata.deletion_timestamp.is_none() && !job.finalizers().iter().any(|f| f == FINALIZER)
 }
 
-/// Adds the finalizer, then applies the job as the patch returned it.
-pub(super) async fn claim_and_apply(
-    api: &Api<ImageJob>,
-    job: &ImageJob,
-    ctx: &Context,
-) -> Result<Action> {
+/// `job` with the finalizer: as it is when it has it (or is being deleted), else as the patch
+/// adding it returned it.
+pub(super) async fn claimed(api: &Api<ImageJob>, job: Arc<ImageJob>) -> Result<Arc<ImageJob>> {
+    if !needs_claim(&job) {
+        return Ok(job);
+    }
     let ops = serde_json::from_value(add_finalizer_ops(job.finalizers()))
         .map_err(kube::Error::SerdeError)?;
     let patch: Patch<ImageJob> = Patch::Json(ops);
     let claimed = api
         .patch(&job.name_any(), &PatchParams::default(), &patch)
         .await?;
-    apply::apply(Arc::new(claimed), ctx).await
+    Ok(Arc::new(claimed))
 }
 
 /// The JSON patch adding the finalizer, which fails (and is retried) rather than duplicating

@@ -183,17 +183,20 @@ async fn reconcile(job: Arc<ImageJob>, ctx: Arc<Context>) -> Result<Action> {
         && !job.finalizers().iter().any(|f| f == FINALIZER);
     let result = if settled {
         apply::apply(job, &ctx).await
-    } else if claim::needs_claim(&job) {
-        claim::claim_and_apply(&api, &job, &ctx).await
     } else {
-        finalizer(&api, FINALIZER, job, |event| async {
-            match event {
-                Finalizer::Apply(job) => apply::apply(job, &ctx).await,
-                Finalizer::Cleanup(job) => cleanup::cleanup(job, &ctx).await,
-            }
-        })
+        async {
+            // A new job gets the finalizer here and goes on as the patch returned it.
+            let job = claim::claimed(&api, job).await?;
+            finalizer(&api, FINALIZER, job, |event| async {
+                match event {
+                    Finalizer::Apply(job) => apply::apply(job, &ctx).await,
+                    Finalizer::Cleanup(job) => cleanup::cleanup(job, &ctx).await,
+                }
+            })
+            .await
+            .map_err(|e| Error::Finalizer(Box::new(e)))
+        }
         .await
-        .map_err(|e| Error::Finalizer(Box::new(e)))
     };
     ctx.metrics.reconcile_took(started.elapsed());
     ctx.metrics.set_tracked_jobs(ctx.tracked());
