@@ -42,15 +42,18 @@ impl HeapStats {
     }
 }
 
-/// The heap figures as Prometheus gauges, refreshed before each scrape.
+/// The heap figures and the async runtime's live tasks as Prometheus gauges, refreshed before
+/// each scrape: together they show whether memory or work outlives what started it.
 #[derive(Clone, Default)]
-pub struct HeapGauges {
+pub struct ProcessGauges {
     allocated: Gauge,
     resident: Gauge,
+    alive_tasks: Gauge,
 }
 
-impl HeapGauges {
-    /// Gauges registered as `<prefix>_heap_allocated_bytes` and `<prefix>_heap_resident_bytes`.
+impl ProcessGauges {
+    /// Gauges registered as `<prefix>_heap_allocated_bytes`, `<prefix>_heap_resident_bytes` and
+    /// `<prefix>_runtime_alive_tasks`.
     pub fn register(registry: &mut Registry) -> Self {
         let gauges = Self::default();
         registry.register(
@@ -63,11 +66,21 @@ impl HeapGauges {
             "Resident bytes the allocator maps (jemalloc stats.resident)",
             gauges.resident.clone(),
         );
+        registry.register(
+            "runtime_alive_tasks",
+            "Tasks alive in the async runtime (tokio's num_alive_tasks)",
+            gauges.alive_tasks.clone(),
+        );
         gauges
     }
 
-    /// Reads the allocator's figures into the gauges.
+    /// Reads the allocator's and the runtime's figures into the gauges.
     pub fn refresh(&self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let tasks = runtime.metrics().num_alive_tasks();
+            self.alive_tasks
+                .set(i64::try_from(tasks).unwrap_or(i64::MAX));
+        }
         if let Some(heap) = HeapStats::read() {
             self.allocated
                 .set(i64::try_from(heap.allocated).unwrap_or(i64::MAX));

@@ -23,6 +23,8 @@ pub mod metrics;
 pub mod probes;
 /// The `run` role: worker, controller and facade in one process.
 pub mod run;
+/// The shutdown signal (SIGINT, SIGTERM) the roles wait on.
+pub mod shutdown;
 /// Lykdat visual similarity search client.
 pub mod similarity;
 /// Image metadata stores (embedded file database, Couchbase).

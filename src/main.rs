@@ -3,7 +3,9 @@
 use clap::Parser;
 use imagejob_operator::{
     config::{Cli, Command},
-    crd, run, telemetry, tls,
+    crd, run,
+    shutdown::Shutdown,
+    telemetry, tls,
 };
 
 /// A C string pointer jemalloc reads at start-up.
@@ -41,7 +43,7 @@ fn main() -> anyhow::Result<()> {
 async fn run_role(cli: Cli) -> anyhow::Result<()> {
     telemetry::init(cli.log_format);
     tls::install_crypto_provider();
-    let shutdown = run::Shutdown::on_signals();
+    let shutdown = Shutdown::on_signals();
     match &cli.command {
         Command::Crd => print!("{}", crd::crd_yaml()?),
         Command::Worker(c) => run::worker(&c.temporal, &c.worker, shutdown).await?,

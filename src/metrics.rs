@@ -3,7 +3,7 @@
 
 use crate::{
     crd::{ImageJob, Phase},
-    heap::{HeapGauges, ReleaseSpare},
+    heap::{ProcessGauges, ReleaseSpare},
     temporal::SdkMetrics,
 };
 use prometheus_client::{
@@ -78,11 +78,13 @@ pub struct Metrics {
     pub tracked_jobs: Gauge,
     /// Controller rebuilds that gave a shrunken cache's memory back.
     pub cache_rebuilds: Counter,
+    /// Job caches alive: 1 while leading, 2 for a moment during a rebuild, 0 on standby.
+    pub job_caches: Gauge,
     /// Unfinished jobs whose last reconcile could not use Temporal (`TemporalReachable=False`).
     pub jobs_waiting_for_temporal: Gauge,
     /// Failed lists and watches of ImageJobs (each retried with backoff).
     pub watch_errors: Counter,
-    heap: HeapGauges,
+    heap: ProcessGauges,
     writes_by_job: Mutex<HashMap<String, u64>>,
     /// The Temporal SDK's exporter this process's client connections record into.
     sdk: OnceLock<SdkMetrics>,
@@ -121,6 +123,12 @@ impl Metrics {
             "Controller rebuilds after the job cache shrank far below its peak",
             cache_rebuilds.clone(),
         );
+        let job_caches = Gauge::default();
+        registry.register(
+            "controller_job_caches",
+            "Job caches alive: 1 while leading, 2 for a moment during a rebuild, 0 on standby; more means a stopped controller's cache was kept",
+            job_caches.clone(),
+        );
         let leader = Gauge::default();
         let tracked_jobs = Gauge::default();
         let cached_jobs = Gauge::default();
@@ -129,7 +137,7 @@ impl Metrics {
             "ImageJobs in the controller's cache; the other watched ones are finished without a TTL and kept as a uid and a phase",
             cached_jobs.clone(),
         );
-        let heap = HeapGauges::register(&mut registry);
+        let heap = ProcessGauges::register(&mut registry);
         let jobs_waiting_for_temporal = Gauge::default();
         let watch_errors = Counter::default();
         registry.register(
@@ -205,6 +213,7 @@ impl Metrics {
             tracked_jobs,
             cached_jobs,
             cache_rebuilds,
+            job_caches,
             heap,
             jobs_waiting_for_temporal,
             watch_errors,

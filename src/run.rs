@@ -3,13 +3,14 @@
 
 use crate::{
     config::{ControllerArgs, FacadeArgs, RunCommand, TemporalArgs, WorkerArgs},
-    controller::{self, LeaderElector},
+    controller::{self, HeldJobs, Lifecycle},
     crd::ImageJob,
     facade::{self, Auth, Draining, FacadeState, JobCache, TokenFile},
-    heap::HeapGauges,
+    heap::ProcessGauges,
     kube_client::{self, WriteFence},
     metrics::{Metrics, SharedMetrics},
     probes::{Readiness, WorkerReadiness},
+    shutdown::Shutdown,
     temporal::{
         ImageActivities, SdkMetrics, TemporalGateway, TemporalSettings, WorkflowGateway,
         spawn_worker,
@@ -19,54 +20,8 @@ use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use futures::FutureExt;
 use kube::Api;
-use std::{
-    net::SocketAddr,
-    sync::{Arc, RwLock},
-    time::Duration,
-};
-use tokio::sync::watch;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tracing::{info, warn};
-
-/// A shutdown signal every role can wait on.
-#[derive(Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
-
-impl Shutdown {
-    /// A signal fired by SIGINT or SIGTERM.
-    pub fn on_signals() -> Self {
-        let (tx, rx) = watch::channel(false);
-        tokio::spawn(async move {
-            let ctrl_c = tokio::signal::ctrl_c();
-            #[cfg(unix)]
-            let term = async {
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(mut s) => {
-                        s.recv().await;
-                    }
-                    Err(_) => std::future::pending::<()>().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let term = std::future::pending::<()>();
-            tokio::select! {
-                _ = ctrl_c => info!("SIGINT received; shutting down"),
-                _ = term => info!("SIGTERM received; shutting down"),
-            }
-            let _ = tx.send(true);
-        });
-        Self(rx)
-    }
-
-    /// Whether shutdown was requested.
-    pub fn requested(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    /// Resolves once shutdown was requested.
-    pub async fn wait(mut self) {
-        let _ = self.0.wait_for(|stop| *stop).await;
-    }
-}
 
 /// `worker`: runs the Temporal worker until shutdown.
 pub async fn worker(
@@ -98,7 +53,7 @@ pub async fn worker(
         let readiness =
             WorkerReadiness::start(TemporalGateway::new(settings), handle.polling_flag());
         let mut registry = prometheus_client::registry::Registry::with_prefix("imagejob");
-        let heap = HeapGauges::register(&mut registry);
+        let heap = ProcessGauges::register(&mut registry);
         let own_metrics = Arc::new(registry);
         let app = Router::new()
             .route("/healthz", get(|| async { "ok" }))
@@ -139,9 +94,6 @@ pub async fn worker(
     Ok(())
 }
 
-/// The controller's jobs, once it leads (the probes read them).
-type SharedJobs = Arc<RwLock<Option<controller::Jobs>>>;
-
 /// `controller`: reconciles ImageJobs (as leader, when election is on) until shutdown.
 ///
 /// With election, the replica campaigns; once it leads it runs the controller until shutdown
@@ -169,7 +121,7 @@ pub async fn controller(
     let client = kube_client::counted(metrics.clone(), fence.clone())
         .await
         .context("connecting to Kubernetes")?;
-    let held: SharedJobs = Arc::default();
+    let held = HeldJobs::default();
     let probes = serve_probes(
         args.metrics_addr,
         metrics.clone(),
@@ -178,88 +130,23 @@ pub async fn controller(
     )
     .await?;
     tokio::spawn(probes);
-    let settings = controller::Settings {
-        namespaces: args.watch_namespaces.clone(),
-        max_workflow_watches: args.max_workflow_watches,
-        concurrency: args.reconcile_concurrency,
-        instance: Some(identity),
-        release_after: Duration::from_secs(args.cancel_on_delete_timeout_secs),
+    let lifecycle = Lifecycle {
+        client,
+        gateway,
+        metrics,
+        settings: controller::Settings {
+            namespaces: args.watch_namespaces.clone(),
+            max_workflow_watches: args.max_workflow_watches,
+            concurrency: args.reconcile_concurrency,
+            instance: Some(identity),
+            release_after: Duration::from_secs(args.cancel_on_delete_timeout_secs),
+        },
+        fence,
+        held,
+        rebuild_min_peak: args.cache_rebuild_min_peak,
     };
-    let run_once = |stop: Shutdown| {
-        let (client, gateway, metrics, settings, fence, held) = (
-            client.clone(),
-            gateway.clone(),
-            metrics.clone(),
-            settings.clone(),
-            fence.clone(),
-            held.clone(),
-        );
-        async move {
-            // Each turn is one controller; a turn ends at shutdown, or when the cache has
-            // shrunk far enough that a fresh one gives memory back.
-            loop {
-                let rebuild = Arc::new(tokio::sync::Notify::new());
-                let until = {
-                    let (stop, rebuild) = (stop.clone(), rebuild.clone());
-                    async move {
-                        tokio::select! {
-                            () = stop.wait() => {}
-                            () = rebuild.notified() => {}
-                        }
-                    }
-                };
-                let (jobs, running) = controller::run(
-                    client.clone(),
-                    gateway.clone(),
-                    metrics.clone(),
-                    settings.clone(),
-                    fence.clone(),
-                    until,
-                )
-                .await;
-                if let Ok(mut slot) = held.write() {
-                    *slot = Some(jobs.clone());
-                }
-                let min_peak = args.cache_rebuild_min_peak;
-                let due = tokio::spawn(async move {
-                    controller::compaction::due(jobs, min_peak).await;
-                    rebuild.notify_one();
-                });
-                running.await;
-                due.abort();
-                if stop.requested() {
-                    return;
-                }
-                metrics.cache_rebuilds.inc();
-            }
-        }
-    };
-    let Some(lease) = lease else {
-        metrics.set_leader(true);
-        run_once(shutdown).await;
-        return Ok(());
-    };
-    let mut elector = LeaderElector::new(client.clone(), lease, fence.clone());
-    loop {
-        tokio::select! {
-            _ = elector.acquire() => {}
-            _ = shutdown.clone().wait() => return Ok(()),
-        }
-        metrics.set_leader(true);
-        let lost = tokio::select! {
-            _ = run_once(shutdown.clone()) => false,
-            _ = elector.hold() => true,
-        };
-        metrics.set_leader(false);
-        if let Ok(mut slot) = held.write() {
-            *slot = None;
-        }
-        if !lost {
-            elector.release().await;
-            return Ok(());
-        }
-        warn!("leadership lost: reconciles stopped; campaigning again");
-    }
+    lifecycle.run(lease, shutdown).await;
+    Ok(())
 }
 
 /// A gateway whose Temporal requests are counted by the SDK, relayed in `metrics`' exposition.
@@ -280,7 +167,7 @@ fn default_identity() -> String {
 #[derive(Clone)]
 struct ProbeState {
     metrics: SharedMetrics,
-    held: SharedJobs,
+    held: HeldJobs,
 }
 
 impl ProbeState {
@@ -294,7 +181,7 @@ impl ProbeState {
 async fn serve_probes(
     addr: SocketAddr,
     metrics: SharedMetrics,
-    held: SharedJobs,
+    held: HeldJobs,
     shutdown: Shutdown,
 ) -> anyhow::Result<impl Future<Output = ()>> {
     let app = Router::new()

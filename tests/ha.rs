@@ -5,6 +5,8 @@
 
 mod support;
 
+use futures::StreamExt;
+
 use imagejob_operator::{
     crd::{CONDITION_TEMPORAL_REACHABLE, ImageJob, Phase, RELEASE_ANNOTATION},
     temporal::TemporalSettings,
@@ -12,7 +14,7 @@ use imagejob_operator::{
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use std::{
     collections::BTreeMap,
@@ -529,4 +531,97 @@ async fn an_apiserver_restart_under_the_leader_is_ridden_out() {
         before.resource_version(),
         "the finished job was written again"
     );
+}
+
+/// Hands the Lease to someone else (as a replica that took over would), retrying a write that
+/// raced with a renewal.
+async fn steal(leases: &Api<Lease>, name: &str) {
+    loop {
+        let mut lease = leases.get(name).await.expect("the Lease");
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        spec.holder_identity = Some("thief".into());
+        spec.lease_duration_seconds = Some(1);
+        match leases.replace(name, &PostParams::default(), &lease).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => panic!("stealing the Lease: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_lost_term_leaves_no_task_and_no_cache_behind() {
+    let s = Setup::new("terms").await;
+    // Temporal cannot be reached: the jobs stay pending, cached whole (each with a 4 KiB
+    // description), and no workflow watch comes and goes, so the count of live tasks is the
+    // same from one settled term to the next.
+    let mut nowhere = s.settings.clone();
+    nowhere.port = support::free_port();
+    let lease = support::unique("lease");
+    let ctl = ControllerProcess::start(
+        &nowhere,
+        &s.ns,
+        &election(&lease, &s.ns, "ctl-a", ["3", "2", "1"]),
+    );
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
+    eventually("a leader", JOB_WAIT, || holder(&leases, &lease)).await;
+    let names: Vec<String> = (0..200).map(|i| format!("job-{i}")).collect();
+    futures::stream::iter(&names)
+        .for_each_concurrent(16, |name| {
+            let mut spec = kube_env::spec(false);
+            spec.description = Some("d".repeat(4000));
+            let api = s.api.clone();
+            async move {
+                create(&api, name, spec).await;
+            }
+        })
+        .await;
+    for name in &names {
+        wait_unreachable(&s.api, name).await;
+    }
+    let regain = || async {
+        steal(&leases, &lease).await;
+        eventually("the controller to win the Lease back", JOB_WAIT, || async {
+            (holder(&leases, &lease).await.as_deref() == Some("ctl-a")).then_some(())
+        })
+        .await;
+    };
+    let figures = || async {
+        let m = ctl.metrics().await?;
+        let caches = *m.get("imagejob_controller_job_caches")?;
+        let tasks = *m.get("imagejob_runtime_alive_tasks")?;
+        let heap = *m.get("imagejob_heap_allocated_bytes")?;
+        (m.get("imagejob_leader") == Some(&1.0)).then_some((caches, tasks, heap))
+    };
+    // A term's floor: the fewest job caches and live tasks and the least heap over 10 s of
+    // readings (a reconcile in flight adds a few tasks for a moment).
+    let floor = || async {
+        let mut seen: Vec<(f64, f64, f64)> = Vec::new();
+        for _ in 0..20 {
+            seen.extend(figures().await);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let least =
+            |pick: fn(&(f64, f64, f64)) -> f64| seen.iter().map(pick).fold(f64::MAX, f64::min);
+        (least(|f| f.0), least(|f| f.1), least(|f| f.2))
+    };
+    // One lost term first, so the baseline is a term started the way the later ones are.
+    regain().await;
+    let (caches, tasks, heap) = floor().await;
+    assert_eq!(caches, 1.0, "one job cache while leading");
+    for _ in 0..5 {
+        regain().await;
+    }
+    // A term's cache goes with it, and with it its 200 jobs (about 1 MiB): a leaked term would
+    // keep both for good. Live tasks are reported, not compared: the HTTP clients' idle
+    // connections (each a task) come and go with the load.
+    let after = floor().await;
+    assert_eq!(after.0, 1.0, "job caches alive after 5 lost terms");
+    let slack = 2.0 * 1024.0 * 1024.0;
+    assert!(
+        after.2 <= heap + slack,
+        "heap grew from {heap} to {} B",
+        after.2
+    );
+    eprintln!("baseline: {tasks} tasks, {heap} B; after 5 more terms: {after:?}");
 }

@@ -191,7 +191,9 @@ impl LeaderElector {
             .as_ref()
             .and_then(|l| l.spec.as_ref())
             .map(|s| Record::of(s, self.settings.lease_duration));
-        let unchanged_for = self.observe(record.clone(), started);
+        // The record is dated when the answer arrived, as client-go does: the holder may have
+        // renewed just before the apiserver read it, however long ago the request was sent.
+        let unchanged_for = self.observe(record.clone(), Instant::now());
         let decision = decide(record.as_ref(), &self.settings.identity, unchanged_for);
         if decision == Decision::Wait {
             return Ok(false);
@@ -238,7 +240,7 @@ impl LeaderElector {
                     .spec
                     .as_ref()
                     .map(|s| Record::of(s, self.settings.lease_duration));
-                self.observe(record, started);
+                self.observe(record, Instant::now());
                 self.fence
                     .open_until(started + self.settings.renew_deadline);
                 Ok(true)
@@ -345,6 +347,155 @@ fn seconds(d: Duration) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A Lease API stand-in: one Lease held by `old`, whose GETs are answered after `get_delay`
+    /// (by the call's index) with the Lease as it is when the answer leaves; watches never
+    /// answer. Every successful PUT is recorded with the (paused) time it arrived.
+    struct LeaseApi {
+        lease: Mutex<Lease>,
+        gets: Mutex<usize>,
+        writes: Mutex<Vec<(Instant, Option<String>)>>,
+    }
+
+    impl LeaseApi {
+        fn held_by(holder: &str) -> Arc<Self> {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some("lease".into()),
+                    namespace: Some("ns".into()),
+                    resource_version: Some("1".into()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(holder.into()),
+                    lease_duration_seconds: Some(15),
+                    renew_time: Some(MicroTime(Timestamp::from_second(1_000).unwrap())),
+                    ..Default::default()
+                }),
+            };
+            Arc::new(Self {
+                lease: Mutex::new(lease),
+                gets: Mutex::new(0),
+                writes: Mutex::new(Vec::new()),
+            })
+        }
+
+        /// The holder renews: a new renew time and resource version.
+        fn renew(&self) {
+            let mut lease = self.lease.lock().unwrap();
+            let version: u64 = lease
+                .metadata
+                .resource_version
+                .as_ref()
+                .unwrap()
+                .parse()
+                .unwrap();
+            lease.metadata.resource_version = Some((version + 1).to_string());
+            let spec = lease.spec.as_mut().unwrap();
+            spec.renew_time = Some(MicroTime(Timestamp::from_second(2_000).unwrap()));
+        }
+
+        fn client(self: &Arc<Self>, get_delay: fn(usize, &LeaseApi) -> Duration) -> Client {
+            let api = self.clone();
+            let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+                let api = api.clone();
+                async move {
+                    let query = request.uri().query().unwrap_or_default().to_owned();
+                    let ok = |body: Vec<u8>| {
+                        http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/json")
+                            .body(kube::client::Body::from(body))
+                    };
+                    if query.contains("watch=true") {
+                        return std::future::pending().await;
+                    }
+                    if request.method() == http::Method::GET && query.contains("fieldSelector") {
+                        let list = r#"{"apiVersion":"coordination.k8s.io/v1","kind":"LeaseList","metadata":{"resourceVersion":"1"},"items":[]}"#;
+                        return ok(list.as_bytes().to_vec());
+                    }
+                    if request.method() == http::Method::GET {
+                        let n = {
+                            let mut gets = api.gets.lock().unwrap();
+                            *gets += 1;
+                            *gets - 1
+                        };
+                        tokio::time::sleep(get_delay(n, &api)).await;
+                        let lease = api.lease.lock().unwrap().clone();
+                        return ok(serde_json::to_vec(&lease).unwrap());
+                    }
+                    // PUT: a replace, refused on a stale resource version.
+                    let body = request.into_body().collect_bytes().await.unwrap();
+                    let mut sent: Lease = serde_json::from_slice(&body).unwrap();
+                    let mut lease = api.lease.lock().unwrap();
+                    if sent.metadata.resource_version != lease.metadata.resource_version {
+                        let conflict = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Conflict","code":409}"#;
+                        return http::Response::builder()
+                            .status(409)
+                            .header("content-type", "application/json")
+                            .body(kube::client::Body::from(conflict.as_bytes().to_vec()));
+                    }
+                    let version: u64 = lease
+                        .metadata
+                        .resource_version
+                        .as_ref()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    sent.metadata.resource_version = Some((version + 1).to_string());
+                    *lease = sent.clone();
+                    let holder = sent.spec.as_ref().and_then(|s| s.holder_identity.clone());
+                    api.writes.lock().unwrap().push((Instant::now(), holder));
+                    ok(serde_json::to_vec(&sent).unwrap())
+                }
+            });
+            Client::new(service, "ns")
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_read_does_not_let_a_candidate_in_before_the_old_holders_fence_closed() {
+        let api = LeaseApi::held_by("old");
+        let start = Instant::now();
+        // The first GET takes 8 s; the holder renews just before the apiserver reads the Lease
+        // for it (its renewal round started 7.9 s in, so its fence stays open until 17.9 s),
+        // then stops renewing. Later GETs are fast.
+        let client = api.client(|n, api| {
+            if n == 0 {
+                api.renew();
+                Duration::from_secs(8)
+            } else {
+                Duration::ZERO
+            }
+        });
+        let old_fence_closes = start + Duration::from_millis(7_900) + Duration::from_secs(10);
+        let settings = LeaseSettings {
+            name: "lease".into(),
+            namespace: "ns".into(),
+            identity: "candidate".into(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        };
+        let fence = WriteFence::closed();
+        let mut elector = LeaderElector::new(client, settings, fence.clone());
+        tokio::time::timeout(Duration::from_secs(60), elector.acquire())
+            .await
+            .expect("the candidate acquires once the Lease stayed unchanged long enough");
+        let writes = api.writes.lock().unwrap().clone();
+        let [(taken_at, holder)] = writes.as_slice() else {
+            panic!("one takeover write expected: {writes:?}");
+        };
+        assert_eq!(holder.as_deref(), Some("candidate"));
+        assert!(
+            *taken_at >= old_fence_closes,
+            "taken over {:?} after the start, while the old holder's fence was open until {:?}",
+            *taken_at - start,
+            old_fence_closes - start
+        );
+        assert!(fence.is_open());
+    }
 
     fn record(holder: &str) -> Record {
         Record {

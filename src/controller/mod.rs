@@ -8,12 +8,14 @@ mod claim;
 mod cleanup;
 pub mod compaction;
 mod leader;
+mod lifecycle;
 mod namespaces;
 mod settled;
 pub mod status;
 mod watches;
 
 pub use leader::{LeaderElector, LeaseSettings, TimingError};
+pub use lifecycle::{HeldJobs, Lifecycle};
 
 use crate::{
     crd::{FINALIZER, ImageJob, ImageJobSpec, ImageJobStatus, WORKFLOW_ID_PREFIX},
@@ -294,6 +296,24 @@ pub struct Jobs {
     pub cache: Store<ImageJob>,
     /// Finished jobs without a TTL, by uid and phase.
     pub settled: SettledJobs,
+    /// Counted in `controller_job_caches` until the last clone is gone.
+    _alive: Arc<CacheAlive>,
+}
+
+/// Counts one job cache in a gauge for as long as it lives.
+struct CacheAlive(prometheus_client::metrics::gauge::Gauge);
+
+impl CacheAlive {
+    fn count(gauge: &prometheus_client::metrics::gauge::Gauge) -> Arc<Self> {
+        gauge.inc();
+        Arc::new(Self(gauge.clone()))
+    }
+}
+
+impl Drop for CacheAlive {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Jobs {
@@ -347,6 +367,7 @@ pub async fn run(
         backoffs: Backoffs::default(),
         settings: settings.clone(),
     });
+    let alive = CacheAlive::count(&ctx.metrics.job_caches);
     let (reader, writer) = reflector::store::<ImageJob>();
     let settled = SettledJobs::new(settings.namespaces.len());
     let events = match settings.namespaces.as_slice() {
@@ -389,6 +410,7 @@ pub async fn run(
     let jobs = Jobs {
         cache: reader,
         settled,
+        _alive: alive,
     };
     (jobs, done)
 }
