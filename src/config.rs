@@ -3,7 +3,8 @@
 
 use crate::{
     controller::LeaseSettings,
-    similarity::{LykdatClient, LykdatError},
+    fetch::{AddressPolicy, Cidr, FetchLimits, ImageFetcher},
+    similarity::{Catalog, CatalogSearch, LykdatClient, LykdatError, SimilarityBackend},
     store::{CouchbaseSettings, CouchbaseStore, EmbeddedStore, MetadataStore, StoreError},
     temporal::{GatewayError, PayloadCipher, TemporalSettings, WorkerTuning, WorkerVersion},
 };
@@ -248,6 +249,27 @@ pub struct WorkerArgs {
     /// Deadline of one Lykdat request, in seconds.
     #[arg(long, env = "LYKDAT_TIMEOUT_SECS", default_value_t = 30)]
     pub lykdat_timeout_secs: u64,
+    /// Which similarity backend answers searches: `auto` is Lykdat when `LYKDAT_API_KEY` is
+    /// set, the catalog otherwise.
+    #[arg(long, env = "SIMILARITY_BACKEND", value_enum, default_value_t = SimilarityChoice::Auto)]
+    pub similarity_backend: SimilarityChoice,
+    /// File of the catalog backend's index; unset: `catalog.redb` beside the embedded store's
+    /// file (`EMBEDDED_STORE_PATH`).
+    #[arg(long, env = "CATALOG_PATH")]
+    pub catalog_path: Option<PathBuf>,
+    /// Address ranges image URLs may lead to although they are not public (comma-separated,
+    /// e.g. `127.0.0.1/32,::1/128` for local development); empty: public addresses only.
+    #[arg(long, env = "IMAGE_FETCH_ALLOW_CIDRS", value_delimiter = ',')]
+    pub image_fetch_allow_cidrs: Vec<Cidr>,
+    /// Largest image fetched, in bytes (checked while it streams).
+    #[arg(long, env = "IMAGE_FETCH_MAX_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub image_fetch_max_bytes: u64,
+    /// Deadline of one image fetch, connection to last byte, in seconds.
+    #[arg(long, env = "IMAGE_FETCH_TIMEOUT_SECS", default_value_t = 30)]
+    pub image_fetch_timeout_secs: u64,
+    /// Most pixels (width x height) of an image, checked from its header before decoding.
+    #[arg(long, env = "IMAGE_MAX_PIXELS", default_value_t = 40_000_000)]
+    pub image_max_pixels: u64,
     /// Address of the worker's `/healthz`, `/readyz` (ready while polling Temporal) and
     /// `/metrics` (the SDK's worker metrics); unset: no probe server.
     #[arg(long, env = "WORKER_HEALTH_ADDR")]
@@ -265,6 +287,17 @@ pub struct WorkerArgs {
     /// How versioned workflows follow new builds.
     #[arg(long, env = "WORKER_VERSIONING_BEHAVIOR", value_enum, default_value_t = VersioningMode::Pinned)]
     pub worker_versioning_behavior: VersioningMode,
+}
+
+/// `SIMILARITY_BACKEND`'s values.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimilarityChoice {
+    /// Lykdat when an API key is configured, the catalog otherwise.
+    Auto,
+    /// Lykdat's hosted search (skipped without an API key).
+    Lykdat,
+    /// The catalog of images searched before, described in the worker.
+    Catalog,
 }
 
 /// How a versioned workflow follows new worker builds.
@@ -370,6 +403,43 @@ impl WorkerArgs {
             self.lykdat_api_key.clone(),
             Duration::from_secs(self.lykdat_timeout_secs),
         )?)
+    }
+
+    /// The catalog's file: `CATALOG_PATH`, else beside the embedded store's file.
+    pub fn catalog_file(&self) -> PathBuf {
+        self.catalog_path
+            .clone()
+            .unwrap_or_else(|| self.embedded_store_path.with_file_name("catalog.redb"))
+    }
+
+    /// Builds the configured similarity backend (opening the catalog, for that backend).
+    pub fn similarity(&self) -> Result<SimilarityBackend, ConfigError> {
+        let lykdat = self.lykdat()?;
+        let use_lykdat = match self.similarity_backend {
+            SimilarityChoice::Lykdat => true,
+            SimilarityChoice::Catalog => false,
+            SimilarityChoice::Auto => lykdat.is_configured(),
+        };
+        if use_lykdat {
+            return Ok(SimilarityBackend::Lykdat(lykdat));
+        }
+        let invalid = |name, e: &dyn std::fmt::Display| ConfigError::Invalid {
+            name,
+            message: e.to_string(),
+        };
+        let limits = FetchLimits {
+            max_bytes: self.image_fetch_max_bytes,
+            timeout: Duration::from_secs(self.image_fetch_timeout_secs),
+            max_pixels: self.image_max_pixels,
+        };
+        let policy = AddressPolicy::allowing(self.image_fetch_allow_cidrs.clone());
+        let fetcher = ImageFetcher::new(policy, limits)
+            .map_err(|e| invalid("IMAGE_FETCH_ALLOW_CIDRS", &e))?;
+        let catalog =
+            Catalog::open(&self.catalog_file()).map_err(|e| invalid("CATALOG_PATH", &e))?;
+        Ok(SimilarityBackend::Catalog(CatalogSearch::new(
+            fetcher, catalog,
+        )))
     }
 }
 

@@ -11,6 +11,8 @@ pub mod crd;
 pub mod digest;
 /// REST facade: the seed's endpoints over ImageJobs.
 pub mod facade;
+/// Fetching a job's image from its untrusted URL: address checks, size, time and pixel limits.
+pub mod fetch;
 /// The allocator (jemalloc) and its statistics.
 pub mod heap;
 /// The Kubernetes client, with its requests counted and its writes fenced.

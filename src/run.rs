@@ -11,6 +11,7 @@ use crate::{
     metrics::{Metrics, SharedMetrics},
     probes::{Readiness, WorkerReadiness},
     shutdown::Shutdown,
+    similarity::SimilarityBackend,
     temporal::{
         ImageActivities, SdkMetrics, TemporalGateway, TemporalSettings, WorkflowGateway,
         spawn_worker,
@@ -33,18 +34,26 @@ pub async fn worker(
         .open_store()
         .await
         .context("opening the metadata store")?;
-    let lykdat = args.lykdat().context("configuring the Lykdat client")?;
-    if !lykdat.is_configured() {
-        warn!(
-            "LYKDAT_API_KEY is not set: similarity searches will be skipped (jobs still complete)"
-        );
+    let similarity = args
+        .similarity()
+        .context("configuring the similarity backend")?;
+    match &similarity {
+        SimilarityBackend::Lykdat(lykdat) if !lykdat.is_configured() => warn!(
+            "SIMILARITY_BACKEND=lykdat without LYKDAT_API_KEY: similarity searches will be skipped (jobs still complete)"
+        ),
+        SimilarityBackend::Lykdat(_) => info!("similarity searches use Lykdat"),
+        SimilarityBackend::Catalog(search) => info!(
+            catalogued = search.catalog().len(),
+            path = %args.catalog_file().display(),
+            "similarity searches use the catalog"
+        ),
     }
     info!(store = ?args.metadata_store, "metadata store ready");
     let settings = temporal.settings()?;
     let sdk_metrics = SdkMetrics::start()?;
     let handle = spawn_worker(
         settings.clone(),
-        ImageActivities::new(store, lykdat),
+        ImageActivities::new(store, similarity),
         args.tuning.tuning(),
         args.version(),
         Some(sdk_metrics.clone()),

@@ -122,11 +122,9 @@ impl MetadataStore for AlwaysFailing {
 #[tokio::test]
 async fn an_activity_failing_past_its_retries_ends_failed_with_the_error() {
     let s = setup("failed").await;
-    let _worker = TestWorker::start(
-        &s.settings,
-        support::lykdat_client("http://127.0.0.1:9", None, Duration::from_secs(1)),
-        |_| Arc::new(AlwaysFailing),
-    );
+    let _worker = TestWorker::start(&s.settings, support::no_similarity(), |_| {
+        Arc::new(AlwaysFailing)
+    });
     let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
     create(&s.api, "doomed", kube_env::spec(false)).await;
     let job = wait_phase(&s.api, "doomed", Phase::Failed).await;
@@ -458,16 +456,12 @@ async fn a_controller_watching_two_namespaces_keeps_the_jobs_of_both_in_its_cach
         create(&other_api, name, kube_env::spec(false)).await;
     }
     let (open, gate) = tokio::sync::watch::channel(false);
-    let _worker = TestWorker::start(
-        &s.settings,
-        support::lykdat_client("http://127.0.0.1:9", None, Duration::from_secs(1)),
-        |store| {
-            Arc::new(Gated {
-                inner: Arc::new(store),
-                open: gate,
-            })
-        },
-    );
+    let _worker = TestWorker::start(&s.settings, support::no_similarity(), |store| {
+        Arc::new(Gated {
+            inner: Arc::new(store),
+            open: gate,
+        })
+    });
     // A first controller starts every workflow (each then waits at the store) and dies.
     let mut first = ControllerProcess::start(&s.settings, &namespaces, &[]);
     for api in [&s.api, &other_api] {

@@ -304,17 +304,13 @@ async fn store_failing_twice_succeeds_on_the_third_attempt_with_one_document() {
     let (settings, gateway, id) = setup();
     let attempts = Arc::new(AtomicU32::new(0));
     let counter = attempts.clone();
-    let worker = TestWorker::start(
-        &settings,
-        support::lykdat_client("http://127.0.0.1:9", None, Duration::from_secs(1)),
-        move |s| {
-            Arc::new(FlakyStore {
-                inner: Arc::new(s),
-                failures: 2,
-                attempts: counter,
-            })
-        },
-    );
+    let worker = TestWorker::start(&settings, support::no_similarity(), move |s| {
+        Arc::new(FlakyStore {
+            inner: Arc::new(s),
+            failures: 2,
+            attempts: counter,
+        })
+    });
     gateway.start(&id, input(false)).await.unwrap();
     let snap = finish(&gateway, &id).await;
     assert_eq!(snap.execution, ExecutionStatus::Completed);
@@ -332,17 +328,13 @@ async fn store_retries_exhausted_end_failed_with_the_error() {
     let (settings, gateway, id) = setup();
     let attempts = Arc::new(AtomicU32::new(0));
     let counter = attempts.clone();
-    let _worker = TestWorker::start(
-        &settings,
-        support::lykdat_client("http://127.0.0.1:9", None, Duration::from_secs(1)),
-        move |s| {
-            Arc::new(FlakyStore {
-                inner: Arc::new(s),
-                failures: u32::MAX,
-                attempts: counter,
-            })
-        },
-    );
+    let _worker = TestWorker::start(&settings, support::no_similarity(), move |s| {
+        Arc::new(FlakyStore {
+            inner: Arc::new(s),
+            failures: u32::MAX,
+            attempts: counter,
+        })
+    });
     gateway.start(&id, input(false)).await.unwrap();
     let snap = finish(&gateway, &id).await;
     assert_eq!(snap.execution, ExecutionStatus::Failed);
@@ -536,17 +528,13 @@ async fn a_cancel_during_the_write_reports_cancelled_only_after_it_with_the_docu
     let (settings, gateway, id) = setup();
     let started = Arc::new(AtomicU32::new(0));
     let counter = started.clone();
-    let worker = TestWorker::start(
-        &settings,
-        support::lykdat_client("http://127.0.0.1:9", None, Duration::from_secs(1)),
-        move |s| {
-            Arc::new(SlowStore {
-                inner: Arc::new(s),
-                delay: Duration::from_secs(3),
-                started: counter,
-            })
-        },
-    );
+    let worker = TestWorker::start(&settings, support::no_similarity(), move |s| {
+        Arc::new(SlowStore {
+            inner: Arc::new(s),
+            delay: Duration::from_secs(3),
+            started: counter,
+        })
+    });
     gateway.start(&id, input(true)).await.unwrap();
     support::eventually("the write to start", Duration::from_secs(30), || async {
         (started.load(Ordering::SeqCst) > 0).then_some(())

@@ -416,6 +416,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            ..Default::default()
         });
         let s = from_snapshot(&job(), "wf", &snap, &now());
         assert_eq!(s.phase, Phase::Completed);

@@ -88,6 +88,15 @@ pub struct SimilarProduct {
     /// Similarity score, 0 to 1.
     #[serde(default)]
     pub score: f64,
+    /// The matched job's workflow (catalog matches only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<String>,
+    /// The matched image's id (catalog matches only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// The same picture by its perceptual hash (catalog matches only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 /// The results of one search: all similar products, best first.
@@ -97,6 +106,13 @@ pub struct SimilarityResults {
     pub query_image: Option<String>,
     /// Similar products of every detected item, sorted by score, best first.
     pub products: Vec<SimilarProduct>,
+    /// Which backend searched: `lykdat` or `catalog` (absent in results from before the
+    /// catalog existed: Lykdat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// Which image descriptor the catalog compared (catalog results only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub descriptor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -132,6 +148,8 @@ pub fn parse_search_response(body: &[u8]) -> Result<SimilarityResults, LykdatErr
     Ok(SimilarityResults {
         query_image: response.data.query_image,
         products,
+        backend: Some(super::LYKDAT.into()),
+        descriptor: None,
     })
 }
 

@@ -5,12 +5,14 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod images;
 pub mod lykdat;
 pub mod tls_proxy;
 pub mod webdriver;
 
 use imagejob_operator::{
-    similarity::LykdatClient,
+    fetch::{AddressPolicy, FetchLimits, ImageFetcher},
+    similarity::{Catalog, CatalogSearch, LykdatClient, SimilarityBackend},
     store::{EmbeddedStore, MetadataStore},
     temporal::{ImageActivities, TemporalGateway, TemporalSettings, WorkerHandle, spawn_worker},
 };
@@ -80,6 +82,15 @@ pub fn lykdat_client(base: &str, key: Option<&str>, timeout: Duration) -> Lykdat
     .expect("client")
 }
 
+/// The Lykdat backend without a key: searches are skipped and nothing is ever fetched.
+pub fn no_similarity() -> SimilarityBackend {
+    SimilarityBackend::Lykdat(lykdat_client(
+        "http://127.0.0.1:9",
+        None,
+        Duration::from_secs(1),
+    ))
+}
+
 /// A worker running in this process, with an embedded store in a temporary folder.
 pub struct TestWorker {
     pub handle: Option<WorkerHandle>,
@@ -91,12 +102,25 @@ impl TestWorker {
     /// Starts a worker with the embedded store, `store` wrapping it when given.
     pub fn start(
         settings: &TemporalSettings,
-        lykdat: LykdatClient,
+        similarity: SimilarityBackend,
         wrap: impl FnOnce(EmbeddedStore) -> Arc<dyn MetadataStore>,
     ) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(
+            tempfile::tempdir().expect("tempdir"),
+            settings,
+            |_| similarity,
+            wrap,
+        )
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        settings: &TemporalSettings,
+        similarity: impl FnOnce(&std::path::Path) -> SimilarityBackend,
+        wrap: impl FnOnce(EmbeddedStore) -> Arc<dyn MetadataStore>,
+    ) -> Self {
         let store = EmbeddedStore::open(&dir.path().join("meta.redb")).expect("store");
-        let activities = ImageActivities::new(wrap(store.clone()), lykdat);
+        let activities = ImageActivities::new(wrap(store.clone()), similarity(dir.path()));
         let handle = spawn_worker(settings.clone(), activities, Default::default(), None, None)
             .expect("worker");
         Self {
@@ -110,16 +134,32 @@ impl TestWorker {
     pub fn with_lykdat(settings: &TemporalSettings, base_url: &str, timeout: Duration) -> Self {
         Self::start(
             settings,
-            lykdat_client(base_url, Some("key"), timeout),
+            SimilarityBackend::Lykdat(lykdat_client(base_url, Some("key"), timeout)),
             |s| Arc::new(s),
         )
     }
 
-    /// A worker with a plain embedded store and no Lykdat key.
+    /// A worker with a plain embedded store and no similarity backend ([`no_similarity`]).
     pub fn plain(settings: &TemporalSettings) -> Self {
-        Self::start(
+        Self::start(settings, no_similarity(), |s| Arc::new(s))
+    }
+
+    /// A worker with the catalog backend, its catalog beside its store, fetching within
+    /// `limits` from the public internet and the `allowed` ranges only.
+    pub fn with_catalog(
+        settings: &TemporalSettings,
+        allowed: &[&str],
+        limits: FetchLimits,
+    ) -> Self {
+        let policy = AddressPolicy::allowing(allowed.iter().map(|c| c.parse().unwrap()).collect());
+        Self::start_in(
+            tempfile::tempdir().expect("tempdir"),
             settings,
-            lykdat_client("http://127.0.0.1:9", None, Duration::from_secs(1)),
+            |dir| {
+                let fetcher = ImageFetcher::new(policy, limits).expect("fetcher");
+                let catalog = Catalog::open(&dir.join("catalog.redb")).expect("catalog");
+                SimilarityBackend::Catalog(CatalogSearch::new(fetcher, catalog))
+            },
             |s| Arc::new(s),
         )
     }

@@ -1,11 +1,11 @@
-//! The workflow's activities: thin wrappers over the metadata store and the Lykdat client that
-//! classify errors as retryable or not.
+//! The workflow's activities: thin wrappers over the metadata store and the similarity backend
+//! (Lykdat or the catalog) that classify errors as retryable or not.
 
 use crate::temporal::types::{
     SimilaritySearchInput, SimilaritySearchOutcome, StoreImageMetadataInput,
 };
 use crate::{
-    similarity::{LykdatClient, LykdatError},
+    similarity::{LykdatError, SimilarityBackend, SimilarityResults},
     store::{ImageDocument, MetadataStore, StoreError},
 };
 use std::{sync::Arc, time::Duration};
@@ -21,13 +21,34 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct ImageActivities {
     store: Arc<dyn MetadataStore>,
-    lykdat: LykdatClient,
+    similarity: SimilarityBackend,
 }
 
 impl ImageActivities {
-    /// Activities writing to `store` and searching with `lykdat`.
-    pub fn new(store: Arc<dyn MetadataStore>, lykdat: LykdatClient) -> Self {
-        Self { store, lykdat }
+    /// Activities writing to `store` and searching with `similarity`.
+    pub fn new(store: Arc<dyn MetadataStore>, similarity: SimilarityBackend) -> Self {
+        Self { store, similarity }
+    }
+}
+
+/// Runs `work`, heartbeating every [`HEARTBEAT_EVERY`] so a cancellation is noticed; a
+/// cancelled activity stops waiting at once.
+async fn with_heartbeats<T>(
+    ctx: &ActivityContext,
+    work: impl Future<Output = T>,
+) -> Result<T, ActivityError> {
+    tokio::pin!(work);
+    let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
+    loop {
+        tokio::select! {
+            result = &mut work => return Ok(result),
+            _ = ticker.tick() => {
+                if ctx.is_cancelled() {
+                    return Err(ActivityError::cancelled());
+                }
+                ctx.record_heartbeat(()).await.map_err(|e| application_error(e.to_string(), true))?;
+            }
+        }
     }
 }
 
@@ -85,42 +106,47 @@ impl ImageActivities {
         Ok(doc.image_id)
     }
 
-    /// Runs a Lykdat global search on the image, heartbeating so cancellation is noticed.
+    /// Searches for similar products with the configured backend (Lykdat, or the catalog of
+    /// images searched before), heartbeating so cancellation is noticed.
     #[activity(name = "run_similarity_search")]
     pub async fn run_similarity_search(
         self: Arc<Self>,
         ctx: ActivityContext,
         input: SimilaritySearchInput,
     ) -> Result<SimilaritySearchOutcome, ActivityError> {
-        if !self.lykdat.is_configured() {
-            return Ok(SimilaritySearchOutcome::Skipped {
-                reason: LykdatError::NotConfigured.to_string(),
-            });
-        }
-        let search = self.lykdat.global_search(&input.image_url);
-        tokio::pin!(search);
-        let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
-        let result = loop {
-            tokio::select! {
-                result = &mut search => break result,
-                _ = ticker.tick() => {
-                    if ctx.is_cancelled() {
-                        return Err(ActivityError::cancelled());
-                    }
-                    ctx.record_heartbeat(()).await.map_err(|e| application_error(e.to_string(), true))?;
+        let attempt = ctx.info().attempt;
+        let result: Result<SimilarityResults, (String, bool)> = match &self.similarity {
+            SimilarityBackend::Lykdat(lykdat) => {
+                if !lykdat.is_configured() {
+                    return Ok(SimilaritySearchOutcome::Skipped {
+                        reason: LykdatError::NotConfigured.to_string(),
+                    });
                 }
+                with_heartbeats(&ctx, lykdat.global_search(&input.image_url))
+                    .await?
+                    .map_err(|e| (e.to_string(), e.is_retryable()))
+            }
+            SimilarityBackend::Catalog(catalog) => {
+                let document = self.store.get(&input.image_id).await.map_err(store_error)?;
+                with_heartbeats(
+                    &ctx,
+                    catalog.search(&input.image_id, &input.image_url, document),
+                )
+                .await?
+                .map_err(|e| (e.to_string(), e.is_retryable()))
             }
         };
+        let backend = self.similarity.name();
         match result {
             Ok(results) => {
-                info!(image_id = %input.image_id, matches = results.products.len(),
+                info!(image_id = %input.image_id, backend, matches = results.products.len(),
                     "similarity search done");
                 Ok(SimilaritySearchOutcome::Completed { results })
             }
-            Err(e) => {
-                warn!(image_id = %input.image_id, attempt = ctx.info().attempt, error = %e,
+            Err((message, retryable)) => {
+                warn!(image_id = %input.image_id, backend, attempt, error = %message,
                     "similarity search failed");
-                Err(application_error(e.to_string(), e.is_retryable()))
+                Err(application_error(message, retryable))
             }
         }
     }

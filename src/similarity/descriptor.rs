@@ -1,0 +1,142 @@
+//! The classical image descriptor: a colour histogram and a small grey-level layout, as one
+//! unit vector compared by cosine, and a 64-bit difference hash (dHash) that marks exact
+//! duplicates. Cheap, needs no model, robust to scale and JPEG re-encoding; weaker than a
+//! learned embedding on crops and backgrounds.
+
+use image::{RgbImage, imageops::FilterType};
+
+/// Name of this descriptor in search results.
+pub const CLASSICAL: &str = "colour-histogram+layout+dhash";
+/// Bins per channel of the colour histogram (4 x 4 x 4 = 64 bins).
+const BINS: usize = 4;
+/// Side of the grey-level layout thumbnail (16 x 16 = 256 values).
+const LAYOUT: u32 = 16;
+/// Weight of the colour part against the layout part (each is a unit vector before).
+const COLOUR_WEIGHT: f32 = 0.6;
+
+/// One image's descriptor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Descriptor {
+    /// A unit vector: cosine similarity is the dot product.
+    pub vector: Vec<f32>,
+    /// The difference hash: equal hashes mark exact (perceptual) duplicates.
+    pub hash: u64,
+}
+
+/// Computes the classical descriptor of `image`.
+pub fn classical(image: &RgbImage) -> Descriptor {
+    let mut vector = colour_histogram(image);
+    scale(&mut vector, COLOUR_WEIGHT);
+    let mut layout = grey_layout(image);
+    scale(&mut layout, 1.0 - COLOUR_WEIGHT);
+    vector.extend(layout);
+    normalize(&mut vector);
+    Descriptor {
+        vector,
+        hash: dhash(image),
+    }
+}
+
+/// The square roots of the normalized histogram (the Hellinger kernel: cosine between them
+/// compares distributions), as a unit vector.
+fn colour_histogram(image: &RgbImage) -> Vec<f32> {
+    let small = image::imageops::resize(image, 64, 64, FilterType::Triangle);
+    let mut counts = vec![0f32; BINS * BINS * BINS];
+    let bin = |v: u8| usize::from(v) * BINS / 256;
+    for p in small.pixels() {
+        counts[(bin(p[0]) * BINS + bin(p[1])) * BINS + bin(p[2])] += 1.0;
+    }
+    let mut histogram: Vec<f32> = counts.into_iter().map(f32::sqrt).collect();
+    normalize(&mut histogram);
+    histogram
+}
+
+/// The grey levels of a 16 x 16 thumbnail, centred on their mean, as a unit vector.
+fn grey_layout(image: &RgbImage) -> Vec<f32> {
+    let grey = image::imageops::grayscale(image);
+    let small = image::imageops::resize(&grey, LAYOUT, LAYOUT, FilterType::Triangle);
+    let values: Vec<f32> = small.pixels().map(|p| f32::from(p[0])).collect();
+    let mean = values.iter().sum::<f32>() / values.len() as f32;
+    let mut centred: Vec<f32> = values.into_iter().map(|v| v - mean).collect();
+    normalize(&mut centred);
+    centred
+}
+
+/// dHash: a 9 x 8 grey thumbnail, one bit per pair of horizontal neighbours (left brighter).
+fn dhash(image: &RgbImage) -> u64 {
+    let grey = image::imageops::grayscale(image);
+    let small = image::imageops::resize(&grey, 9, 8, FilterType::Triangle);
+    let mut hash = 0u64;
+    for y in 0..8 {
+        for x in 0..8 {
+            let brighter = small.get_pixel(x, y)[0] > small.get_pixel(x + 1, y)[0];
+            hash = (hash << 1) | u64::from(brighter);
+        }
+    }
+    hash
+}
+
+fn scale(v: &mut [f32], by: f32) {
+    v.iter_mut().for_each(|x| *x *= by);
+}
+
+/// Scales `v` to unit length (a zero vector stays zero).
+pub fn normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        scale(v, 1.0 / norm);
+    }
+}
+
+/// Cosine similarity of two unit vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+
+    /// A shirt-like shape of `colour` on a light background.
+    fn garment(colour: [u8; 3], size: u32) -> RgbImage {
+        RgbImage::from_fn(size, size, |x, y| {
+            let (u, v) = (x * 100 / size, y * 100 / size);
+            let body = (30..70).contains(&u) && (25..90).contains(&v);
+            let sleeves = (10..90).contains(&u) && (25..45).contains(&v);
+            if body || sleeves {
+                Rgb(colour)
+            } else {
+                Rgb([235, 235, 230])
+            }
+        })
+    }
+
+    #[test]
+    fn a_rescaled_copy_is_closer_than_another_colour_or_shape() {
+        let red = classical(&garment([200, 30, 30], 256));
+        let red_small = classical(&garment([200, 30, 30], 100));
+        let blue = classical(&garment([30, 40, 200], 256));
+        let stripes = classical(&RgbImage::from_fn(256, 256, |_, y| {
+            if (y / 16) % 2 == 0 {
+                Rgb([200, 30, 30])
+            } else {
+                Rgb([235, 235, 230])
+            }
+        }));
+        let same = cosine(&red.vector, &red_small.vector);
+        assert!(same > 0.95, "{same}");
+        assert!(cosine(&red.vector, &blue.vector) < same);
+        assert!(cosine(&red.vector, &stripes.vector) < same);
+        let norm: f32 = red.vector.iter().map(|x| x * x).sum();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+    }
+
+    #[test]
+    fn the_hash_marks_duplicates_and_tells_other_images_apart() {
+        let a = garment([200, 30, 30], 256);
+        assert_eq!(classical(&a).hash, classical(&a.clone()).hash);
+        let flipped = image::imageops::flip_vertical(&a);
+        assert_ne!(classical(&a).hash, classical(&flipped).hash);
+    }
+}
