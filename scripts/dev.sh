@@ -19,6 +19,28 @@ scripts/stack.sh up "$stack" --seed-ports
 source "$stack/env"
 facade_port="${FACADE_PORT:-$(pick_port 8080 facade)}"
 metrics_port="${METRICS_PORT:-$(pick_port 9090 metrics)}"
+images_port="${IMAGES_PORT:-$(pick_port 8081 images)}"
+
+# A small catalog of product pictures, made here and served on loopback only: the worker fetches
+# each searched image itself, and its similarity backend (the catalog, without a Lykdat key)
+# finds the similar ones among those it searched before.
+images="$stack/images"
+step "serving a sample catalog on http://127.0.0.1:$images_port/"
+python3 scripts/sample_catalog.py "$images" >"$stack/catalog.tsv"
+python3 -m http.server --bind 127.0.0.1 --directory "$images" "$images_port" >/dev/null 2>&1 &
+images_pid=$!
+# Once the facade answers, every sample but the example's blue shirt is submitted with a search,
+# so the example job finds similar products.
+(
+  until curl -sf "localhost:$facade_port/healthz" >/dev/null 2>&1; do sleep 0.5; done
+  grep -v '^blue-shirt.png' "$stack/catalog.tsv" | while IFS=$'\t' read -r file title; do
+    curl -sf -XPOST "localhost:$facade_port/images/process" -H 'content-type: application/json' \
+      -d "{\"url\":\"http://127.0.0.1:$images_port/$file\",\"title\":\"$title\",\"similarity_search\":true}" >/dev/null
+  done
+  step "sample catalog submitted: $(($(wc -l <"$stack/catalog.tsv") - 1)) jobs"
+) &
+submit_pid=$!
+trap 'echo; kill "$images_pid" "$submit_pid" 2>/dev/null; step "stopping the stack"; scripts/stack.sh down "$stack"' EXIT
 
 temporal_cli="temporal workflow list"
 [ "$TEMPORAL_PORT" = 7233 ] || temporal_cli="temporal workflow list --address 127.0.0.1:$TEMPORAL_PORT"
@@ -30,9 +52,10 @@ cat <<MSG
     kubectl apply -f examples/imagejob.yaml
     kubectl get ij -o wide
     kubectl wait --for=condition=Succeeded ij/blue-shirt
+    kubectl get ij blue-shirt -o jsonpath='{.status.similarity}'   # its similar products
 
     curl -s -XPOST localhost:$facade_port/images/process -H 'content-type: application/json' \\
-      -d '{"url":"https://example.com/image.jpg","title":"Product Image","tags":["shirt"]}'
+      -d '{"url":"http://127.0.0.1:$images_port/navy-shirt.png","title":"Navy shirt","similarity_search":true}'
     curl -s localhost:$facade_port/images/workflow/<workflow_id>/status
     curl -s localhost:$facade_port/images/workflow/<workflow_id>/result
 
@@ -46,6 +69,7 @@ cat <<MSG
 
 MSG
 EMBEDDED_STORE_PATH="${EMBEDDED_STORE_PATH:-$stack/metadata.redb}" \
+  IMAGE_FETCH_ALLOW_CIDRS="${IMAGE_FETCH_ALLOW_CIDRS:-127.0.0.1/32}" \
   FACADE_TEMPORAL_UI_URL="${FACADE_TEMPORAL_UI_URL:-$TEMPORAL_UI_URL}" \
   FACADE_DRAIN_SECS="${FACADE_DRAIN_SECS:-0}" \
   "$CARGO_TARGET_DIR/debug/imagejob-operator" run --no-auth \

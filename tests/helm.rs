@@ -862,3 +862,33 @@ async fn the_dashboard_and_alerts_read_only_metrics_the_processes_export() {
     .await;
     assert!(missing.is_empty(), "read but not exported: {missing:?}");
 }
+
+#[test]
+fn the_similarity_backend_and_its_fetch_limits_reach_the_worker_and_its_catalog_is_writable() {
+    let objects = render(&json!({}));
+    let env = env_of(&objects, "worker");
+    assert_eq!(env["SIMILARITY_BACKEND"]["value"], "auto");
+    assert_eq!(env["CATALOG_PATH"]["value"], "/catalog/catalog.redb");
+    assert_eq!(env["IMAGE_FETCH_MAX_BYTES"]["value"], "20971520");
+    assert!(
+        !env.contains_key("IMAGE_FETCH_ALLOW_CIDRS"),
+        "public addresses only by default"
+    );
+    let objects = render(&json!({"worker": {"replicas": 1,
+        "metadataStore": {"backend": "embedded"},
+        "similarity": {"backend": "catalog", "imageFetch": {"allowCidrs": ["10.0.0.0/8", "fd00::/8"],
+            "maxBytes": 1024, "timeoutSeconds": 5, "maxPixels": 100}}}}));
+    let env = env_of(&objects, "worker");
+    assert_eq!(env["SIMILARITY_BACKEND"]["value"], "catalog");
+    assert_eq!(env["CATALOG_PATH"]["value"], "/data/catalog.redb");
+    assert_eq!(env["IMAGE_FETCH_ALLOW_CIDRS"]["value"], "10.0.0.0/8,fd00::/8");
+    assert_eq!(env["IMAGE_MAX_PIXELS"]["value"], "100");
+    let (ok, out) = chart(&[
+        "validate",
+        values_file(&json!({"worker": {"similarity": {"backend": "clip"}}}))
+            .path()
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(!ok, "an unknown backend is refused: {out}");
+}
