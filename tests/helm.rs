@@ -881,7 +881,10 @@ fn the_similarity_backend_and_its_fetch_limits_reach_the_worker_and_its_catalog_
     let env = env_of(&objects, "worker");
     assert_eq!(env["SIMILARITY_BACKEND"]["value"], "catalog");
     assert_eq!(env["CATALOG_PATH"]["value"], "/data/catalog.redb");
-    assert_eq!(env["IMAGE_FETCH_ALLOW_CIDRS"]["value"], "10.0.0.0/8,fd00::/8");
+    assert_eq!(
+        env["IMAGE_FETCH_ALLOW_CIDRS"]["value"],
+        "10.0.0.0/8,fd00::/8"
+    );
     assert_eq!(env["IMAGE_MAX_PIXELS"]["value"], "100");
     let (ok, out) = chart(&[
         "validate",
