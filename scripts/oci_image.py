@@ -13,6 +13,7 @@ uncompressed layer; `ctr images import` loads it under TAG (the index carries th
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -20,6 +21,7 @@ from pathlib import Path
 
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 NONROOT = 65532
+MODEL_IN_IMAGE = "/models/efficientnet-lite0.safetensors"
 OPERATOR_BIN = "/usr/local/bin/imagejob-operator"
 # distroless/cc's accounts: root, and `nonroot` as 65532 (the chart's runAsUser).
 PASSWD = "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n"
@@ -86,11 +88,14 @@ def operator_layer(binary):
     for in_image, on_host in linked_libraries(binary):
         layer.file(in_image, Path(on_host).resolve().read_bytes(), 0o755)
     layer.file(OPERATOR_BIN, Path(binary).read_bytes(), 0o755)
+    # The image model's weights (scripts/install-deps.sh): the worker describes images with it.
+    layer.file(MODEL_IN_IMAGE, Path(os.environ["IJ_IMAGE_MODEL"]).read_bytes())
     config = {
         "User": f"{NONROOT}:{NONROOT}",
         "Entrypoint": [OPERATOR_BIN],
         "Cmd": ["--help"],
-        "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", f"SSL_CERT_FILE={CA_BUNDLE}"],
+        "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", f"SSL_CERT_FILE={CA_BUNDLE}",
+                f"IMAGE_MODEL_PATH={MODEL_IN_IMAGE}"],
         "WorkingDir": "/home/nonroot",
     }
     return layer.finish(), config

@@ -4,7 +4,10 @@
 use crate::{
     controller::LeaseSettings,
     fetch::{AddressPolicy, Cidr, FetchLimits, ImageFetcher},
-    similarity::{Catalog, CatalogSearch, LykdatClient, LykdatError, SimilarityBackend},
+    similarity::{
+        Catalog, CatalogSearch, Describer, LykdatClient, LykdatError, SimilarityBackend,
+        model::EfficientNetLite0,
+    },
     store::{CouchbaseSettings, CouchbaseStore, EmbeddedStore, MetadataStore, StoreError},
     temporal::{GatewayError, PayloadCipher, TemporalSettings, WorkerTuning, WorkerVersion},
 };
@@ -257,6 +260,11 @@ pub struct WorkerArgs {
     /// file (`EMBEDDED_STORE_PATH`).
     #[arg(long, env = "CATALOG_PATH")]
     pub catalog_path: Option<PathBuf>,
+    /// The image model's weights (EfficientNet-Lite0 as safetensors, installed by
+    /// `scripts/install-deps.sh` and carried by the container image); unset: the catalog
+    /// compares the classical descriptor (colour histogram and grey layout) instead.
+    #[arg(long, env = "IMAGE_MODEL_PATH")]
+    pub image_model_path: Option<PathBuf>,
     /// Address ranges image URLs may lead to although they are not public (comma-separated,
     /// e.g. `127.0.0.1/32,::1/128` for local development); empty: public addresses only.
     #[arg(long, env = "IMAGE_FETCH_ALLOW_CIDRS", value_delimiter = ',')]
@@ -437,8 +445,14 @@ impl WorkerArgs {
             .map_err(|e| invalid("IMAGE_FETCH_ALLOW_CIDRS", &e))?;
         let catalog =
             Catalog::open(&self.catalog_file()).map_err(|e| invalid("CATALOG_PATH", &e))?;
+        let describer = match &self.image_model_path {
+            None => Describer::Classical,
+            Some(path) => Describer::Model(Arc::new(
+                EfficientNetLite0::load(path).map_err(|e| invalid("IMAGE_MODEL_PATH", &e))?,
+            )),
+        };
         Ok(SimilarityBackend::Catalog(CatalogSearch::new(
-            fetcher, catalog,
+            fetcher, catalog, describer,
         )))
     }
 }

@@ -44,6 +44,7 @@ pub async fn worker(
         SimilarityBackend::Lykdat(_) => info!("similarity searches use Lykdat"),
         SimilarityBackend::Catalog(search) => info!(
             catalogued = search.catalog().len(),
+            descriptor = search.describer().name(),
             path = %args.catalog_file().display(),
             "similarity searches use the catalog"
         ),

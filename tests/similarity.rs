@@ -221,21 +221,26 @@ async fn a_server_that_never_answers_is_retried_as_the_policy_says_then_fails() 
     assert_eq!(server.hits("hang"), 3, "the seed's policy: 3 attempts");
 }
 
-/// `imagejob-operator worker` on `dir` (store and catalog), the catalog backend, loopback allowed.
+/// `imagejob-operator worker` on `dir` (store and catalog), the catalog backend, loopback
+/// allowed, describing with the classical descriptor.
 fn worker_process(settings: &TemporalSettings, dir: &std::path::Path) -> ChildGuard {
-    ChildGuard::spawn(
-        Command::new(support::operator_bin())
-            .arg("worker")
-            .env("TEMPORAL_HOST", &settings.host)
-            .env("TEMPORAL_PORT", settings.port.to_string())
-            .env("TEMPORAL_TASK_QUEUE", &settings.task_queue)
-            .env("METADATA_STORE", "embedded")
-            .env("EMBEDDED_STORE_PATH", dir.join("metadata.redb"))
-            .env("SIMILARITY_BACKEND", "auto")
-            .env_remove("LYKDAT_API_KEY")
-            .env("IMAGE_FETCH_ALLOW_CIDRS", "127.0.0.1/32")
-            .env("RUST_LOG", "warn"),
-    )
+    ChildGuard::spawn(worker_command(settings, dir).env_remove("IMAGE_MODEL_PATH"))
+}
+
+fn worker_command(settings: &TemporalSettings, dir: &std::path::Path) -> Command {
+    let mut command = Command::new(support::operator_bin());
+    command
+        .arg("worker")
+        .env("TEMPORAL_HOST", &settings.host)
+        .env("TEMPORAL_PORT", settings.port.to_string())
+        .env("TEMPORAL_TASK_QUEUE", &settings.task_queue)
+        .env("METADATA_STORE", "embedded")
+        .env("EMBEDDED_STORE_PATH", dir.join("metadata.redb"))
+        .env("SIMILARITY_BACKEND", "auto")
+        .env_remove("LYKDAT_API_KEY")
+        .env("IMAGE_FETCH_ALLOW_CIDRS", "127.0.0.1/32")
+        .env("RUST_LOG", "warn");
+    command
 }
 
 #[tokio::test]
@@ -260,4 +265,35 @@ async fn a_restarted_worker_keeps_its_catalog() {
     assert_eq!(results.products.len(), 1, "{results:?}");
     assert_eq!(results.products[0].name, "Red shirt");
     assert!(results.products[0].duplicate);
+}
+
+#[tokio::test]
+async fn with_the_model_installed_the_worker_describes_images_with_it() {
+    let (settings, gateway) = setup();
+    let server = ImageServer::start().await;
+    serve_products(&server);
+    let red = garment([200, 30, 30], 0, 0, 320);
+    let cropped = image::imageops::crop_imm(&red, 24, 24, 272, 272).to_image();
+    server.put("red-cropped.jpg", jpeg(&cropped, 70), "image/jpeg");
+    let dir = tempfile::tempdir().unwrap();
+    let model = support::model_path();
+    let _worker =
+        ChildGuard::spawn(worker_command(&settings, dir.path()).env("IMAGE_MODEL_PATH", &model));
+    for (file, title, _) in products() {
+        let snap = run(&gateway, title, server.url(file)).await;
+        assert_eq!(
+            snap.execution,
+            ExecutionStatus::Completed,
+            "{title}: {snap:?}"
+        );
+    }
+    let snap = run(
+        &gateway,
+        "Red shirt, cropped",
+        server.url("red-cropped.jpg"),
+    )
+    .await;
+    let results = snap.similarity.expect("similarity results");
+    assert_eq!(results.descriptor.as_deref(), Some("efficientnet-lite0"));
+    assert_eq!(results.products[0].name, "Red shirt", "{results:?}");
 }

@@ -358,6 +358,12 @@ mod tests {
         writes: Mutex<Vec<(Instant, Option<String>)>>,
     }
 
+    /// The resource version after `lease`'s.
+    fn next_version(lease: &Lease) -> Option<String> {
+        let version: u64 = lease.metadata.resource_version.as_ref()?.parse().ok()?;
+        Some((version + 1).to_string())
+    }
+
     impl LeaseApi {
         fn held_by(holder: &str) -> Arc<Self> {
             let lease = Lease {
@@ -384,14 +390,7 @@ mod tests {
         /// The holder renews: a new renew time and resource version.
         fn renew(&self) {
             let mut lease = self.lease.lock().unwrap();
-            let version: u64 = lease
-                .metadata
-                .resource_version
-                .as_ref()
-                .unwrap()
-                .parse()
-                .unwrap();
-            lease.metadata.resource_version = Some((version + 1).to_string());
+            lease.metadata.resource_version = next_version(&lease);
             let spec = lease.spec.as_mut().unwrap();
             spec.renew_time = Some(MicroTime(Timestamp::from_second(2_000).unwrap()));
         }
@@ -436,14 +435,7 @@ mod tests {
                             .header("content-type", "application/json")
                             .body(kube::client::Body::from(conflict.as_bytes().to_vec()));
                     }
-                    let version: u64 = lease
-                        .metadata
-                        .resource_version
-                        .as_ref()
-                        .unwrap()
-                        .parse()
-                        .unwrap();
-                    sent.metadata.resource_version = Some((version + 1).to_string());
+                    sent.metadata.resource_version = next_version(&lease);
                     *lease = sent.clone();
                     let holder = sent.spec.as_ref().and_then(|s| s.holder_identity.clone());
                     api.writes.lock().unwrap().push((Instant::now(), holder));

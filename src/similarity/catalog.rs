@@ -8,6 +8,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::{
     cmp::Ordering,
+    collections::HashMap,
     path::Path,
     sync::{Arc, RwLock},
 };
@@ -31,7 +32,8 @@ fn storage(e: impl std::fmt::Display) -> CatalogError {
     CatalogError::Storage(e.to_string())
 }
 
-/// One catalogued image.
+/// One catalogued image. On disk: a 4-byte little-endian length, this entry but its vector as
+/// JSON, then the vector as little-endian `f32`s.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct CatalogEntry {
     /// The image's id (its metadata document's key).
@@ -45,10 +47,40 @@ pub struct CatalogEntry {
     /// Its perceptual hash.
     pub hash: u64,
     /// Its descriptor, a unit vector.
+    #[serde(skip)]
     pub vector: Vec<f32>,
 }
 
 impl CatalogEntry {
+    fn encode(&self) -> Result<Vec<u8>, CatalogError> {
+        let meta = serde_json::to_vec(self).map_err(storage)?;
+        let len = u32::try_from(meta.len()).map_err(storage)?;
+        let mut out = Vec::with_capacity(4 + meta.len() + 4 * self.vector.len());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&meta);
+        for x in &self.vector {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, CatalogError> {
+        let corrupt = || CatalogError::Storage("a catalog entry is corrupt".into());
+        let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(corrupt)?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let meta = rest.get(..len).ok_or_else(corrupt)?;
+        let floats = &rest[len..];
+        if floats.len() % 4 != 0 {
+            return Err(corrupt());
+        }
+        let mut entry: CatalogEntry = serde_json::from_slice(meta).map_err(storage)?;
+        entry.vector = floats
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(entry)
+    }
+
     /// This entry as a match of `score`, in the shape Lykdat's results have.
     fn as_match(&self, score: f32, duplicate: bool) -> SimilarProduct {
         SimilarProduct {
@@ -64,11 +96,31 @@ impl CatalogEntry {
     }
 }
 
+/// The entries in memory, with where each image's is.
+#[derive(Default)]
+struct Entries {
+    list: Vec<CatalogEntry>,
+    by_image: HashMap<String, usize>,
+}
+
+impl Entries {
+    fn put(&mut self, entry: CatalogEntry) {
+        match self.by_image.get(&entry.image_id) {
+            Some(i) => self.list[*i] = entry,
+            None => {
+                self.by_image
+                    .insert(entry.image_id.clone(), self.list.len());
+                self.list.push(entry);
+            }
+        }
+    }
+}
+
 /// The catalog, shared by every search of a worker.
 #[derive(Clone)]
 pub struct Catalog {
     db: Arc<Database>,
-    entries: Arc<RwLock<Vec<CatalogEntry>>>,
+    entries: Arc<RwLock<Entries>>,
 }
 
 impl Catalog {
@@ -78,13 +130,13 @@ impl Catalog {
             std::fs::create_dir_all(parent).map_err(storage)?;
         }
         let db = Database::create(path).map_err(storage)?;
-        let mut entries = Vec::new();
+        let mut entries = Entries::default();
         let tx = db.begin_read().map_err(storage)?;
         match tx.open_table(ENTRIES) {
             Ok(table) => {
                 for row in table.iter().map_err(storage)? {
                     let (_, value) = row.map_err(storage)?;
-                    entries.push(serde_json::from_slice(value.value()).map_err(storage)?);
+                    entries.put(CatalogEntry::decode(value.value())?);
                 }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}
@@ -99,7 +151,7 @@ impl Catalog {
 
     /// How many images are catalogued.
     pub fn len(&self) -> usize {
-        self.entries.read().map_or(0, |e| e.len())
+        self.entries.read().map_or(0, |e| e.list.len())
     }
 
     /// Whether the catalog is empty.
@@ -109,19 +161,24 @@ impl Catalog {
 
     /// Adds `entry` (or replaces the one of the same image), on disk first.
     pub fn insert(&self, entry: CatalogEntry) -> Result<(), CatalogError> {
-        let bytes = serde_json::to_vec(&entry).map_err(storage)?;
+        self.insert_all(vec![entry])
+    }
+
+    /// Adds `entries` in one transaction (replacing those of the same images), on disk first.
+    pub fn insert_all(&self, entries: Vec<CatalogEntry>) -> Result<(), CatalogError> {
         let tx = self.db.begin_write().map_err(storage)?;
         {
             let mut table = tx.open_table(ENTRIES).map_err(storage)?;
-            table
-                .insert(entry.image_id.as_str(), bytes.as_slice())
-                .map_err(storage)?;
+            for entry in &entries {
+                table
+                    .insert(entry.image_id.as_str(), entry.encode()?.as_slice())
+                    .map_err(storage)?;
+            }
         }
         tx.commit().map_err(storage)?;
-        let mut entries = self.entries.write().map_err(storage)?;
-        match entries.iter_mut().find(|e| e.image_id == entry.image_id) {
-            Some(existing) => *existing = entry,
-            None => entries.push(entry),
+        let mut held = self.entries.write().map_err(storage)?;
+        for entry in entries {
+            held.put(entry);
         }
         Ok(())
     }
@@ -137,6 +194,7 @@ impl Catalog {
     ) -> Result<Vec<SimilarProduct>, CatalogError> {
         let entries = self.entries.read().map_err(storage)?;
         let mut scored: Vec<(f32, &CatalogEntry)> = entries
+            .list
             .iter()
             .filter(|e| e.image_id != image_id && e.vector.len() == vector.len())
             .map(|e| (cosine(vector, &e.vector), e))

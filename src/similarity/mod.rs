@@ -5,11 +5,12 @@
 mod catalog;
 pub mod descriptor;
 mod lykdat;
+pub mod model;
 mod search;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogError, TOP_K};
 pub use lykdat::{LykdatClient, LykdatError, SimilarProduct, SimilarityResults};
-pub use search::{CatalogSearch, CatalogSearchError};
+pub use search::{CatalogSearch, CatalogSearchError, Describer};
 
 /// How the worker answers `run_similarity_search`.
 #[derive(Clone)]

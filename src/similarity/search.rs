@@ -3,10 +3,12 @@
 
 use super::{
     CATALOG, Catalog, CatalogEntry, CatalogError, SimilarityResults,
-    descriptor::{self, CLASSICAL},
+    descriptor::{self, CLASSICAL, Descriptor},
+    model::{self, EfficientNetLite0},
 };
 use crate::fetch::{FetchError, ImageFetcher, decode_rgb};
 use crate::store::ImageDocument;
+use std::sync::Arc;
 
 /// Why a catalog search failed.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +19,9 @@ pub enum CatalogSearchError {
     /// The image's header was fine but its data did not decode.
     #[error("image could not be decoded: {0}")]
     Decode(String),
+    /// The image model failed on the image.
+    #[error(transparent)]
+    Model(#[from] model::ModelError),
     /// The catalog could not be read or written.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
@@ -27,8 +32,39 @@ impl CatalogSearchError {
     pub fn is_retryable(&self) -> bool {
         match self {
             CatalogSearchError::Fetch(e) => e.is_retryable(),
-            CatalogSearchError::Decode(_) => false,
+            CatalogSearchError::Decode(_) | CatalogSearchError::Model(_) => false,
             CatalogSearchError::Catalog(_) => true,
+        }
+    }
+}
+
+/// How an image is turned into the vector the catalog compares.
+#[derive(Clone)]
+pub enum Describer {
+    /// The classical descriptor (colour histogram and grey layout): no model installed.
+    Classical,
+    /// The pretrained network's embedding.
+    Model(Arc<EfficientNetLite0>),
+}
+
+impl Describer {
+    /// The descriptor's name, as results give it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Describer::Classical => CLASSICAL,
+            Describer::Model(_) => model::DESCRIPTOR,
+        }
+    }
+
+    /// The image's vector, and its perceptual hash (always the classical one).
+    fn describe(&self, image: &image::RgbImage) -> Result<Descriptor, CatalogSearchError> {
+        let classical = descriptor::classical(image);
+        match self {
+            Describer::Classical => Ok(classical),
+            Describer::Model(network) => Ok(Descriptor {
+                vector: network.infer(image)?.embedding,
+                hash: classical.hash,
+            }),
         }
     }
 }
@@ -38,12 +74,22 @@ impl CatalogSearchError {
 pub struct CatalogSearch {
     fetcher: ImageFetcher,
     catalog: Catalog,
+    describer: Describer,
 }
 
 impl CatalogSearch {
-    /// A search fetching with `fetcher` over `catalog`.
-    pub fn new(fetcher: ImageFetcher, catalog: Catalog) -> Self {
-        Self { fetcher, catalog }
+    /// A search fetching with `fetcher`, describing with `describer`, over `catalog`.
+    pub fn new(fetcher: ImageFetcher, catalog: Catalog, describer: Describer) -> Self {
+        Self {
+            fetcher,
+            catalog,
+            describer,
+        }
+    }
+
+    /// How images are described.
+    pub fn describer(&self) -> &Describer {
+        &self.describer
     }
 
     /// The catalog searched.
@@ -73,10 +119,11 @@ impl CatalogSearch {
             hash,
             vector,
         };
+        let describer = self.describer.clone();
         let described = tokio::task::spawn_blocking(move || {
-            decode_rgb(&fetched.bytes, fetched.format, max_pixels)
-                .map(|rgb| descriptor::classical(&rgb))
-                .map_err(|e| CatalogSearchError::Decode(e.to_string()))
+            let rgb = decode_rgb(&fetched.bytes, fetched.format, max_pixels)
+                .map_err(|e| CatalogSearchError::Decode(e.to_string()))?;
+            describer.describe(&rgb)
         })
         .await
         .map_err(|e| CatalogSearchError::Decode(format!("decoder stopped: {e}")))??;
@@ -92,7 +139,7 @@ impl CatalogSearch {
             query_image: Some(url.to_owned()),
             products,
             backend: Some(CATALOG.into()),
-            descriptor: Some(CLASSICAL.into()),
+            descriptor: Some(self.describer.name().into()),
         })
     }
 }

@@ -12,7 +12,7 @@ pub mod webdriver;
 
 use imagejob_operator::{
     fetch::{AddressPolicy, FetchLimits, ImageFetcher},
-    similarity::{Catalog, CatalogSearch, LykdatClient, SimilarityBackend},
+    similarity::{Catalog, CatalogSearch, Describer, LykdatClient, SimilarityBackend},
     store::{EmbeddedStore, MetadataStore},
     temporal::{ImageActivities, TemporalGateway, TemporalSettings, WorkerHandle, spawn_worker},
 };
@@ -80,6 +80,41 @@ pub fn lykdat_client(base: &str, key: Option<&str>, timeout: Duration) -> Lykdat
         timeout,
     )
     .expect("client")
+}
+
+/// The image model's weights, installed by `scripts/install-deps.sh` under `$IJ_CACHE`.
+pub fn model_path() -> std::path::PathBuf {
+    let cache = std::env::var_os("IJ_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").expect("HOME"))
+                .join(".cache/imagejob-operator")
+        });
+    let path = cache.join("models/efficientnet-lite0.safetensors");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-deps.sh",
+        path.display()
+    );
+    path
+}
+
+/// Photographs of scikit-image's data set, installed by `scripts/install-deps.sh`.
+pub fn photo(name: &str) -> image::RgbImage {
+    let path = model_path()
+        .parent()
+        .and_then(|m| m.parent())
+        .expect("the cache")
+        .join("photos")
+        .join(name);
+    image::open(&path)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} (installed by scripts/install-deps.sh): {e}",
+                path.display()
+            )
+        })
+        .to_rgb8()
 }
 
 /// The Lykdat backend without a key: searches are skipped and nothing is ever fetched.
@@ -158,7 +193,11 @@ impl TestWorker {
             |dir| {
                 let fetcher = ImageFetcher::new(policy, limits).expect("fetcher");
                 let catalog = Catalog::open(&dir.join("catalog.redb")).expect("catalog");
-                SimilarityBackend::Catalog(CatalogSearch::new(fetcher, catalog))
+                SimilarityBackend::Catalog(CatalogSearch::new(
+                    fetcher,
+                    catalog,
+                    Describer::Classical,
+                ))
             },
             |s| Arc::new(s),
         )
