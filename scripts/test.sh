@@ -9,6 +9,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$IJ_ROOT"
 
 scripts/install-deps.sh
+# A one-off build keeps no incremental state (gigabytes in the shared target folder).
+export CARGO_INCREMENTAL=0
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -9,6 +9,7 @@ use super::{
 use crate::fetch::{FetchError, ImageFetcher, decode_rgb};
 use crate::store::ImageDocument;
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// Why a catalog search failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,15 +76,20 @@ pub struct CatalogSearch {
     fetcher: ImageFetcher,
     catalog: Catalog,
     describer: Describer,
+    /// Images decoded and described at once: one per core. A burst of jobs then waits here
+    /// instead of holding a decoded image and the network's activations each.
+    describing: Arc<Semaphore>,
 }
 
 impl CatalogSearch {
     /// A search fetching with `fetcher`, describing with `describer`, over `catalog`.
     pub fn new(fetcher: ImageFetcher, catalog: Catalog, describer: Describer) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             fetcher,
             catalog,
             describer,
+            describing: Arc::new(Semaphore::new(cores)),
         }
     }
 
@@ -120,6 +126,11 @@ impl CatalogSearch {
             vector,
         };
         let describer = self.describer.clone();
+        let _turn = self
+            .describing
+            .acquire()
+            .await
+            .map_err(|e| CatalogSearchError::Decode(format!("describer closed: {e}")))?;
         let described = tokio::task::spawn_blocking(move || {
             let rgb = decode_rgb(&fetched.bytes, fetched.format, max_pixels)
                 .map_err(|e| CatalogSearchError::Decode(e.to_string()))?;
