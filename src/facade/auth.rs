@@ -8,12 +8,14 @@ use axum::{
     middleware::Next,
     response::Response,
 };
+use sha2::{Digest, Sha256};
 use std::{
     collections::HashSet,
     path::PathBuf,
     sync::{Arc, RwLock},
     time::SystemTime,
 };
+use subtle::{Choice, ConstantTimeEq};
 
 /// Who may call the API.
 #[derive(Clone)]
@@ -67,22 +69,28 @@ impl TokenFile {
         Ok(tokens)
     }
 
-    /// Whether `candidate` is an accepted token (compared in constant time).
+    /// Whether `candidate` is an accepted token. Every token is compared, each in constant
+    /// time over its SHA-256 digest, so neither the match nor the length leaks through timing.
     pub fn accepts(&self, candidate: &str) -> bool {
         let Ok(tokens) = self.tokens() else {
             return false;
         };
-        tokens.iter().fold(false, |found, t| {
-            found | constant_time_eq(t.as_bytes(), candidate.as_bytes())
-        })
+        let wanted = Sha256::digest(candidate.as_bytes());
+        tokens
+            .iter()
+            .fold(Choice::from(0), |found, t| {
+                found | Sha256::digest(t.as_bytes()).ct_eq(&wanted)
+            })
+            .into()
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The token of an `Authorization` header value: the `Bearer` scheme, in any case (RFC 9110
+/// makes schemes case-insensitive), then the token.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Middleware: 401 without a bearer token, 403 with one that is not accepted.
@@ -97,11 +105,7 @@ pub async fn require_token(
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .ok_or(ApiError::Unauthenticated)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Unauthenticated)?;
+        let token = bearer_token(header).ok_or(ApiError::Unauthenticated)?;
         if !file.accepts(token) {
             return Err(ApiError::Forbidden);
         }
@@ -132,6 +136,29 @@ mod tests {
             .unwrap();
         assert!(file.accepts("beta"));
         assert!(!file.accepts("alpha"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer   "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
+
+    #[test]
+    fn a_prefix_or_an_extension_of_a_token_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "alpha-0123456789\nbeta\n").unwrap();
+        let file = TokenFile::open(path).unwrap();
+        assert!(file.accepts("alpha-0123456789") && file.accepts("beta"));
+        for wrong in ["alpha-012345678", "alpha-01234567890", "", "bet", "betaa"] {
+            assert!(!file.accepts(wrong), "{wrong:?}");
+        }
     }
 
     #[test]
