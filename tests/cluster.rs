@@ -478,7 +478,10 @@ fn the_chart_runs_in_pods_and_survives_failover_restart_upgrade_and_uninstall() 
         pods(&c, &ns, "worker").is_empty().then_some(())
     });
     {
-        let store = EmbeddedStore::open(&data.join("metadata.redb")).expect("the store file");
+        // The pod object goes before its process has let go of the file: wait for the lock.
+        let store = until("the stopped worker to release the store file", || {
+            EmbeddedStore::open(&data.join("metadata.redb")).ok()
+        });
         let runtime = tokio::runtime::Runtime::new().unwrap();
         for id in &image_ids {
             let doc = runtime.block_on(store.get(id)).expect("read the store");
