@@ -113,8 +113,15 @@ async fn the_jobs_page_submits_shows_products_cancels_and_keeps_user_text_as_tex
         .await;
     browser.type_into(&token, TOKEN).await;
     browser.click_on(&format!("{dialog} button"), WAIT).await;
-    let empty = browser.text_of("#main .empty", WAIT).await;
-    assert!(empty.contains("No jobs yet"), "{empty}");
+    // The page shows "Loading…" until its first list arrives; wait for the list, not the placeholder.
+    browser
+        .wait_until(
+            "the empty list",
+            r#"const empty = document.querySelector('#main .empty');
+               return empty !== null && empty.textContent.includes("No jobs yet")"#,
+            WAIT,
+        )
+        .await;
 
     // Submit through the form: the card appears and turns Completed without a reload.
     browser.run("window.__sameDocument = true", vec![]).await;
