@@ -278,6 +278,10 @@ pub struct WorkerArgs {
     /// Most pixels (width x height) of an image, checked from its header before decoding.
     #[arg(long, env = "IMAGE_MAX_PIXELS", default_value_t = 40_000_000)]
     pub image_max_pixels: u64,
+    /// Which task queues this worker polls: `all`; `workflows` (several replicas sharing
+    /// Couchbase); `similarity` (the catalog's owner, one replica beside them).
+    #[arg(long, env = "WORKER_QUEUES", value_enum, default_value_t = WorkerQueues::All)]
+    pub worker_queues: WorkerQueues,
     /// Address of the worker's `/healthz`, `/readyz` (ready while polling Temporal) and
     /// `/metrics` (the SDK's worker metrics); unset: no probe server.
     #[arg(long, env = "WORKER_HEALTH_ADDR")]
@@ -295,6 +299,31 @@ pub struct WorkerArgs {
     /// How versioned workflows follow new builds.
     #[arg(long, env = "WORKER_VERSIONING_BEHAVIOR", value_enum, default_value_t = VersioningMode::Pinned)]
     pub worker_versioning_behavior: VersioningMode,
+}
+
+/// `WORKER_QUEUES`'s values: which of the two task queues a worker polls.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerQueues {
+    /// Both: the workflows (with their store step) and the similarity queue.
+    All,
+    /// The workflows and their store step; searches run on a `similarity` worker.
+    Workflows,
+    /// The similarity queue only (searches, and removing deleted jobs' images from the
+    /// catalog): the catalog's single owner when workflows run on several workers.
+    Similarity,
+}
+
+impl WorkerQueues {
+    /// Whether this worker runs the workflows (and so needs the metadata store).
+    pub fn runs_workflows(self) -> bool {
+        self != WorkerQueues::Similarity
+    }
+
+    /// Whether this worker searches (and so needs the similarity backend, the catalog's file
+    /// for that backend).
+    pub fn searches(self) -> bool {
+        self != WorkerQueues::Workflows
+    }
 }
 
 /// `SIMILARITY_BACKEND`'s values.

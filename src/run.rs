@@ -30,31 +30,37 @@ pub async fn worker(
     args: &WorkerArgs,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let store = args
-        .open_store()
-        .await
-        .context("opening the metadata store")?;
-    let similarity = args
-        .similarity()
-        .context("configuring the similarity backend")?;
-    match &similarity {
-        SimilarityBackend::Lykdat(lykdat) if !lykdat.is_configured() => warn!(
-            "SIMILARITY_BACKEND=lykdat without LYKDAT_API_KEY: similarity searches will be skipped (jobs still complete)"
-        ),
-        SimilarityBackend::Lykdat(_) => info!("similarity searches use Lykdat"),
-        SimilarityBackend::Catalog(search) => info!(
-            catalogued = search.catalog().len(),
-            descriptor = search.describer().name(),
-            path = %args.catalog_file().display(),
-            "similarity searches use the catalog"
-        ),
-    }
-    info!(store = ?args.metadata_store, "metadata store ready");
+    let queues = args.worker_queues;
+    let store = if queues.runs_workflows() {
+        let store = args
+            .open_store()
+            .await
+            .context("opening the metadata store")?;
+        info!(store = ?args.metadata_store, "metadata store ready");
+        Some(store)
+    } else {
+        None
+    };
+    let similarity = if queues.searches() {
+        let similarity = args
+            .similarity()
+            .context("configuring the similarity backend")?;
+        log_similarity(args, &similarity);
+        Some(similarity)
+    } else {
+        None
+    };
+    let activities = match (store, similarity) {
+        (Some(store), Some(similarity)) => ImageActivities::new(store, similarity),
+        (Some(store), None) => ImageActivities::workflows_only(store),
+        (None, Some(similarity)) => ImageActivities::similarity_only(similarity),
+        (None, None) => anyhow::bail!("WORKER_QUEUES names no task queue"),
+    };
     let settings = temporal.settings()?;
     let sdk_metrics = SdkMetrics::start()?;
     let handle = spawn_worker(
         settings.clone(),
-        ImageActivities::new(store, similarity),
+        activities,
         args.tuning.tuning(),
         args.version(),
         Some(sdk_metrics.clone()),
@@ -102,6 +108,22 @@ pub async fn worker(
     shutdown.wait().await;
     handle.shutdown().await;
     Ok(())
+}
+
+/// Says which similarity backend this worker searches with.
+fn log_similarity(args: &WorkerArgs, similarity: &SimilarityBackend) {
+    match similarity {
+        SimilarityBackend::Lykdat(lykdat) if !lykdat.is_configured() => warn!(
+            "SIMILARITY_BACKEND=lykdat without LYKDAT_API_KEY: similarity searches will be skipped (jobs still complete)"
+        ),
+        SimilarityBackend::Lykdat(_) => info!("similarity searches use Lykdat"),
+        SimilarityBackend::Catalog(search) => info!(
+            catalogued = search.catalog().len(),
+            descriptor = search.describer().name(),
+            path = %args.catalog_file().display(),
+            "similarity searches use the catalog"
+        ),
+    }
 }
 
 /// `controller`: reconciles ImageJobs (as leader, when election is on) until shutdown.

@@ -92,7 +92,9 @@ fn default_values_render_three_roles_with_hardened_pods_and_no_secret_values() {
             "Deployment",
             "Deployment",
             "Deployment",
+            "Deployment",
             "Lease",
+            "PersistentVolumeClaim",
             "Role",
             "Role",
             "RoleBinding",
@@ -256,6 +258,72 @@ fn values_that_break_the_schema_are_rejected() {
         assert!(!ok, "{bad} was accepted: {out}");
         assert!(out.contains("rejected"), "{out}");
     }
+}
+
+/// The worker Deployments' `WORKER_QUEUES`, by name.
+fn worker_queues(objects: &BTreeMap<String, Value>) -> BTreeMap<String, String> {
+    objects
+        .iter()
+        .filter(|(k, _)| k.starts_with("Deployment/imagejob-operator-worker"))
+        .map(|(k, v)| {
+            let env = v["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array()
+                .unwrap();
+            let queues = env.iter().find(|e| e["name"] == "WORKER_QUEUES").unwrap();
+            (k.clone(), queues["value"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn with_couchbase_the_catalog_has_one_owner_beside_the_workers() {
+    let objects = render(&json!({"worker": {"replicas": 3}}));
+    assert_eq!(
+        worker_queues(&objects),
+        BTreeMap::from([
+            ("Deployment/imagejob-operator-worker".into(), "workflows".into()),
+            (
+                "Deployment/imagejob-operator-worker-similarity".into(),
+                "similarity".into()
+            ),
+        ])
+    );
+    let workers = &objects["Deployment/imagejob-operator-worker"]["spec"];
+    assert_eq!(workers["replicas"], 3);
+    assert!(
+        !workers.to_string().contains("CATALOG_PATH"),
+        "the workflows' workers open no catalog"
+    );
+    let owner = &objects["Deployment/imagejob-operator-worker-similarity"]["spec"];
+    assert_eq!(owner["replicas"], 1);
+    assert_eq!(owner["strategy"]["type"], "Recreate");
+    assert_eq!(
+        owner["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "worker-similarity"
+    );
+    assert_eq!(
+        owner["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "imagejob-operator-worker-catalog"
+    );
+    assert_eq!(
+        objects["PersistentVolumeClaim/imagejob-operator-worker-catalog"]["spec"]["resources"]
+            ["requests"]["storage"],
+        "2Gi"
+    );
+
+    // Lykdat (a key configured) needs no owner: every worker searches.
+    let lykdat = render(&json!({"worker": {"lykdat": {"existingSecret": "lykdat"}}}));
+    assert_eq!(
+        worker_queues(&lykdat),
+        BTreeMap::from([("Deployment/imagejob-operator-worker".into(), "all".into())])
+    );
+    assert!(!lykdat.contains_key("PersistentVolumeClaim/imagejob-operator-worker-catalog"));
+    // The embedded store: one worker, both queues, the catalog in its volume.
+    let embedded = render(&json!({"worker": {"replicas": 1, "metadataStore": {"backend": "embedded"}}}));
+    assert_eq!(
+        worker_queues(&embedded),
+        BTreeMap::from([("Deployment/imagejob-operator-worker".into(), "all".into())])
+    );
 }
 
 #[test]

@@ -35,8 +35,8 @@ fn limits() -> FetchLimits {
     }
 }
 
-/// Runs one job with a similarity search on `url` and returns its closed snapshot.
-async fn run(gateway: &TemporalGateway, title: &str, url: String) -> WorkflowSnapshot {
+/// Starts one job with a similarity search on `url` and returns its workflow id.
+async fn start(gateway: &TemporalGateway, title: &str, url: String) -> String {
     let id = format!("image-processing-{}", uuid::Uuid::new_v4());
     let input = ImageProcessingInput {
         url,
@@ -45,10 +45,21 @@ async fn run(gateway: &TemporalGateway, title: &str, url: String) -> WorkflowSna
         ..Default::default()
     };
     gateway.start(&id, input).await.expect("start");
-    tokio::time::timeout(CLOSE_WAIT, gateway.wait_closed(&id))
+    id
+}
+
+/// Waits for the workflow `id` to close and returns its snapshot.
+async fn closed(gateway: &TemporalGateway, id: &str) -> WorkflowSnapshot {
+    tokio::time::timeout(CLOSE_WAIT, gateway.wait_closed(id))
         .await
         .expect("closed in time")
         .expect("wait_closed")
+}
+
+/// Runs one job with a similarity search on `url` and returns its closed snapshot.
+async fn run(gateway: &TemporalGateway, title: &str, url: String) -> WorkflowSnapshot {
+    let id = start(gateway, title, url).await;
+    closed(gateway, &id).await
 }
 
 /// The products a catalog of six garments is made of: (file, title, picture).
@@ -227,6 +238,15 @@ fn worker_process(settings: &TemporalSettings, dir: &std::path::Path) -> ChildGu
     ChildGuard::spawn(worker_command(settings, dir).env_remove("IMAGE_MODEL_PATH"))
 }
 
+/// [`worker_process`] polling only the task queues `queues` names (`WORKER_QUEUES`).
+fn worker_serving(settings: &TemporalSettings, dir: &std::path::Path, queues: &str) -> ChildGuard {
+    ChildGuard::spawn(
+        worker_command(settings, dir)
+            .env_remove("IMAGE_MODEL_PATH")
+            .env("WORKER_QUEUES", queues),
+    )
+}
+
 fn worker_command(settings: &TemporalSettings, dir: &std::path::Path) -> Command {
     let mut command = Command::new(support::operator_bin());
     command
@@ -296,4 +316,117 @@ async fn with_the_model_installed_the_worker_describes_images_with_it() {
     let results = snap.similarity.expect("similarity results");
     assert_eq!(results.descriptor.as_deref(), Some("efficientnet-lite0"));
     assert_eq!(results.products[0].name, "Red shirt", "{results:?}");
+}
+
+#[tokio::test]
+async fn the_catalogs_owner_serves_the_searches_of_workflows_another_worker_runs() {
+    let (settings, gateway) = setup();
+    let server = ImageServer::start().await;
+    serve_products(&server);
+    let workflows_dir = tempfile::tempdir().unwrap();
+    let owner_dir = tempfile::tempdir().unwrap();
+    let _workflows = worker_serving(&settings, workflows_dir.path(), "workflows");
+    let mut owner = worker_serving(&settings, owner_dir.path(), "similarity");
+
+    let red_id = start(&gateway, "Red shirt", server.url("red.png")).await;
+    let red = closed(&gateway, &red_id).await;
+    assert_eq!(red.execution, ExecutionStatus::Completed, "{red:?}");
+    let blue = run(&gateway, "Blue shirt", server.url("blue.png")).await;
+    let results = blue.similarity.expect("similarity results");
+    assert_eq!(results.backend.as_deref(), Some("catalog"));
+    assert_eq!(results.products[0].name, "Red shirt", "{results:?}");
+
+    // The owner down: a job stores its document on the other worker, then its search waits
+    // for the owner instead of failing, and runs when it is back.
+    owner.kill();
+    let copy_id = start(&gateway, "Red shirt again", server.url("red.png")).await;
+    support::eventually("the copy's document stored", CLOSE_WAIT, || async {
+        let snap = gateway.snapshot(&copy_id).await.ok()?;
+        snap.state
+            .filter(|s| s.metadata_stored && snap.execution == ExecutionStatus::Running)
+            .map(drop)
+    })
+    .await;
+    let _owner = worker_serving(&settings, owner_dir.path(), "similarity");
+    let copy = closed(&gateway, &copy_id).await;
+    assert_eq!(copy.execution, ExecutionStatus::Completed, "{copy:?}");
+    let results = copy.similarity.expect("similarity results");
+    let top = &results.products[0];
+    assert_eq!(top.name, "Red shirt", "{results:?}");
+    assert_eq!(top.workflow_id.as_deref(), Some(red_id.as_str()));
+    assert!(top.duplicate, "{results:?}");
+    assert_eq!(results.products.len(), 2, "red and blue: {results:?}");
+
+    // One catalog, the owner's; the workflows' worker opened none, the owner no store.
+    assert!(owner_dir.path().join("catalog.redb").exists());
+    assert!(!workflows_dir.path().join("catalog.redb").exists());
+    assert!(workflows_dir.path().join("metadata.redb").exists());
+    assert!(!owner_dir.path().join("metadata.redb").exists());
+}
+
+mod deleted {
+    use super::*;
+    use imagejob_operator::{
+        crd::{ImageJobSpec, Phase},
+        temporal::forget_workflow_id,
+    };
+    use kube::api::DeleteParams;
+    use support::kube_env::{InProcessController, Setup, create, wait_gone, wait_phase};
+
+    fn spec(title: &str, url: String) -> ImageJobSpec {
+        ImageJobSpec {
+            url,
+            title: Some(title.to_owned()),
+            similarity_search: true,
+            ..support::kube_env::spec(true)
+        }
+    }
+
+    fn match_names(job: &imagejob_operator::crd::ImageJob) -> Vec<String> {
+        job.status
+            .as_ref()
+            .and_then(|s| s.similarity.as_ref())
+            .map(|s| s.top_matches.iter().map(|m| m.name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_deleted_jobs_image_is_removed_from_the_catalog_and_never_matched_again() {
+        let s = Setup::new("forget").await;
+        let server = ImageServer::start().await;
+        serve_products(&server);
+        let _worker = TestWorker::with_catalog(&s.settings, &["127.0.0.1/32"], limits());
+        let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+        let gateway = support::gateway(&s.settings);
+
+        create(&s.api, "red", spec("Red shirt", server.url("red.png"))).await;
+        let red = wait_phase(&s.api, "red", Phase::Completed).await;
+        let red_workflow = red.status.and_then(|st| st.workflow_id).expect("workflow id");
+        create(&s.api, "red-2", spec("Red shirt, 2nd listing", server.url("red.png"))).await;
+        let second = wait_phase(&s.api, "red-2", Phase::Completed).await;
+        assert_eq!(match_names(&second), ["Red shirt"]);
+
+        s.api
+            .delete("red", &DeleteParams::default())
+            .await
+            .expect("delete");
+        wait_gone(&s.api, "red", Duration::from_secs(60)).await;
+        let forget = forget_workflow_id(&red_workflow);
+        support::eventually("the removal workflow completed", CLOSE_WAIT, || async {
+            (gateway.execution(&forget).await.ok() == Some(ExecutionStatus::Completed))
+                .then_some(())
+        })
+        .await;
+
+        create(&s.api, "red-3", spec("Red shirt, 3rd listing", server.url("red.png"))).await;
+        let third = wait_phase(&s.api, "red-3", Phase::Completed).await;
+        assert_eq!(
+            match_names(&third),
+            ["Red shirt, 2nd listing"],
+            "the deleted job is matched no more"
+        );
+        // What was found before the delete stays as it was found.
+        let second = s.api.get("red-2").await.expect("red-2");
+        assert_eq!(match_names(&second), ["Red shirt"]);
+    }
 }

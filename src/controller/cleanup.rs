@@ -31,8 +31,33 @@ const CHECK_AGAIN: Duration = Duration::from_secs(1);
 pub(super) async fn cleanup(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
     let id = workflow_id(&job)?;
     cancel(&job, &id, ctx).await?;
+    forget_catalogued(&job, &id, ctx).await?;
     ctx.forget(&job, &id);
     Ok(Action::await_change())
+}
+
+/// Once the workflow has stopped: a job that asked for a search has its image removed from the
+/// catalog (durably: a workflow on the similarity queue, which the catalog's owner runs), so no
+/// later search returns a match pointing at a job that is gone. Results computed before keep
+/// their matches, as they were. Temporal unreachable past the release deadline: released with a
+/// Warning event saying the image may stay catalogued.
+async fn forget_catalogued(job: &ImageJob, id: &str, ctx: &Context) -> Result<()> {
+    if !job.spec.similarity_search {
+        return Ok(());
+    }
+    match ctx.gateway.forget_catalog_image(id).await {
+        Ok(()) => Ok(()),
+        Err(e) if deleting_for(job) >= ctx.settings.release_after => {
+            let note = format!(
+                "the image of workflow {id} could not be removed from the similarity catalog ({e}); released, later searches may still match it"
+            );
+            warn!(name = %job.name_any(), workflow_id = %id, "{note}");
+            ctx.event(job, EventType::Warning, "CatalogRemovalFailed", note)
+                .await;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// How long the job has been marked for deletion.

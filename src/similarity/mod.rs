@@ -10,7 +10,7 @@ mod search;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogError, TOP_K};
 pub use lykdat::{LykdatClient, LykdatError, SimilarProduct, SimilarityResults};
-pub use search::{CatalogSearch, CatalogSearchError, Describer};
+pub use search::{CatalogSearch, CatalogSearchError, Describer, ImageAbout};
 
 /// How the worker answers `run_similarity_search`.
 #[derive(Clone)]

@@ -7,7 +7,6 @@ use super::{
     model::{self, EfficientNetLite0},
 };
 use crate::fetch::{FetchError, ImageFetcher, decode_rgb};
-use crate::store::ImageDocument;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -70,6 +69,15 @@ impl Describer {
     }
 }
 
+/// What the catalog records about an image besides its picture.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImageAbout {
+    /// The workflow that processed it (matches name it; a deleted job's images go by it).
+    pub workflow_id: String,
+    /// Its job's title (a match's name).
+    pub title: Option<String>,
+}
+
 /// Searches the catalog with a job's image and adds the image to it.
 #[derive(Clone)]
 pub struct CatalogSearch {
@@ -104,23 +112,20 @@ impl CatalogSearch {
     }
 
     /// The nearest catalogued images to the one at `url`, then the image catalogued as
-    /// `image_id` (with its stored document's title and workflow, when there is one).
+    /// `image_id`, with what is known `about` it.
     pub async fn search(
         &self,
         image_id: &str,
         url: &str,
-        document: Option<ImageDocument>,
+        about: ImageAbout,
     ) -> Result<SimilarityResults, CatalogSearchError> {
         let fetched = self.fetcher.fetch(url).await?;
         let max_pixels = self.fetcher.limits().max_pixels;
         let catalog = self.catalog.clone();
         let entry_of = |vector, hash| CatalogEntry {
             image_id: image_id.to_owned(),
-            workflow_id: document
-                .as_ref()
-                .map(|d| d.workflow_id.clone())
-                .unwrap_or_default(),
-            title: document.as_ref().and_then(|d| d.title.clone()),
+            workflow_id: about.workflow_id.clone(),
+            title: about.title.clone(),
             url: url.to_owned(),
             hash,
             vector,

@@ -18,9 +18,10 @@ pub use client::{
 pub use sdk_metrics::SdkMetrics;
 pub use types::{
     ImageProcessingInput, ImageProcessingResult, ProcessingStatus, SimilaritySearchOutcome,
-    WorkflowState,
+    WorkflowState, forget_workflow_id, similarity_task_queue,
 };
 pub use worker::{
-    ImageActivities, ImageProcessingWorkflow, WorkerHandle, WorkerTuning, WorkerVersion,
+    ForgetCatalogImage, ImageActivities, ImageProcessingWorkflow, SIMILARITY_QUEUE_PATCH,
+    WorkerHandle, WorkerTuning, WorkerVersion,
     similarity_search_retry, spawn_worker, store_metadata_retry,
 };

@@ -91,6 +91,25 @@ pub struct SimilaritySearchInput {
     pub image_id: String,
     /// Image URL to search with.
     pub image_url: String,
+    /// The job's title, recorded with the image in the catalog (sent since the
+    /// `similarity-task-queue` patch; the worker searching may not see the stored document).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// The calling workflow's id, recorded with the image in the catalog (as `title`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<String>,
+}
+
+/// Task queue of the similarity search (and of removing a deleted job's image from the catalog),
+/// beside the workflow's `task_queue`: served by the workers that can search, so the catalog's
+/// owner alone serves it when workflows run on several workers.
+pub fn similarity_task_queue(task_queue: &str) -> String {
+    format!("{task_queue}-similarity")
+}
+
+/// Id of the `ForgetCatalogImage` workflow for the job run by `workflow_id`: one per job.
+pub fn forget_workflow_id(workflow_id: &str) -> String {
+    format!("forget-{workflow_id}")
 }
 
 /// What `run_similarity_search` did.

@@ -7,7 +7,8 @@ use super::{
 };
 use crate::similarity::SimilarityResults;
 use crate::temporal::{
-    CREDENTIALS_RECHECK, CredentialsFingerprint, ImageProcessingInput, ImageProcessingWorkflow,
+    CREDENTIALS_RECHECK, CredentialsFingerprint, ForgetCatalogImage, ImageProcessingInput,
+    ImageProcessingWorkflow, forget_workflow_id, similarity_task_queue,
     SdkMetrics, TemporalSettings, WorkflowState, connect,
 };
 use async_trait::async_trait;
@@ -163,6 +164,9 @@ pub trait WorkflowGateway: Send + Sync {
         workflow_id: &str,
         input: ImageProcessingInput,
     ) -> Result<StartOutcome, GatewayError>;
+    /// Starts the removal of the images the workflow catalogued (its job was deleted): a
+    /// `ForgetCatalogImage` workflow on the similarity queue, one per job (a repeat is a no-op).
+    async fn forget_catalog_image(&self, workflow_id: &str) -> Result<(), GatewayError>;
     /// Reads the workflow's status and state.
     async fn snapshot(&self, workflow_id: &str) -> Result<WorkflowSnapshot, GatewayError>;
     /// Reads only how the execution stands (one describe; no query, no result fetch).
@@ -372,6 +376,25 @@ impl WorkflowGateway for TemporalGateway {
                 run_id,
                 already_started: true,
             }),
+            Err(WorkflowStartError::Rpc(status)) => Err(from_status(&status)),
+            Err(e) => Err(GatewayError::Rpc(e.to_string())),
+        }
+    }
+
+    async fn forget_catalog_image(&self, workflow_id: &str) -> Result<(), GatewayError> {
+        let options = WorkflowStartOptions::new(
+            similarity_task_queue(&self.settings.task_queue),
+            forget_workflow_id(workflow_id),
+        )
+        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+        .build();
+        match self
+            .client()
+            .await?
+            .start_workflow(ForgetCatalogImage::run, workflow_id.to_owned(), options)
+            .await
+        {
+            Ok(_) | Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(()),
             Err(WorkflowStartError::Rpc(status)) => Err(from_status(&status)),
             Err(e) => Err(GatewayError::Rpc(e.to_string())),
         }

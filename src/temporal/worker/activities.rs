@@ -1,11 +1,13 @@
-//! The workflow's activities: thin wrappers over the metadata store and the similarity backend
-//! (Lykdat or the catalog) that classify errors as retryable or not.
+//! The workflows' activities: thin wrappers over the metadata store and the similarity backend
+//! (Lykdat or the catalog) that classify errors as retryable or not. Two sets, one per task queue:
+//! [`StoreActivities`] beside the workflows, [`SearchActivities`] on the similarity queue, which
+//! only the workers able to search poll (with the catalog backend, the catalog's owner alone).
 
 use crate::temporal::types::{
     SimilaritySearchInput, SimilaritySearchOutcome, StoreImageMetadataInput,
 };
 use crate::{
-    similarity::{LykdatError, SimilarityBackend, SimilarityResults},
+    similarity::{ImageAbout, LykdatError, SimilarityBackend, SimilarityResults},
     store::{ImageDocument, MetadataStore, StoreError},
 };
 use std::{sync::Arc, time::Duration};
@@ -14,22 +16,70 @@ use temporalio_sdk::ApplicationFailure;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use tracing::{info, warn};
 
-/// How often a long activity heartbeats (and so notices cancellation).
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
-
-/// The activities' dependencies.
+/// What a worker serves: the workflows and their store step (with a metadata store), the
+/// similarity queue (with a similarity backend), or both.
 #[derive(Clone)]
 pub struct ImageActivities {
-    store: Arc<dyn MetadataStore>,
-    similarity: SimilarityBackend,
+    store: Option<Arc<dyn MetadataStore>>,
+    similarity: Option<SimilarityBackend>,
 }
 
 impl ImageActivities {
-    /// Activities writing to `store` and searching with `similarity`.
+    /// Both queues: the workflows writing to `store`, and searches with `similarity`.
     pub fn new(store: Arc<dyn MetadataStore>, similarity: SimilarityBackend) -> Self {
-        Self { store, similarity }
+        Self {
+            store: Some(store),
+            similarity: Some(similarity),
+        }
+    }
+
+    /// The workflows and their store step only: searches run on another worker.
+    pub fn workflows_only(store: Arc<dyn MetadataStore>) -> Self {
+        Self {
+            store: Some(store),
+            similarity: None,
+        }
+    }
+
+    /// The similarity queue only: this worker owns the catalog (or calls Lykdat) for others.
+    pub fn similarity_only(similarity: SimilarityBackend) -> Self {
+        Self {
+            store: None,
+            similarity: Some(similarity),
+        }
+    }
+
+    /// The store step, when this worker runs workflows.
+    pub(super) fn store(&self) -> Option<StoreActivities> {
+        self.store.clone().map(|store| StoreActivities { store })
+    }
+
+    /// The similarity queue's activities, when this worker searches.
+    pub(super) fn search(&self) -> Option<SearchActivities> {
+        self.similarity
+            .clone()
+            .map(|similarity| SearchActivities {
+                similarity,
+                store: self.store.clone(),
+            })
     }
 }
+
+/// `store_image_metadata`, on the workflows' task queue.
+pub struct StoreActivities {
+    store: Arc<dyn MetadataStore>,
+}
+
+/// `run_similarity_search` and `forget_catalog_image`, on the similarity task queue.
+pub struct SearchActivities {
+    similarity: SimilarityBackend,
+    /// The metadata store, when this worker has one: the title of an image searched by a
+    /// workflow started before the `similarity-task-queue` patch is read from its document.
+    store: Option<Arc<dyn MetadataStore>>,
+}
+
+/// How often a long activity heartbeats (and so notices cancellation).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs `work`, heartbeating every [`HEARTBEAT_EVERY`] so a cancellation is noticed; a
 /// cancelled activity stops waiting at once.
@@ -77,7 +127,7 @@ fn validate(input: &StoreImageMetadataInput) -> Result<(), String> {
 }
 
 #[activities]
-impl ImageActivities {
+impl StoreActivities {
     /// Stores the image's metadata document and returns its image id.
     #[activity(name = "store_image_metadata")]
     pub async fn store_image_metadata(
@@ -105,7 +155,10 @@ impl ImageActivities {
             "image metadata stored");
         Ok(doc.image_id)
     }
+}
 
+#[activities]
+impl SearchActivities {
     /// Searches for similar products with the configured backend (Lykdat, or the catalog of
     /// images searched before), heartbeating so cancellation is noticed.
     #[activity(name = "run_similarity_search")]
@@ -127,10 +180,10 @@ impl ImageActivities {
                     .map_err(|e| (e.to_string(), e.is_retryable()))
             }
             SimilarityBackend::Catalog(catalog) => {
-                let document = self.store.get(&input.image_id).await.map_err(store_error)?;
+                let about = self.about(&input).await?;
                 with_heartbeats(
                     &ctx,
-                    catalog.search(&input.image_id, &input.image_url, document),
+                    catalog.search(&input.image_id, &input.image_url, about),
                 )
                 .await?
                 .map_err(|e| (e.to_string(), e.is_retryable()))
@@ -149,6 +202,48 @@ impl ImageActivities {
                 Err(application_error(message, retryable))
             }
         }
+    }
+
+    /// Removes the images of the (deleted) job run by the given workflow from the catalog, and
+    /// returns how many went; with Lykdat there is nothing to remove.
+    #[activity(name = "forget_catalog_image")]
+    pub async fn forget_catalog_image(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        workflow_id: String,
+    ) -> Result<usize, ActivityError> {
+        let SimilarityBackend::Catalog(search) = &self.similarity else {
+            return Ok(0);
+        };
+        let catalog = search.catalog().clone();
+        let id = workflow_id.clone();
+        let removed = tokio::task::spawn_blocking(move || catalog.remove_workflow(&id))
+            .await
+            .map_err(|e| application_error(format!("catalog task stopped: {e}"), true))?
+            .map_err(|e| application_error(e.to_string(), true))?;
+        info!(%workflow_id, removed, "deleted job's images removed from the catalog");
+        Ok(removed)
+    }
+}
+
+impl SearchActivities {
+    /// What the catalog records with the image: the title and workflow the input carries, else
+    /// (a workflow started before the patch) those of its stored document, when readable here.
+    async fn about(&self, input: &SimilaritySearchInput) -> Result<ImageAbout, ActivityError> {
+        if input.workflow_id.is_some() {
+            return Ok(ImageAbout {
+                workflow_id: input.workflow_id.clone().unwrap_or_default(),
+                title: input.title.clone(),
+            });
+        }
+        let document = match &self.store {
+            Some(store) => store.get(&input.image_id).await.map_err(store_error)?,
+            None => None,
+        };
+        Ok(document.map_or_else(ImageAbout::default, |d| ImageAbout {
+            workflow_id: d.workflow_id,
+            title: d.title,
+        }))
     }
 }
 

@@ -2,6 +2,7 @@
 //! worker loop.
 
 mod activities;
+mod forget;
 mod policy;
 mod run;
 mod workflow;
@@ -9,4 +10,5 @@ mod workflow;
 pub use activities::ImageActivities;
 pub use policy::{similarity_search_retry, store_metadata_retry};
 pub use run::{WorkerHandle, WorkerTuning, WorkerVersion, spawn_worker};
-pub use workflow::ImageProcessingWorkflow;
+pub use forget::ForgetCatalogImage;
+pub use workflow::{ImageProcessingWorkflow, SIMILARITY_QUEUE_PATCH};

@@ -46,3 +46,17 @@ pub fn similarity_search_options(cancel: WorkflowCancellationToken) -> ActivityO
         .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
         .build()
 }
+
+/// Options of `forget_catalog_image`: retried (every minute at most) until the catalog's owner
+/// has removed the deleted job's images; one attempt may take 30 s.
+pub fn forget_catalog_image_options() -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30))
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_secs(1))
+                .maximum_interval(Duration::from_secs(60))
+                .backoff_coefficient(2.0)
+                .build(),
+        )
+        .build()
+}

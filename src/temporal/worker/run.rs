@@ -2,8 +2,8 @@
 //! worker future is `!Send`, so it gets a thread of its own with a current-thread runtime.
 
 use crate::temporal::{
-    CREDENTIALS_RECHECK, GatewayError, ImageActivities, ImageProcessingWorkflow, SdkMetrics,
-    TemporalSettings, connect,
+    CREDENTIALS_RECHECK, ForgetCatalogImage, GatewayError, ImageActivities,
+    ImageProcessingWorkflow, SdkMetrics, TemporalSettings, connect, similarity_task_queue,
 };
 use std::{
     sync::{
@@ -18,7 +18,7 @@ use temporalio_common::{
     worker::{VersioningBehavior, WorkerDeploymentOptions},
 };
 use temporalio_sdk::{
-    Runtime, Worker, WorkerOptions,
+    Runtime, Worker, WorkerOptions, WorkerOptionsBuilder,
     runtime::{
         PollerBehavior, RuntimeOptions,
         worker_tuner::{FixedSizeSlotSupplier, TunerHolder},
@@ -187,6 +187,50 @@ struct WorkerSetup {
     metrics: Option<SdkMetrics>,
 }
 
+impl WorkerSetup {
+    /// One SDK worker per task queue this worker serves: the workflows' queue (the workflow
+    /// and its store step, plus the search for workflows started before the
+    /// `similarity-task-queue` patch) and the similarity queue (searches and catalog removals).
+    fn worker_options(&self) -> Result<Vec<(String, WorkerOptions)>, String> {
+        let main = &self.settings.task_queue;
+        let mut queues = Vec::new();
+        if let Some(store) = self.activities.store() {
+            let mut builder = WorkerOptions::new(main.clone())
+                .register_workflow::<ImageProcessingWorkflow>()
+                .map_err(|e| format!("{e:#}"))?
+                .register_activities(store);
+            if let Some(search) = self.activities.search() {
+                builder = builder.register_activities(search);
+            }
+            queues.push((main.clone(), self.finish(builder)));
+        }
+        if let Some(search) = self.activities.search() {
+            let queue = similarity_task_queue(main);
+            let builder = WorkerOptions::new(queue.clone())
+                .register_workflow::<ForgetCatalogImage>()
+                .map_err(|e| format!("{e:#}"))?
+                .register_activities(search);
+            queues.push((queue, self.finish(builder)));
+        }
+        Ok(queues)
+    }
+
+    /// `builder`'s registrations with this worker's tuning and version.
+    fn finish(&self, builder: WorkerOptionsBuilder) -> WorkerOptions {
+        let tuning = self.tuning;
+        let builder = builder
+            .max_heartbeat_throttle_interval(HEARTBEAT_THROTTLE)
+            .tuner(tuning.slots())
+            .workflow_task_poller_behavior(PollerBehavior::SimpleMaximum(tuning.workflow_pollers))
+            .activity_task_poller_behavior(PollerBehavior::SimpleMaximum(tuning.activity_pollers))
+            .max_cached_workflows(tuning.max_cached_workflows);
+        match &self.version {
+            Some(version) => builder.deployment_options(version.options()).build(),
+            None => builder.build(),
+        }
+    }
+}
+
 async fn run_until_stopped(
     setup: WorkerSetup,
     mut stopped: watch::Receiver<bool>,
@@ -229,37 +273,31 @@ async fn run_once(
         )
         .build()?;
     let settings = &setup.settings;
-    let tuning = setup.tuning;
     let runtime = Runtime::from_current_tokio(options).map_err(|e| format!("{e:#}"))?;
     let credentials = settings.credentials();
     let meter = setup.metrics.as_ref().and_then(SdkMetrics::client_meter);
     let client = connect(settings, meter).await.map_err(|e| e.to_string())?;
-    let builder = WorkerOptions::new(settings.task_queue.clone())
-        .register_workflow::<ImageProcessingWorkflow>()
-        .map_err(|e| format!("{e:#}"))?
-        .register_activities(setup.activities.clone())
-        .max_heartbeat_throttle_interval(HEARTBEAT_THROTTLE)
-        .tuner(tuning.slots())
-        .workflow_task_poller_behavior(PollerBehavior::SimpleMaximum(tuning.workflow_pollers))
-        .activity_task_poller_behavior(PollerBehavior::SimpleMaximum(tuning.activity_pollers))
-        .max_cached_workflows(tuning.max_cached_workflows);
-    let options = match &setup.version {
-        Some(version) => builder.deployment_options(version.options()).build(),
-        None => builder.build(),
-    };
-    let mut worker = Worker::new(&runtime, client, options).map_err(|e| format!("{e:#}"))?;
-    let shutdown = worker.shutdown_handle();
-    info!(task_queue = %settings.task_queue, temporal = ?settings, "worker polling");
+    let mut workers = Vec::new();
+    let mut queues = Vec::new();
+    for (task_queue, options) in setup.worker_options()? {
+        queues.push(task_queue);
+        workers.push(Worker::new(&runtime, client.clone(), options).map_err(|e| format!("{e:#}"))?);
+    }
+    let shutdowns: Vec<_> = workers.iter().map(Worker::shutdown_handle).collect();
+    let shutdown = || shutdowns.iter().for_each(|stop| stop());
+    info!(task_queues = ?queues, temporal = ?settings, "worker polling");
     polling.store(true, Ordering::Release);
     let mut stop_requested = false;
     let mut rotated = false;
     let mut recheck = tokio::time::interval(CREDENTIALS_RECHECK);
-    let run = worker.run();
+    // Every queue's worker runs until all have ended; the first failure ends them all (the
+    // others are dropped, and the whole set restarts).
+    let run = futures::future::try_join_all(workers.iter_mut().map(Worker::run));
     tokio::pin!(run);
     loop {
         tokio::select! {
             result = &mut run => {
-                return match result {
+                return match result.map(drop) {
                     Ok(()) if rotated => Err("Temporal credentials changed: reconnecting".to_owned()),
                     Ok(()) if stop_requested || *stopped.borrow() => Ok(()),
                     Ok(()) => Err("worker ended by itself".to_owned()),

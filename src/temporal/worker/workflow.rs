@@ -3,12 +3,12 @@
 //! Workflow code only: no I/O, clock or randomness but the context's.
 
 use super::{
-    activities::ImageActivities,
+    activities::{SearchActivities, StoreActivities},
     policy::{similarity_search_options, store_metadata_options},
 };
 use crate::temporal::types::{
     ImageProcessingInput, ImageProcessingResult, ProcessingStatus, SimilaritySearchInput,
-    SimilaritySearchOutcome, StoreImageMetadataInput, WorkflowState,
+    SimilaritySearchOutcome, StoreImageMetadataInput, WorkflowState, similarity_task_queue,
 };
 use futures::future::FusedFuture;
 use std::pin::pin;
@@ -18,6 +18,11 @@ use temporalio_sdk::{
     ActivityExecutionError, ApplicationFailure, SyncWorkflowContext, WorkflowCancellationToken,
     WorkflowContext, WorkflowContextView, WorkflowResult, WorkflowTermination,
 };
+
+/// Patch: the search runs on the similarity task queue (served by the workers able to search:
+/// the catalog's owner) and its input carries the job's title and workflow id. Workflows
+/// started before it run the search on their own task queue.
+pub const SIMILARITY_QUEUE_PATCH: &str = "similarity-task-queue";
 
 /// The seed's image processing workflow.
 #[workflow]
@@ -60,7 +65,7 @@ impl ImageProcessingWorkflow {
             return Err(cancelled(ctx));
         }
         let store = ctx.execute_activity(
-            ImageActivities::store_image_metadata,
+            StoreActivities::store_image_metadata,
             store_input,
             store_metadata_options(steps.clone()),
         );
@@ -76,14 +81,22 @@ impl ImageProcessingWorkflow {
         }
 
         if input.similarity_search {
-            let search_input = SimilaritySearchInput {
+            let mut search_input = SimilaritySearchInput {
                 image_id,
                 image_url: input.url,
+                title: None,
+                workflow_id: None,
             };
+            let mut options = similarity_search_options(steps.clone());
+            if ctx.patched(SIMILARITY_QUEUE_PATCH) {
+                options.task_queue = Some(similarity_task_queue(ctx.task_queue()));
+                search_input.title = input.title.clone();
+                search_input.workflow_id = Some(ctx.workflow_id().to_owned());
+            }
             let search = ctx.execute_activity(
-                ImageActivities::run_similarity_search,
+                SearchActivities::run_similarity_search,
                 search_input,
-                similarity_search_options(steps.clone()),
+                options,
             );
             let searched = guarded(ctx, &steps, search).await;
             match searched {
