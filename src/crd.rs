@@ -14,10 +14,18 @@ pub const FIELD_MANAGER: &str = "imagejob-operator";
 pub const WORKFLOW_ID_PREFIX: &str = "image-processing-";
 /// Condition type set True when the job completed, False when it failed or was cancelled.
 pub const CONDITION_SUCCEEDED: &str = "Succeeded";
-/// Whether `id` has the shape of an ImageJob's workflow id (the prefix and a UUID).
+/// The job uid in an ImageJob's workflow id: the prefix and a UUID in the one form the
+/// apiserver writes (lowercase, hyphenated). Other spellings of the same UUID (uppercase,
+/// braces, no hyphens, a URN) name no job: every lookup answers them alike, as unknown.
+pub fn workflow_uid(id: &str) -> Option<uuid::Uuid> {
+    let text = id.strip_prefix(WORKFLOW_ID_PREFIX)?;
+    let uid = uuid::Uuid::try_parse(text).ok()?;
+    (uid.hyphenated().to_string() == text).then_some(uid)
+}
+
+/// Whether `id` is an ImageJob's workflow id (see [`workflow_uid`]).
 pub fn is_workflow_id(id: &str) -> bool {
-    id.strip_prefix(WORKFLOW_ID_PREFIX)
-        .is_some_and(|uid| uuid::Uuid::parse_str(uid).is_ok())
+    workflow_uid(id).is_some()
 }
 
 /// Annotation an admin sets on a job stuck in deletion to release it without cancelling its
@@ -286,6 +294,27 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
 mod tests {
     use super::*;
     use kube::ResourceExt;
+
+    #[test]
+    fn a_workflow_id_has_one_spelling_the_apiservers() {
+        let uid = "0b7c6a2e-5f1d-4c3b-9a8e-1d2c3b4a5f6e";
+        let id = format!("{WORKFLOW_ID_PREFIX}{uid}");
+        assert_eq!(
+            workflow_uid(&id).map(|u| u.to_string()).as_deref(),
+            Some(uid)
+        );
+        for other in [
+            uid.to_uppercase(),
+            format!("{{{uid}}}"),
+            uid.replace('-', ""),
+            format!("urn:uuid:{uid}"),
+            format!("{uid} "),
+        ] {
+            let id = format!("{WORKFLOW_ID_PREFIX}{other}");
+            assert!(!is_workflow_id(&id), "{id}");
+        }
+        assert!(!is_workflow_id(uid), "the prefix is part of it");
+    }
 
     #[test]
     fn a_cached_job_fits_the_768_byte_allocation_class() {

@@ -203,8 +203,13 @@ async fn auth_requires_a_known_bearer_token() {
 
 #[tokio::test]
 async fn unknown_workflow_ids_are_404() {
-    let (_s, facade) = setup("unknown").await;
+    let (s, facade) = setup("unknown").await;
     let id = format!("image-processing-{}", uuid::Uuid::new_v4());
+    let foreign = format!("image-processing-{}", uuid::Uuid::new_v4());
+    support::gateway(&s.settings)
+        .start(&foreign, Default::default())
+        .await
+        .expect("a workflow started straight in Temporal");
     for (method, path) in [
         (
             reqwest::Method::GET,
@@ -218,6 +223,16 @@ async fn unknown_workflow_ids_are_404() {
         (
             reqwest::Method::GET,
             "/images/workflow/not-even-an-id/status".to_owned(),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/images/workflow/{id}/timeline"),
+        ),
+        // A workflow of the Temporal namespace that is no job of this facade: its history is
+        // not read.
+        (
+            reqwest::Method::GET,
+            format!("/images/workflow/{foreign}/timeline"),
         ),
     ] {
         let r = facade
@@ -296,6 +311,20 @@ async fn post_then_status_completes_and_result_equals_the_job_and_the_workflow()
         serde_json::to_value(workflow.similarity.unwrap()).unwrap()
     );
     assert_eq!(result["similarity"]["products"][0]["name"], "Blue Oxford");
+
+    // The same uid spelled otherwise names no job, on every route alike.
+    let uid = workflow_id.trim_start_matches("image-processing-");
+    for other in [
+        uid.to_uppercase(),
+        format!("{{{uid}}}"),
+        uid.replace('-', ""),
+    ] {
+        for tail in ["status", "result?timeout=1", "timeline"] {
+            let path = format!("/images/workflow/image-processing-{other}/{tail}");
+            let response = facade.http.get(facade.url(&path)).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        }
+    }
 }
 
 #[tokio::test]

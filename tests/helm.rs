@@ -281,7 +281,10 @@ fn with_couchbase_the_catalog_has_one_owner_beside_the_workers() {
     assert_eq!(
         worker_queues(&objects),
         BTreeMap::from([
-            ("Deployment/imagejob-operator-worker".into(), "workflows".into()),
+            (
+                "Deployment/imagejob-operator-worker".into(),
+                "workflows".into()
+            ),
             (
                 "Deployment/imagejob-operator-worker-similarity".into(),
                 "similarity".into()
@@ -306,8 +309,8 @@ fn with_couchbase_the_catalog_has_one_owner_beside_the_workers() {
         "imagejob-operator-worker-catalog"
     );
     assert_eq!(
-        objects["PersistentVolumeClaim/imagejob-operator-worker-catalog"]["spec"]["resources"]
-            ["requests"]["storage"],
+        objects["PersistentVolumeClaim/imagejob-operator-worker-catalog"]["spec"]["resources"]["requests"]
+            ["storage"],
         "2Gi"
     );
 
@@ -319,7 +322,8 @@ fn with_couchbase_the_catalog_has_one_owner_beside_the_workers() {
     );
     assert!(!lykdat.contains_key("PersistentVolumeClaim/imagejob-operator-worker-catalog"));
     // The embedded store: one worker, both queues, the catalog in its volume.
-    let embedded = render(&json!({"worker": {"replicas": 1, "metadataStore": {"backend": "embedded"}}}));
+    let embedded =
+        render(&json!({"worker": {"replicas": 1, "metadataStore": {"backend": "embedded"}}}));
     assert_eq!(
         worker_queues(&embedded),
         BTreeMap::from([("Deployment/imagejob-operator-worker".into(), "all".into())])
@@ -934,7 +938,8 @@ async fn the_dashboard_and_alerts_read_only_metrics_the_processes_export() {
 #[test]
 fn the_similarity_backend_and_its_fetch_limits_reach_the_worker_and_its_catalog_is_writable() {
     let objects = render(&json!({}));
-    let env = env_of(&objects, "worker");
+    // Couchbase (the default store): the catalog's owner searches, with its catalog on a claim.
+    let env = env_of(&objects, "worker-similarity");
     assert_eq!(env["SIMILARITY_BACKEND"]["value"], "auto");
     assert_eq!(env["CATALOG_PATH"]["value"], "/catalog/catalog.redb");
     assert_eq!(env["IMAGE_FETCH_MAX_BYTES"]["value"], "20971520");

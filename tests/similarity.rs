@@ -314,7 +314,10 @@ async fn with_the_model_installed_the_worker_describes_images_with_it() {
     )
     .await;
     let results = snap.similarity.expect("similarity results");
-    assert_eq!(results.descriptor.as_deref(), Some("efficientnet-lite0"));
+    assert_eq!(
+        results.descriptor.as_deref(),
+        Some("efficientnet-lite0+colour-histogram")
+    );
     assert_eq!(results.products[0].name, "Red shirt", "{results:?}");
 }
 
@@ -401,8 +404,16 @@ mod deleted {
 
         create(&s.api, "red", spec("Red shirt", server.url("red.png"))).await;
         let red = wait_phase(&s.api, "red", Phase::Completed).await;
-        let red_workflow = red.status.and_then(|st| st.workflow_id).expect("workflow id");
-        create(&s.api, "red-2", spec("Red shirt, 2nd listing", server.url("red.png"))).await;
+        let red_workflow = red
+            .status
+            .and_then(|st| st.workflow_id)
+            .expect("workflow id");
+        create(
+            &s.api,
+            "red-2",
+            spec("Red shirt, 2nd listing", server.url("red.png")),
+        )
+        .await;
         let second = wait_phase(&s.api, "red-2", Phase::Completed).await;
         assert_eq!(match_names(&second), ["Red shirt"]);
 
@@ -418,7 +429,12 @@ mod deleted {
         })
         .await;
 
-        create(&s.api, "red-3", spec("Red shirt, 3rd listing", server.url("red.png"))).await;
+        create(
+            &s.api,
+            "red-3",
+            spec("Red shirt, 3rd listing", server.url("red.png")),
+        )
+        .await;
         let third = wait_phase(&s.api, "red-3", Phase::Completed).await;
         assert_eq!(
             match_names(&third),

@@ -46,7 +46,10 @@ async fn forget_catalogued(job: &ImageJob, id: &str, ctx: &Context) -> Result<()
         return Ok(());
     }
     match ctx.gateway.forget_catalog_image(id).await {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            info!(name = %job.name_any(), workflow_id = %id, "job deleted; its image leaves the similarity catalog");
+            Ok(())
+        }
         Err(e) if deleting_for(job) >= ctx.settings.release_after => {
             let note = format!(
                 "the image of workflow {id} could not be removed from the similarity catalog ({e}); released, later searches may still match it"

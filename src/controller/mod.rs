@@ -254,7 +254,8 @@ fn trigger_fingerprint(job: &ImageJob) -> Option<u64> {
 }
 
 /// What the cache keeps of a job: what [`ImageJob::trim_for_cache`] keeps and, of a finished
-/// job, only what its reconcile reads (metadata, phase, completion time, TTL). The finished jobs
+/// job, only what its reconcile reads (metadata, phase, completion time, TTL, and whether it
+/// searched: its cleanup then removes its image from the catalog). The finished jobs
 /// cached are those with a TTL or being deleted (the others are [settled](SettledJobs)), and no
 /// write is ever made from a finished job's cached status.
 fn keep_for_reconcile(job: &mut ImageJob) {
@@ -267,6 +268,7 @@ fn keep_for_reconcile(job: &mut ImageJob) {
         };
         job.spec = ImageJobSpec {
             ttl_seconds_after_finished: job.spec.ttl_seconds_after_finished,
+            similarity_search: job.spec.similarity_search,
             ..Default::default()
         };
     }
@@ -428,6 +430,7 @@ mod tests {
                 url: "https://example.com/shirt.jpg".into(),
                 tags: vec!["summer".into()],
                 ttl_seconds_after_finished: Some(60),
+                similarity_search: true,
                 ..Default::default()
             },
         );
@@ -449,6 +452,7 @@ mod tests {
         assert_eq!(cached.phase(), Phase::Completed);
         assert_eq!(cached.finalizers(), [FINALIZER]);
         assert_eq!(cached.spec.ttl_seconds_after_finished, Some(60));
+        assert!(cached.spec.similarity_search, "its cleanup reads it");
         assert_eq!(cached.spec.url, "");
         assert!(cached.spec.tags.is_empty());
         let status = cached.status.as_ref().expect("status");

@@ -50,6 +50,14 @@ pub struct JobCache {
     deleted: Arc<RwLock<Tombstones>>,
 }
 
+/// One page of jobs, in list order.
+pub struct Page {
+    /// The jobs.
+    pub jobs: Vec<Arc<ImageJob>>,
+    /// The continue token of the next page, when one follows.
+    pub next: Option<String>,
+}
+
 /// Uids of jobs this replica saw deleted, the most recent [`TOMBSTONES`] of them: a lookup for
 /// one of them answers at once instead of waiting for a watch event that will not come.
 #[derive(Default)]
@@ -170,7 +178,7 @@ impl JobCache {
 
     /// The name of the job behind a workflow id, if it is one of ours.
     pub fn name_of(&self, workflow_id: &str) -> Option<String> {
-        let uid = uid_key(workflow_id.strip_prefix(WORKFLOW_ID_PREFIX)?)?;
+        let uid = crate::crd::workflow_uid(workflow_id)?;
         self.names_by_uid.read().ok()?.get(&uid).cloned()
     }
 
@@ -188,21 +196,27 @@ impl JobCache {
             .is_some_and(|uid| self.deleted.read().is_ok_and(|d| d.set.contains(uid)))
     }
 
-    /// One page of cached jobs in list order with their sort keys (see [`ListIndex::page`]).
-    pub fn page(&self, query: &PageQuery) -> Vec<(String, Arc<ImageJob>)> {
-        let keys = self
+    /// One page of cached jobs in list order (see [`ListIndex::page`]), and where the next one
+    /// starts. The next page is decided from the index, before jobs it names that are not in
+    /// the store yet (just created here, their watch event still on its way) are left out, so
+    /// a short page still says that more follow.
+    pub fn page(&self, query: &PageQuery) -> Page {
+        let mut keys = self
             .list_order
             .read()
             .map(|order| order.page(query))
             .unwrap_or_default();
-        keys.into_iter()
+        let next =
+            (query.limit > 0 && keys.len() > query.limit).then(|| keys[query.limit - 1].clone());
+        keys.truncate(query.limit);
+        let jobs = keys
+            .iter()
             .filter_map(|key| {
-                let job = self
-                    .store
-                    .get(&ObjectRef::new(name_in(&key)).within(&self.namespace))?;
-                Some((key, job))
+                self.store
+                    .get(&ObjectRef::new(name_in(key)).within(&self.namespace))
             })
-            .collect()
+            .collect();
+        Page { jobs, next }
     }
 
     /// Whether the first list has been received.
@@ -218,5 +232,64 @@ impl JobCache {
     /// A receiver that changes on every watch event.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ImageJobSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn job(name: &str, second: i64) -> ImageJob {
+        let mut job = ImageJob::new(name, ImageJobSpec::default());
+        job.metadata.namespace = Some("ns".into());
+        job.metadata.uid = Some(Uuid::new_v4().to_string());
+        job.metadata.creation_timestamp = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(second).unwrap(),
+        ));
+        job
+    }
+
+    #[test]
+    fn pages_go_on_past_a_job_indexed_before_its_watch_event() {
+        let (store, mut writer) = reflector::store();
+        let cache = JobCache {
+            namespace: "ns".into(),
+            store,
+            names_by_uid: Arc::default(),
+            list_order: Arc::default(),
+            changes: watch::channel(0).0,
+            updates: broadcast::channel(UPDATES_BUFFER).0,
+            ready: Arc::default(),
+            deleted: Arc::default(),
+        };
+        let (old, created_here, newest) = (job("old", 1), job("created-here", 2), job("newest", 3));
+        for stored in [&old, &newest] {
+            writer.apply_watcher_event(&Event::Apply(stored.clone()));
+        }
+        for indexed in [&old, &created_here, &newest] {
+            cache.remember(indexed);
+        }
+        let mut seen = Vec::new();
+        let mut after = None;
+        for _ in 0..5 {
+            let page = cache.page(&PageQuery {
+                status: None,
+                after: after.as_deref(),
+                newest_first: true,
+                limit: 1,
+            });
+            seen.extend(page.jobs.iter().map(|j| j.name_any()));
+            after = page.next;
+            if after.is_none() {
+                break;
+            }
+        }
+        assert_eq!(
+            seen,
+            ["newest", "old"],
+            "the job not stored yet is skipped, not the rest"
+        );
     }
 }

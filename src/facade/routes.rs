@@ -529,16 +529,17 @@ pub async fn timeline(
     State(state): State<Arc<FacadeState>>,
     Path(workflow_id): Path<String>,
 ) -> Result<Json<TimelineResponse>, ApiError> {
-    let created = match find(&state, &workflow_id).await {
-        Ok(job) => job.metadata.creation_timestamp.clone(),
-        Err(ApiError::NotFound(_)) => None,
-        Err(e) => return Err(e),
-    };
+    // Only a job of this facade's namespace has its history read: never any other workflow of
+    // the Temporal namespace.
+    let created = find(&state, &workflow_id)
+        .await?
+        .metadata
+        .creation_timestamp
+        .clone();
     let recorded = match state.gateway.timeline(&workflow_id).await {
         Ok(steps) => steps,
         // A job whose workflow has not started yet has only its creation.
-        Err(GatewayError::NotFound) if created.is_some() => Vec::new(),
-        Err(GatewayError::NotFound) => return Err(ApiError::NotFound(workflow_id)),
+        Err(GatewayError::NotFound) => Vec::new(),
         Err(e) => {
             tracing::warn!(%workflow_id, error = %e, "Temporal history unavailable");
             return Err(ApiError::Unavailable("Temporal".into()));
@@ -597,21 +598,20 @@ pub async fn list(
             });
         }
     };
-    let jobs = state.cache.page(&PageQuery {
+    let page = state.cache.page(&PageQuery {
         status: params.status.as_deref(),
         after: params.continue_token.as_deref(),
         newest_first,
         limit,
     });
-    let next = (jobs.len() > limit).then(|| jobs[limit - 1].0.clone());
-    let items = jobs
-        .into_iter()
-        .take(limit)
-        .filter_map(|(_, job)| WorkflowSummary::of(&job))
+    let items = page
+        .jobs
+        .iter()
+        .filter_map(|job| WorkflowSummary::of(job))
         .collect();
     Ok(Json(ListResponse {
         items,
-        continue_token: next,
+        continue_token: page.next,
     }))
 }
 

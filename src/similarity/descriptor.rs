@@ -37,6 +37,17 @@ pub fn classical(image: &RgbImage) -> Descriptor {
     }
 }
 
+/// `embedding` (a unit vector) joined with `image`'s colour histogram into one unit vector,
+/// weighted so that the cosine of two such vectors is `share` times their embeddings' cosine
+/// plus `1 - share` times their histograms'.
+pub fn with_colour(mut embedding: Vec<f32>, image: &RgbImage, share: f32) -> Vec<f32> {
+    scale(&mut embedding, share.sqrt());
+    let mut colour = colour_histogram(image);
+    scale(&mut colour, (1.0 - share).sqrt());
+    embedding.extend(colour);
+    embedding
+}
+
 /// The square roots of the normalized histogram (the Hellinger kernel: cosine between them
 /// compares distributions), as a unit vector.
 fn colour_histogram(image: &RgbImage) -> Vec<f32> {
@@ -144,6 +155,20 @@ mod tests {
         assert!(cosine(&red.vector, &stripes.vector) < same);
         let norm: f32 = red.vector.iter().map(|x| x * x).sum();
         assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+    }
+
+    #[test]
+    fn a_joined_vectors_cosine_weighs_its_two_parts() {
+        let red = garment([200, 30, 30], 64);
+        let blue = garment([30, 50, 200], 64);
+        let (a, b) = (vec![1.0, 0.0], vec![0.0, 1.0]);
+        let colours = cosine(&colour_histogram(&red), &colour_histogram(&blue));
+        let joined_a = with_colour(a, &red, 0.7);
+        let joined_b = with_colour(b, &blue, 0.7);
+        let norm = cosine(&joined_a, &joined_a);
+        assert!((norm - 1.0).abs() < 1e-5, "a unit vector: {norm}");
+        let expected = 0.7 * 0.0 + 0.3 * colours;
+        assert!((cosine(&joined_a, &joined_b) - expected).abs() < 1e-5);
     }
 
     #[test]

@@ -10,7 +10,9 @@ mod search;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogError, TOP_K};
 pub use lykdat::{LykdatClient, LykdatError, SimilarProduct, SimilarityResults};
-pub use search::{CatalogSearch, CatalogSearchError, Describer, ImageAbout};
+pub use search::{
+    CatalogSearch, CatalogSearchError, Describer, ImageAbout, MODEL_DESCRIPTOR, MODEL_SHARE,
+};
 
 /// How the worker answers `run_similarity_search`.
 #[derive(Clone)]

@@ -38,6 +38,11 @@ impl CatalogSearchError {
     }
 }
 
+/// The model's share of the cosine the catalog compares, the colour histogram's being the rest:
+/// the network, trained to name objects, sees a red and a blue shirt as one thing; shoppers do
+/// not (chosen with `cargo bench --bench similarity`: README, Performance).
+pub const MODEL_SHARE: f32 = 0.5;
+
 /// How an image is turned into the vector the catalog compares.
 #[derive(Clone)]
 pub enum Describer {
@@ -52,7 +57,7 @@ impl Describer {
     pub fn name(&self) -> &'static str {
         match self {
             Describer::Classical => CLASSICAL,
-            Describer::Model(_) => model::DESCRIPTOR,
+            Describer::Model(_) => MODEL_DESCRIPTOR,
         }
     }
 
@@ -62,12 +67,19 @@ impl Describer {
         match self {
             Describer::Classical => Ok(classical),
             Describer::Model(network) => Ok(Descriptor {
-                vector: network.infer(image)?.embedding,
+                vector: descriptor::with_colour(
+                    network.infer(image)?.embedding,
+                    image,
+                    MODEL_SHARE,
+                ),
                 hash: classical.hash,
             }),
         }
     }
 }
+
+/// The model describer's name in results: the embedding joined with the colour histogram.
+pub const MODEL_DESCRIPTOR: &str = "efficientnet-lite0+colour-histogram";
 
 /// What the catalog records about an image besides its picture.
 #[derive(Clone, Debug, Default, PartialEq)]

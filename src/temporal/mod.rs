@@ -22,6 +22,6 @@ pub use types::{
 };
 pub use worker::{
     ForgetCatalogImage, ImageActivities, ImageProcessingWorkflow, SIMILARITY_QUEUE_PATCH,
-    WorkerHandle, WorkerTuning, WorkerVersion,
-    similarity_search_retry, spawn_worker, store_metadata_retry,
+    WorkerHandle, WorkerTuning, WorkerVersion, similarity_search_retry, spawn_worker,
+    store_metadata_retry,
 };

@@ -8,8 +8,8 @@ use super::{
 use crate::similarity::SimilarityResults;
 use crate::temporal::{
     CREDENTIALS_RECHECK, CredentialsFingerprint, ForgetCatalogImage, ImageProcessingInput,
-    ImageProcessingWorkflow, forget_workflow_id, similarity_task_queue,
-    SdkMetrics, TemporalSettings, WorkflowState, connect,
+    ImageProcessingWorkflow, SdkMetrics, TemporalSettings, WorkflowState, connect,
+    forget_workflow_id, similarity_task_queue,
 };
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -154,6 +154,10 @@ pub struct WorkflowSnapshot {
     /// Temporal's reason for a failure, termination or timeout.
     pub failure: Option<String>,
 }
+
+/// Most history events a timeline reads: an `ImageProcessingWorkflow` has about twenty, so a
+/// history this long is not one to read to its end.
+const TIMELINE_EVENTS: usize = 500;
 
 /// Start, read and cancel `ImageProcessingWorkflow`s.
 #[async_trait]
@@ -495,6 +499,7 @@ impl WorkflowGateway for TemporalGateway {
             .handle(workflow_id)
             .await?
             .fetch_history(options)
+            .take(TIMELINE_EVENTS)
             .collect()
             .await;
         let events = events

@@ -56,12 +56,10 @@ impl ImageActivities {
 
     /// The similarity queue's activities, when this worker searches.
     pub(super) fn search(&self) -> Option<SearchActivities> {
-        self.similarity
-            .clone()
-            .map(|similarity| SearchActivities {
-                similarity,
-                store: self.store.clone(),
-            })
+        self.similarity.clone().map(|similarity| SearchActivities {
+            similarity,
+            store: self.store.clone(),
+        })
     }
 }
 

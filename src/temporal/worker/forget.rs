@@ -15,7 +15,10 @@ pub struct ForgetCatalogImage;
 impl ForgetCatalogImage {
     /// Runs `forget_catalog_image` and returns how many images went.
     #[run(name = "ForgetCatalogImage")]
-    pub async fn run(ctx: &mut WorkflowContext<Self>, workflow_id: String) -> WorkflowResult<usize> {
+    pub async fn run(
+        ctx: &mut WorkflowContext<Self>,
+        workflow_id: String,
+    ) -> WorkflowResult<usize> {
         ctx.execute_activity(
             SearchActivities::forget_catalog_image,
             workflow_id,

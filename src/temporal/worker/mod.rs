@@ -8,7 +8,7 @@ mod run;
 mod workflow;
 
 pub use activities::ImageActivities;
+pub use forget::ForgetCatalogImage;
 pub use policy::{similarity_search_retry, store_metadata_retry};
 pub use run::{WorkerHandle, WorkerTuning, WorkerVersion, spawn_worker};
-pub use forget::ForgetCatalogImage;
 pub use workflow::{ImageProcessingWorkflow, SIMILARITY_QUEUE_PATCH};
