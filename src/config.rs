@@ -199,6 +199,25 @@ pub enum StoreBackend {
     Couchbase,
 }
 
+/// A secret given by the environment (or a flag): its value never appears in `Debug` output,
+/// so a logged configuration cannot leak it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"<redacted>\"" })
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
 /// Worker options: the metadata store and the similarity search.
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
@@ -225,7 +244,7 @@ pub struct WorkerArgs {
         hide_env_values = true,
         default_value = ""
     )]
-    pub couchbase_password: String,
+    pub couchbase_password: Secret,
     /// Couchbase bucket.
     #[arg(long, env = "COUCHBASE_BUCKET", default_value = "images")]
     pub couchbase_bucket: String,
@@ -241,7 +260,7 @@ pub struct WorkerArgs {
     /// Lykdat API key (prefer the environment / a Kubernetes Secret). Unset: similarity searches
     /// are skipped with a message in the job's state.
     #[arg(long, env = "LYKDAT_API_KEY", hide_env_values = true)]
-    pub lykdat_api_key: Option<String>,
+    pub lykdat_api_key: Option<Secret>,
     /// Lykdat API base URL.
     #[arg(
         long,
@@ -422,7 +441,7 @@ impl WorkerArgs {
                         .clone()
                         .ok_or(ConfigError::Missing("COUCHBASE_CONNSTR"))?,
                     username: self.couchbase_username.clone(),
-                    password: self.couchbase_password.clone(),
+                    password: self.couchbase_password.0.clone(),
                     bucket: self.couchbase_bucket.clone(),
                     scope: self.couchbase_scope.clone(),
                     collection: self.couchbase_collection.clone(),
@@ -437,7 +456,7 @@ impl WorkerArgs {
     pub fn lykdat(&self) -> Result<LykdatClient, ConfigError> {
         Ok(LykdatClient::new(
             &self.lykdat_base_url,
-            self.lykdat_api_key.clone(),
+            self.lykdat_api_key.as_ref().map(|k| k.0.clone()),
             Duration::from_secs(self.lykdat_timeout_secs),
         )?)
     }
@@ -653,5 +672,29 @@ mod tests {
         assert!(
             TemporalOnly::try_parse_from(["t", "--temporal-grpc-compression", "zstd"]).is_err()
         );
+    }
+
+    #[derive(Parser)]
+    struct WorkerOnly {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    }
+
+    #[test]
+    fn a_logged_worker_configuration_shows_no_secret() {
+        let args = WorkerOnly::parse_from([
+            "t",
+            "--couchbase-password",
+            "couch-pass-5f3a",
+            "--lykdat-api-key",
+            "lykdat-key-9c1e",
+        ])
+        .worker;
+        let logged = format!("{args:?}");
+        assert!(!logged.contains("couch-pass-5f3a"), "{logged}");
+        assert!(!logged.contains("lykdat-key-9c1e"), "{logged}");
+        assert!(logged.contains("<redacted>"));
+        assert_eq!(args.couchbase_password.0, "couch-pass-5f3a", "the value itself is kept");
+        assert!(args.lykdat().unwrap().is_configured());
     }
 }

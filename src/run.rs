@@ -5,7 +5,7 @@ use crate::{
     config::{ControllerArgs, FacadeArgs, RunCommand, TemporalArgs, WorkerArgs},
     controller::{self, HeldJobs, Lifecycle},
     crd::ImageJob,
-    facade::{self, Auth, Draining, FacadeState, JobCache, TokenFile},
+    facade::{self, Auth, Draining, FacadeState, JobCache},
     heap::ProcessGauges,
     kube_client::{self, WriteFence},
     metrics::{Metrics, SharedMetrics},
@@ -276,9 +276,7 @@ pub async fn facade(
             .facade_tokens_file
             .clone()
             .context("FACADE_TOKENS_FILE is required (or --no-auth for local use)")?;
-        Auth::Tokens(Arc::new(
-            TokenFile::open(path).context("reading the facade tokens file")?,
-        ))
+        Auth::from_file(path).context("reading the facade tokens file")?
     };
     let settings = temporal.settings()?;
     let metrics: SharedMetrics = Arc::new(Metrics::new());

@@ -17,12 +17,15 @@ use crate::{
     crd::{ImageJob, RELEASE_ANNOTATION},
     temporal::{ExecutionStatus, GatewayError},
 };
-use k8s_openapi::jiff::Timestamp;
 use kube::{
     ResourceExt,
     runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 use tracing::{info, warn};
 
 /// Next look at a workflow being cancelled (its close watch usually wakes the job first).
@@ -50,7 +53,7 @@ async fn forget_catalogued(job: &ImageJob, id: &str, ctx: &Context) -> Result<()
             info!(name = %job.name_any(), workflow_id = %id, "job deleted; its image leaves the similarity catalog");
             Ok(())
         }
-        Err(e) if deleting_for(job) >= ctx.settings.release_after => {
+        Err(e) if deleting_for(job, ctx) >= ctx.settings.release_after => {
             let note = format!(
                 "the image of workflow {id} could not be removed from the similarity catalog ({e}); released, later searches may still match it"
             );
@@ -63,13 +66,37 @@ async fn forget_catalogued(job: &ImageJob, id: &str, ctx: &Context) -> Result<()
     }
 }
 
-/// How long the job has been marked for deletion.
-fn deleting_for(job: &ImageJob) -> Duration {
-    job.metadata
-        .deletion_timestamp
-        .as_ref()
-        .and_then(|t| Duration::try_from(Timestamp::now().duration_since(t.0)).ok())
-        .unwrap_or_default()
+/// When this replica first saw each job being deleted. How long a deletion has waited is
+/// measured on the local clock from there, never by comparing the apiserver's deletion
+/// timestamp with the local clock: a controller whose clock runs ahead would otherwise release
+/// jobs without cancelling their workflows. After a restart (or a change of leader) the wait
+/// starts again: a deadline can come late, never early.
+#[derive(Default)]
+pub(super) struct DeletionClock {
+    first_seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl DeletionClock {
+    /// How long the job `uid` has been seen being deleted (zero the first time).
+    fn waited(&self, uid: &str) -> Duration {
+        let mut seen = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.entry(uid.to_owned())
+            .or_insert_with(Instant::now)
+            .elapsed()
+    }
+
+    /// Forgets a job that is gone.
+    pub(super) fn forget(&self, uid: &str) {
+        self.first_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
+    }
+}
+
+/// How long this replica has seen the job being deleted.
+fn deleting_for(job: &ImageJob, ctx: &Context) -> Duration {
+    ctx.deletions.waited(&job.uid().unwrap_or_default())
 }
 
 /// Ok once the finalizer may go; `CancelPending` while the workflow is being cancelled.
@@ -86,7 +113,7 @@ async fn cancel(job: &ImageJob, id: &str, ctx: &Context) -> Result<()> {
             .await;
         return Ok(());
     }
-    let waited = deleting_for(job);
+    let waited = deleting_for(job, ctx);
     if waited >= ctx.settings.release_after {
         let note = format!(
             "workflow {id} could not be cancelled within {:?} of deletion; released, it may still run in Temporal",
@@ -125,4 +152,22 @@ async fn cancel(job: &ImageJob, id: &str, ctx: &Context) -> Result<()> {
         workflow_id: id.to_owned(),
         retry_in: CHECK_AGAIN,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deletion_is_timed_from_when_this_replica_saw_it_not_by_the_apiservers_clock() {
+        let clock = DeletionClock::default();
+        // Whatever the deletion timestamp says (a clock 300 s ahead would read it as 300 s old),
+        // a deletion first seen now has waited nothing.
+        assert!(clock.waited("a") < Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(clock.waited("a") >= Duration::from_millis(20), "measured from the first look");
+        assert!(clock.waited("b") < Duration::from_millis(20), "each job on its own");
+        clock.forget("a");
+        assert!(clock.waited("a") < Duration::from_millis(20), "a forgotten job starts again");
+    }
 }

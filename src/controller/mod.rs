@@ -125,6 +125,7 @@ pub struct Context {
     reporter: Reporter,
     watches: WorkflowWatches,
     backoffs: Backoffs,
+    deletions: cleanup::DeletionClock,
 }
 
 /// The workflow id of a job: `image-processing-<metadata.uid>`. Derived from the object, so a
@@ -140,6 +141,7 @@ impl Context {
     fn forget(&self, job: &ImageJob, workflow_id: &str) {
         let uid = job.uid().unwrap_or_default();
         self.backoffs.reset(&uid);
+        self.deletions.forget(&uid);
         self.metrics.forget_job(&uid);
         self.watches.forget(workflow_id);
     }
@@ -367,6 +369,7 @@ pub async fn run(
         reporter,
         watches: WorkflowWatches::new(gateway, watch_tx, settings.max_workflow_watches),
         backoffs: Backoffs::default(),
+        deletions: cleanup::DeletionClock::default(),
         settings: settings.clone(),
     });
     let alive = CacheAlive::count(&ctx.metrics.job_caches);

@@ -1,5 +1,6 @@
 //! Bearer-token authentication. Tokens live in a file (a mounted Secret), one per line; the file
-//! is re-read when it changes, so a rotated Secret takes effect without a restart.
+//! is looked at every two seconds off the request path and read again when it changed, so a
+//! rotated Secret takes effect without a restart and a request never touches the disk.
 
 use super::error::ApiError;
 use axum::{
@@ -13,7 +14,7 @@ use std::{
     collections::HashSet,
     path::PathBuf,
     sync::{Arc, RwLock},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 use subtle::{Choice, ConstantTimeEq};
 
@@ -26,10 +27,25 @@ pub enum Auth {
     Tokens(Arc<TokenFile>),
 }
 
-/// Accepted tokens, cached by the file's modification time.
+impl Auth {
+    /// Tokens from the file at `path`, watched for changes by a task spawned on the current
+    /// runtime for as long as it runs.
+    pub fn from_file(path: PathBuf) -> std::io::Result<Self> {
+        let file = Arc::new(TokenFile::open(path)?);
+        tokio::spawn(file.clone().watch());
+        Ok(Auth::Tokens(file))
+    }
+}
+
+/// How often the token file is looked at for a change (a rotated Secret).
+pub const TOKEN_FILE_RECHECK: Duration = Duration::from_secs(2);
+
+/// Accepted tokens: the SHA-256 digests of the file's tokens (the tokens themselves are not
+/// kept), read again by [`TokenFile::watch`] when the file changes, so a request only reads
+/// memory.
 pub struct TokenFile {
     path: PathBuf,
-    cache: RwLock<(Option<SystemTime>, HashSet<String>)>,
+    digests: RwLock<(Option<SystemTime>, Vec<[u8; 32]>)>,
 }
 
 impl TokenFile {
@@ -37,9 +53,10 @@ impl TokenFile {
     pub fn open(path: PathBuf) -> std::io::Result<Self> {
         let file = Self {
             path,
-            cache: RwLock::new((None, HashSet::new())),
+            digests: RwLock::new((None, Vec::new())),
         };
-        if file.tokens()?.is_empty() {
+        file.reload()?;
+        if file.digests.read().map_or(true, |d| d.1.is_empty()) {
             return Err(std::io::Error::other(format!(
                 "{} holds no token",
                 file.path.display()
@@ -48,38 +65,56 @@ impl TokenFile {
         Ok(file)
     }
 
-    fn tokens(&self) -> std::io::Result<HashSet<String>> {
+    /// Reads the file again if its modification time changed (blocking file reads).
+    fn reload(&self) -> std::io::Result<()> {
         let modified = std::fs::metadata(&self.path)?.modified().ok();
-        if let Ok(cache) = self.cache.read()
-            && cache.0.is_some()
-            && cache.0 == modified
+        if let Ok(held) = self.digests.read()
+            && held.0.is_some()
+            && held.0 == modified
         {
-            return Ok(cache.1.clone());
+            return Ok(());
         }
         let text = std::fs::read_to_string(&self.path)?;
-        let tokens: HashSet<String> = text
+        let digests: HashSet<[u8; 32]> = text
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_owned)
+            .map(|token| Sha256::digest(token.as_bytes()).into())
             .collect();
-        if let Ok(mut cache) = self.cache.write() {
-            *cache = (modified, tokens.clone());
+        if let Ok(mut held) = self.digests.write() {
+            *held = (modified, digests.into_iter().collect());
         }
-        Ok(tokens)
+        Ok(())
+    }
+
+    /// Looks at the file every [`TOKEN_FILE_RECHECK`] (on the blocking pool) and takes its
+    /// tokens when it changed; a file that cannot be read keeps the tokens last read. Runs until
+    /// dropped.
+    pub async fn watch(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(TOKEN_FILE_RECHECK);
+        loop {
+            ticks.tick().await;
+            let file = self.clone();
+            match tokio::task::spawn_blocking(move || file.reload()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(path = %self.path.display(), error = %e,
+                    "the token file cannot be read; keeping the tokens read before"),
+                Err(e) => tracing::warn!(error = %e, "the token file check stopped"),
+            }
+        }
     }
 
     /// Whether `candidate` is an accepted token. Every token is compared, each in constant
     /// time over its SHA-256 digest, so neither the match nor the length leaks through timing.
     pub fn accepts(&self, candidate: &str) -> bool {
-        let Ok(tokens) = self.tokens() else {
+        let wanted = Sha256::digest(candidate.as_bytes());
+        let Ok(held) = self.digests.read() else {
             return false;
         };
-        let wanted = Sha256::digest(candidate.as_bytes());
-        tokens
+        held.1
             .iter()
-            .fold(Choice::from(0), |found, t| {
-                found | Sha256::digest(t.as_bytes()).ct_eq(&wanted)
+            .fold(Choice::from(0), |found, digest| {
+                found | digest.as_slice().ct_eq(wanted.as_slice())
             })
             .into()
     }
@@ -134,8 +169,38 @@ mod tests {
             .unwrap()
             .set_modified(later)
             .unwrap();
+        assert!(file.accepts("alpha"), "requests read memory only: nothing changes until...");
+        file.reload().unwrap();
         assert!(file.accepts("beta"));
         assert!(!file.accepts("alpha"));
+    }
+
+    #[tokio::test]
+    async fn a_rotated_token_file_is_taken_by_the_watch_off_the_request_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "alpha\n").unwrap();
+        let Auth::Tokens(file) = Auth::from_file(path.clone()).unwrap() else {
+            panic!("tokens expected");
+        };
+        std::fs::write(&path, "gamma\n").unwrap();
+        let later = SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + 4 * TOKEN_FILE_RECHECK;
+        while !file.accepts("gamma") {
+            assert!(tokio::time::Instant::now() < deadline, "the rotation was not taken");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!file.accepts("alpha"));
+        // A file that vanishes keeps the tokens read before.
+        std::fs::remove_file(&path).unwrap();
+        assert!(file.reload().is_err());
+        assert!(file.accepts("gamma"));
     }
 
     #[test]

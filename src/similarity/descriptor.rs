@@ -7,8 +7,6 @@ use image::{RgbImage, imageops::FilterType};
 
 /// Name of this descriptor in search results.
 pub const CLASSICAL: &str = "colour-histogram+layout+dhash";
-/// Bins per channel of the colour histogram (4 x 4 x 4 = 64 bins).
-const BINS: usize = 4;
 /// Side of the grey-level layout thumbnail (16 x 16 = 256 values).
 const LAYOUT: u32 = 16;
 /// Weight of the colour part against the layout part (each is a unit vector before).
@@ -48,18 +46,81 @@ pub fn with_colour(mut embedding: Vec<f32>, image: &RgbImage, share: f32) -> Vec
     embedding
 }
 
-/// The square roots of the normalized histogram (the Hellinger kernel: cosine between them
-/// compares distributions), as a unit vector.
+/// The colour histogram of the image's foreground: the pixels that differ from the colour of
+/// its border (a product photographed on a plain background keeps the product's colours only;
+/// without such a border every pixel counts), in hue and saturation bins for colours and
+/// lightness bins for greys, so a brighter or darker copy keeps its bins. The square roots of
+/// the normalized counts (the Hellinger kernel: cosine between them compares distributions),
+/// as a unit vector.
 fn colour_histogram(image: &RgbImage) -> Vec<f32> {
     let small = image::imageops::resize(image, 64, 64, FilterType::Triangle);
-    let mut counts = vec![0f32; BINS * BINS * BINS];
-    let bin = |v: u8| usize::from(v) * BINS / 256;
-    for p in small.pixels() {
-        counts[(bin(p[0]) * BINS + bin(p[1])) * BINS + bin(p[2])] += 1.0;
+    let border = border_colour(&small);
+    let differs = |p: &image::Rgb<u8>| -> bool {
+        p.0.iter()
+            .zip(border)
+            .map(|(a, b)| u32::from(a.abs_diff(b)))
+            .sum::<u32>()
+            > BACKGROUND_DISTANCE
+    };
+    let foreground = small.pixels().filter(|p| differs(p)).count();
+    let all = foreground * 20 < small.pixels().len();
+    let mut counts = vec![0f32; HUES * SATURATIONS + GREYS];
+    for p in small.pixels().filter(|p| all || differs(p)) {
+        counts[colour_bin(p.0)] += 1.0;
     }
     let mut histogram: Vec<f32> = counts.into_iter().map(f32::sqrt).collect();
     normalize(&mut histogram);
     histogram
+}
+
+/// Hue bins of the colour histogram.
+const HUES: usize = 12;
+/// Saturation bins of each hue.
+const SATURATIONS: usize = 2;
+/// Lightness bins of the greys (saturation below [`GREY_SATURATION`]).
+const GREYS: usize = 4;
+/// Below this saturation (0 to 1) a pixel counts as a grey.
+const GREY_SATURATION: f32 = 0.2;
+/// A pixel this far (summed over R, G, B) from the border's colour is foreground.
+const BACKGROUND_DISTANCE: u32 = 60;
+
+/// The bin of an RGB colour: hue and saturation for a colour, lightness for a grey.
+fn colour_bin([r, g, b]: [u8; 3]) -> usize {
+    let (r, g, b) = (f32::from(r), f32::from(g), f32::from(b));
+    let max = r.max(g).max(b);
+    let min = r.min(g).min(b);
+    let saturation = if max > 0.0 { (max - min) / max } else { 0.0 };
+    if saturation < GREY_SATURATION || max < 40.0 {
+        return HUES * SATURATIONS + ((max / 256.0) * GREYS as f32) as usize;
+    }
+    let delta = max - min;
+    let hue = if max == r {
+        ((g - b) / delta).rem_euclid(6.0)
+    } else if max == g {
+        (b - r) / delta + 2.0
+    } else {
+        (r - g) / delta + 4.0
+    } / 6.0;
+    let hue_bin = ((hue * HUES as f32) as usize).min(HUES - 1);
+    let saturation_bin = (((saturation - GREY_SATURATION) / (1.0 - GREY_SATURATION))
+        * SATURATIONS as f32) as usize;
+    hue_bin * SATURATIONS + saturation_bin.min(SATURATIONS - 1)
+}
+
+/// The mean colour of the outermost two pixels of every side.
+fn border_colour(image: &RgbImage) -> [u8; 3] {
+    let (w, h) = image.dimensions();
+    let mut sum = [0u64; 3];
+    let mut n = 0u64;
+    for (x, y, p) in image.enumerate_pixels() {
+        if x < 2 || y < 2 || x + 2 >= w || y + 2 >= h {
+            for (s, c) in sum.iter_mut().zip(p.0) {
+                *s += u64::from(c);
+            }
+            n += 1;
+        }
+    }
+    sum.map(|s| (s / n.max(1)) as u8)
 }
 
 /// The grey levels of a 16 x 16 thumbnail, centred on their mean, as a unit vector.
@@ -155,6 +216,21 @@ mod tests {
         assert!(cosine(&red.vector, &stripes.vector) < same);
         let norm: f32 = red.vector.iter().map(|x| x * x).sum();
         assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+    }
+
+    #[test]
+    fn the_colour_histogram_sees_the_product_not_its_background_or_its_lighting() {
+        let red = garment([200, 30, 30], 64);
+        let histogram = colour_histogram(&red);
+        let on_blue = RgbImage::from_fn(64, 64, |x, y| {
+            let p = *red.get_pixel(x, y);
+            if p.0 == [200, 30, 30] { p } else { Rgb([90, 120, 160]) }
+        });
+        let brighter = image::imageops::brighten(&red, 40);
+        let blue = garment([30, 50, 200], 64);
+        assert!(cosine(&histogram, &colour_histogram(&on_blue)) > 0.95);
+        assert!(cosine(&histogram, &colour_histogram(&brighter)) > 0.9);
+        assert!(cosine(&histogram, &colour_histogram(&blue)) < 0.3);
     }
 
     #[test]

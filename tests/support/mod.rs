@@ -686,7 +686,7 @@ pub mod kube_env {
 /// The facade served on a loopback port, over a real apiserver.
 pub mod facade_env {
     use imagejob_operator::{
-        facade::{self, Auth, FacadeState, JobCache, TokenFile},
+        facade::{self, Auth, FacadeState, JobCache},
         metrics::Metrics,
         temporal::{TemporalGateway, TemporalSettings},
     };
@@ -722,7 +722,7 @@ pub mod facade_env {
             let tokens = tempfile::tempdir().unwrap();
             let path = tokens.path().join("tokens");
             std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-            let auth = Auth::Tokens(Arc::new(TokenFile::open(path).unwrap()));
+            let auth = Auth::from_file(path).unwrap();
             let api: Api<imagejob_operator::crd::ImageJob> = Api::namespaced(client.clone(), ns);
             let (cache, driver) = JobCache::start(api.clone(), ns.to_owned());
             tokio::spawn(driver);
