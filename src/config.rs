@@ -206,7 +206,11 @@ pub struct Secret(pub String);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"<redacted>\"" })
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
     }
 }
 
@@ -694,7 +698,10 @@ mod tests {
         assert!(!logged.contains("couch-pass-5f3a"), "{logged}");
         assert!(!logged.contains("lykdat-key-9c1e"), "{logged}");
         assert!(logged.contains("<redacted>"));
-        assert_eq!(args.couchbase_password.0, "couch-pass-5f3a", "the value itself is kept");
+        assert_eq!(
+            args.couchbase_password.0, "couch-pass-5f3a",
+            "the value itself is kept"
+        );
         assert!(args.lykdat().unwrap().is_configured());
     }
 }

@@ -261,6 +261,16 @@ impl ImageJob {
             .and_then(|uid| uuid::Uuid::parse_str(uid).ok())
     }
 
+    /// Delete parameters that delete this very object only: with its uid as a precondition, a
+    /// job deleted and created again under the same name (or another object there) is left
+    /// alone, and the apiserver answers 409.
+    pub fn delete_exactly(&self) -> kube::api::DeleteParams {
+        kube::api::DeleteParams::default().preconditions(kube::api::Preconditions {
+            uid: self.metadata.uid.clone(),
+            resource_version: None,
+        })
+    }
+
     /// Drops what no reader of a watch cache uses and can be large: managed fields, and the
     /// copy of the whole object `kubectl apply` keeps in an annotation.
     pub fn trim_for_cache(&mut self) {
@@ -294,6 +304,17 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
 mod tests {
     use super::*;
     use kube::ResourceExt;
+
+    #[test]
+    fn a_delete_names_the_object_by_its_uid() {
+        let mut job = ImageJob::new("shirt", ImageJobSpec::default());
+        job.metadata.uid = Some("0b7c6a2e-5f1d-4c3b-9a8e-1d2c3b4a5f6e".into());
+        let params = job.delete_exactly();
+        assert_eq!(
+            params.preconditions.and_then(|p| p.uid).as_deref(),
+            Some("0b7c6a2e-5f1d-4c3b-9a8e-1d2c3b4a5f6e")
+        );
+    }
 
     #[test]
     fn a_workflow_id_has_one_spelling_the_apiservers() {

@@ -720,6 +720,26 @@ async fn the_api_explorer_loads_offline_in_chromium_and_lists_every_operation() 
         outside.is_empty(),
         "requests leaving localhost: {outside:?}"
     );
+    // No other site may frame it, and a token given to "Authorize" is not kept by the browser.
+    let docs = facade.http.get(facade.url("/docs/")).send().await.unwrap();
+    assert_eq!(
+        docs.headers()["content-security-policy"],
+        "frame-ancestors 'none'"
+    );
+    assert_eq!(docs.headers()["x-frame-options"], "DENY");
+    let config = facade
+        .http
+        .get(facade.url("/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        config.contains("\"persistAuthorization\": false"),
+        "{config}"
+    );
 }
 
 #[tokio::test]

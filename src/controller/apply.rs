@@ -9,7 +9,7 @@ use crate::{
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{Patch, PatchParams},
     runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
 use serde_json::json;
@@ -313,9 +313,10 @@ async fn expire(job: &ImageJob, ctx: &Context) -> Result<Action> {
     info!(name = %job.name_any(), "TTL after finish ran out; deleting the job");
     let api: Api<ImageJob> =
         Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    match api.delete(&job.name_any(), &DeleteParams::default()).await {
+    match api.delete(&job.name_any(), &job.delete_exactly()).await {
         Ok(_) => Ok(Action::await_change()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Action::await_change()),
+        // Gone, or another object under its name now: nothing of this job is left to delete.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(Action::await_change()),
         Err(e) => Err(e.into()),
     }
 }

@@ -165,9 +165,18 @@ mod tests {
         // a deletion first seen now has waited nothing.
         assert!(clock.waited("a") < Duration::from_secs(1));
         std::thread::sleep(Duration::from_millis(20));
-        assert!(clock.waited("a") >= Duration::from_millis(20), "measured from the first look");
-        assert!(clock.waited("b") < Duration::from_millis(20), "each job on its own");
+        assert!(
+            clock.waited("a") >= Duration::from_millis(20),
+            "measured from the first look"
+        );
+        assert!(
+            clock.waited("b") < Duration::from_millis(20),
+            "each job on its own"
+        );
         clock.forget("a");
-        assert!(clock.waited("a") < Duration::from_millis(20), "a forgotten job starts again");
+        assert!(
+            clock.waited("a") < Duration::from_millis(20),
+            "a forgotten job starts again"
+        );
     }
 }

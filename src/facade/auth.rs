@@ -169,7 +169,10 @@ mod tests {
             .unwrap()
             .set_modified(later)
             .unwrap();
-        assert!(file.accepts("alpha"), "requests read memory only: nothing changes until...");
+        assert!(
+            file.accepts("alpha"),
+            "requests read memory only: nothing changes until..."
+        );
         file.reload().unwrap();
         assert!(file.accepts("beta"));
         assert!(!file.accepts("alpha"));
@@ -193,7 +196,10 @@ mod tests {
             .unwrap();
         let deadline = tokio::time::Instant::now() + 4 * TOKEN_FILE_RECHECK;
         while !file.accepts("gamma") {
-            assert!(tokio::time::Instant::now() < deadline, "the rotation was not taken");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the rotation was not taken"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(!file.accepts("alpha"));

@@ -2,6 +2,11 @@
 //! explorer (Swagger UI, served from the binary).
 
 use super::{error, events, model, routes};
+use axum::{
+    Router,
+    http::{HeaderValue, header},
+    response::Response,
+};
 use utoipa::{
     Modify, OpenApi,
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
@@ -40,9 +45,24 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The interactive explorer at `/docs` (Swagger UI with its assets built into the binary:
 /// nothing is fetched from the network), with "Authorize" for the bearer scheme and "Try it
-/// out"; it also serves `/openapi.json`.
-pub fn explorer() -> SwaggerUi {
-    SwaggerUi::new("/docs")
-        .url("/openapi.json", openapi())
-        .config(Config::default().persist_authorization(true))
+/// out"; it also serves `/openapi.json`. A token given to "Authorize" lives in the page only
+/// (not in the browser's storage), and no other site may frame the page (clickjacking).
+pub fn explorer<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::from(
+        SwaggerUi::new("/docs")
+            .url("/openapi.json", openapi())
+            .config(Config::default().persist_authorization(false)),
+    )
+    .layer(axum::middleware::map_response(no_framing))
+}
+
+/// Forbids framing the explorer's pages on other sites.
+async fn no_framing(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
 }

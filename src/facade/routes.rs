@@ -25,7 +25,7 @@ use axum::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
 };
 use prometheus_client::metrics::gauge::Gauge;
 use serde::de::DeserializeOwned;
@@ -486,11 +486,14 @@ pub async fn delete(
     let job = find(&state, &workflow_id).await?;
     match state
         .api
-        .delete(&job.name_any(), &DeleteParams::default())
+        .delete(&job.name_any(), &job.delete_exactly())
         .await
     {
         Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => return Err(ApiError::NotFound(workflow_id)),
+        // Gone, or a job of another workflow under its name now.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
+            return Err(ApiError::NotFound(workflow_id));
+        }
         Err(e) => return Err(e.into()),
     }
     let body = CancelResponse {

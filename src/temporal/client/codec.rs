@@ -9,8 +9,18 @@
 //!
 //! The format is the one of Temporal's encryption samples: `encoding: binary/encrypted`,
 //! `encryption-key-id: <id>`, and as data the 12-byte nonce followed by the ciphertext of the
-//! original payload (protobuf-encoded).
+//! original payload (protobuf-encoded), with the key id as GCM's associated data: a ciphertext
+//! relabelled with another key id does not decrypt. Payloads written before that binding (no
+//! associated data) still decrypt.
+//!
+//! A payload naming a key not held sends the codec to the directory again, at most once per
+//! [`KEY_REREAD_EVERY`] (a flood of bogus key ids costs one read, not one per payload); keys
+//! read are added to those held, never replace them, so the current key (and any other) stays
+//! however the directory changes until the process restarts. A payload met by decrypt that is
+//! not encrypted passes through unchanged: workflows started before encryption was turned on
+//! still decode.
 
+use aes_gcm::aead::Payload as Sealed;
 use aes_gcm::{
     Aes256Gcm, Key, Nonce,
     aead::{Aead, AeadCore, KeyInit, OsRng},
@@ -21,7 +31,8 @@ use prost::Message;
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
 };
 use temporalio_common::{
     data_converters::{
@@ -36,6 +47,8 @@ pub const ENCRYPTED_ENCODING: &[u8] = b"binary/encrypted";
 /// Metadata key naming the key a payload was encrypted with.
 pub const KEY_ID_METADATA: &str = "encryption-key-id";
 const NONCE_LEN: usize = 12;
+/// Least time between two reads of the key directory for a key id not held.
+pub const KEY_REREAD_EVERY: Duration = Duration::from_secs(10);
 
 /// Why the codec cannot be set up or a payload cannot be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +84,8 @@ pub struct PayloadCipher {
     dir: PathBuf,
     current: String,
     keys: Arc<RwLock<HashMap<String, Aes256Gcm>>>,
+    /// When the directory was last read for an unknown key id.
+    reread: Arc<Mutex<Option<Instant>>>,
 }
 
 fn read_keys(dir: &Path) -> Result<HashMap<String, Aes256Gcm>, CodecError> {
@@ -109,6 +124,7 @@ impl PayloadCipher {
             dir,
             current,
             keys: Arc::new(RwLock::new(keys)),
+            reread: Arc::default(),
         })
     }
 
@@ -133,8 +149,15 @@ impl PayloadCipher {
             .get(&self.current)
             .ok_or_else(|| CodecError::MissingCurrentKey(self.current.clone()))?;
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let plain = payload.encode_to_vec();
         let sealed = cipher
-            .encrypt(&nonce, payload.encode_to_vec().as_slice())
+            .encrypt(
+                &nonce,
+                Sealed {
+                    msg: &plain,
+                    aad: self.current.as_bytes(),
+                },
+            )
             .map_err(|_| CodecError::Decrypt(self.current.clone()))?;
         let mut data = nonce.to_vec();
         data.extend_from_slice(&sealed);
@@ -159,9 +182,7 @@ impl PayloadCipher {
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default();
         if !self.knows(&id) {
-            // A key added since start (a rotation): read the directory again.
-            let fresh = read_keys(&self.dir)?;
-            *self.keys.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+            self.read_new_keys()?;
         }
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
         let cipher = keys
@@ -171,10 +192,35 @@ impl PayloadCipher {
             return Err(CodecError::Decrypt(id));
         }
         let (nonce, sealed) = payload.data.split_at(NONCE_LEN);
+        let nonce = Nonce::from_slice(nonce);
+        let bound = Sealed {
+            msg: sealed,
+            aad: id.as_bytes(),
+        };
         let plain = cipher
-            .decrypt(Nonce::from_slice(nonce), sealed)
+            .decrypt(nonce, bound)
+            // Written before the key id was bound to the ciphertext.
+            .or_else(|_| cipher.decrypt(nonce, sealed))
             .map_err(|_| CodecError::Decrypt(id))?;
         Payload::decode(plain.as_slice()).map_err(|e| CodecError::Malformed(e.to_string()))
+    }
+
+    /// Reads the directory for keys added since (a rotation), at most once per
+    /// [`KEY_REREAD_EVERY`], adding them to those held.
+    fn read_new_keys(&self) -> Result<(), CodecError> {
+        {
+            let mut last = self.reread.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < KEY_REREAD_EVERY) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
+        let fresh = read_keys(&self.dir)?;
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        for (id, key) in fresh {
+            keys.entry(id).or_insert(key);
+        }
+        Ok(())
     }
 
     fn knows(&self, id: &str) -> bool {
@@ -264,6 +310,78 @@ mod tests {
         assert_eq!(after.decrypt(sealed_old).expect("old").data, b"\"old\"");
         // The process that started before the new key existed still reads new payloads.
         assert_eq!(before.decrypt(sealed_new).expect("new").data, b"\"new\"");
+    }
+
+    #[test]
+    fn a_flood_of_unknown_key_ids_reads_the_directory_once_and_loses_no_key() {
+        let dir = key_dir(&[("k1", [7; 32])]);
+        let cipher = PayloadCipher::load(dir.path().into(), "k1".into()).expect("keys");
+        let old = cipher.encrypt(&json("\"old\"")).expect("encrypt");
+        // The Secret loses every key, the current one too; then bogus payloads arrive.
+        std::fs::remove_file(dir.path().join("k1")).expect("remove");
+        let mut bogus = old.clone();
+        bogus
+            .metadata
+            .insert(KEY_ID_METADATA.into(), b"bogus-1".to_vec());
+        assert!(matches!(
+            cipher.decrypt(bogus.clone()),
+            Err(CodecError::UnknownKey(_))
+        ));
+        // A key added now is not read until the re-read interval passed: the flood costs one.
+        std::fs::write(dir.path().join("k2"), STANDARD.encode([9u8; 32])).expect("key");
+        let mut later = old.clone();
+        later
+            .metadata
+            .insert(KEY_ID_METADATA.into(), b"k2".to_vec());
+        for _ in 0..1000 {
+            assert!(matches!(
+                cipher.decrypt(bogus.clone()),
+                Err(CodecError::UnknownKey(_))
+            ));
+        }
+        assert!(matches!(
+            cipher.decrypt(later),
+            Err(CodecError::UnknownKey(_))
+        ));
+        // Nothing held was lost: new payloads still encrypt, old ones still decrypt.
+        assert_eq!(cipher.decrypt(old).expect("old").data, b"\"old\"");
+        let new = cipher
+            .encrypt(&json("\"new\""))
+            .expect("the current key is kept");
+        assert_eq!(cipher.decrypt(new).expect("new").data, b"\"new\"");
+    }
+
+    #[test]
+    fn a_ciphertext_is_bound_to_its_key_id_and_unbound_old_ones_still_decrypt() {
+        // Two ids holding the same bytes: relabelling a payload must still fail.
+        let dir = key_dir(&[("a", [5; 32]), ("b", [5; 32])]);
+        let cipher = PayloadCipher::load(dir.path().into(), "a".into()).expect("keys");
+        let mut relabelled = cipher.encrypt(&json("1")).expect("encrypt");
+        relabelled
+            .metadata
+            .insert(KEY_ID_METADATA.into(), b"b".to_vec());
+        assert!(matches!(
+            cipher.decrypt(relabelled),
+            Err(CodecError::Decrypt(_))
+        ));
+        // A payload sealed before the binding (no associated data) decodes.
+        let key = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&[5; 32]));
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let plain = json("\"legacy\"");
+        let mut data = nonce.to_vec();
+        data.extend(
+            key.encrypt(&nonce, plain.encode_to_vec().as_slice())
+                .expect("seal"),
+        );
+        let legacy = Payload {
+            metadata: HashMap::from([
+                ("encoding".to_owned(), ENCRYPTED_ENCODING.to_vec()),
+                (KEY_ID_METADATA.to_owned(), b"a".to_vec()),
+            ]),
+            data,
+            ..Default::default()
+        };
+        assert_eq!(cipher.decrypt(legacy).expect("legacy"), plain);
     }
 
     #[test]
