@@ -611,6 +611,12 @@ pub struct FacadeArgs {
     /// Whether jobs posted without `similarity_search` run the search.
     #[arg(long, env = "FACADE_SIMILARITY_DEFAULT", default_value_t = false)]
     pub similarity_search_default: bool,
+    /// Most `/result` requests waiting at once on this replica (beyond: 503 and Retry-After).
+    #[arg(long, env = "FACADE_MAX_RESULT_WAITERS", default_value_t = crate::facade::DEFAULT_RESULT_WAITERS)]
+    pub max_result_waiters: usize,
+    /// Most event streams open at once on this replica (beyond: 503 and Retry-After).
+    #[arg(long, env = "FACADE_MAX_EVENT_STREAMS", default_value_t = crate::facade::DEFAULT_EVENT_STREAMS)]
+    pub max_event_streams: usize,
     /// Seconds a job created through the facade is kept after it finished (its
     /// `ttlSecondsAfterFinished`); its status and result are then answered from Temporal for as
     /// long as Temporal retains the workflow. 0 keeps jobs forever.

@@ -300,6 +300,7 @@ pub async fn facade(
         metrics,
         temporal_ui_url: args.temporal_ui_url.as_ref().map(|u| u.to_string()),
         draining,
+        limits: facade::Limits::new(args.max_result_waiters, args.max_event_streams),
     });
     let listener = tokio::net::TcpListener::bind(args.facade_addr)
         .await

@@ -5,6 +5,7 @@ mod support;
 
 use imagejob_operator::{
     crd::Phase,
+    facade::Limits,
     temporal::{ExecutionStatus, WorkflowGateway},
 };
 use kube::ResourceExt;
@@ -911,4 +912,56 @@ async fn a_replica_told_to_stop_drains_without_dropping_a_request() {
         .expect("the replica exits after its drain")
         .unwrap();
     assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn waiters_and_event_streams_beyond_the_caps_get_503_with_retry_after() {
+    let s = Setup::new("caps").await;
+    let facade =
+        TestFacade::start_with(&s.client, &s.ns, &s.settings, None, Limits::new(2, 1)).await;
+    // No controller: the job stays unfinished, so every `/result` waits its whole timeout.
+    let (status, accepted) = post(&facade, &valid()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let result = |timeout: u32| {
+        let id = accepted["workflow_id"].as_str().unwrap().to_owned();
+        facade
+            .http
+            .get(facade.url(&format!("/images/workflow/{id}/result?timeout={timeout}")))
+    };
+    let waiting: Vec<_> = (0..2).map(|_| tokio::spawn(result(60).send())).collect();
+    eventually("both waiters waiting", Duration::from_secs(20), || async {
+        let metrics = facade.get_text("/metrics").await;
+        metrics
+            .lines()
+            .any(|l| l == "imagejob_facade_result_waiters 2")
+            .then_some(())
+    })
+    .await;
+    let refused = result(0).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "busy");
+    // The waiters gone (their clients hung up), places are free again.
+    waiting.iter().for_each(|w| w.abort());
+    eventually(
+        "a waiter admitted again",
+        Duration::from_secs(20),
+        || async { (result(0).send().await.ok()?.status() == StatusCode::ACCEPTED).then_some(()) },
+    )
+    .await;
+
+    let stream = || facade.http.get(facade.url("/images/events")).send();
+    let first = stream().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = stream().await.unwrap();
+    assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(second.headers()["retry-after"], "1");
+    drop(first);
+    eventually(
+        "a stream admitted again",
+        Duration::from_secs(20),
+        || async { (stream().await.ok()?.status() == StatusCode::OK).then_some(()) },
+    )
+    .await;
 }

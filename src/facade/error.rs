@@ -74,6 +74,9 @@ pub enum ApiError {
     /// A dependency (apiserver, Temporal) cannot be reached.
     #[error("{0} unavailable")]
     Unavailable(String),
+    /// This replica holds as many of these open as it may (see [`super::Limits`]).
+    #[error("too many {0} open on this replica; retry shortly")]
+    Busy(&'static str),
 }
 
 /// The JSON error body.
@@ -112,6 +115,7 @@ impl ApiError {
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Kubernetes { status, .. } => (*status, "kubernetes_error"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::IdempotencyKeyReused => (StatusCode::CONFLICT, "idempotency_key_reused"),
             ApiError::AlreadyFinished { .. } => (StatusCode::CONFLICT, "already_finished"),
         }
@@ -175,6 +179,12 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        if matches!(self, ApiError::Busy(_)) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
             );
         }
         response

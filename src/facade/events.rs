@@ -4,7 +4,7 @@
 //! deleted one, and `reload` when the stream cannot say what changed (the watch relisted, or
 //! this client fell behind).
 
-use super::{FacadeState, cache::JobUpdate, model::WorkflowSummary};
+use super::{ApiError, FacadeState, cache::JobUpdate, model::WorkflowSummary};
 use axum::{
     extract::State,
     response::sse::{Event, KeepAlive, Sse},
@@ -21,11 +21,14 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
     responses((status = 200, content_type = "text/event-stream",
         description = "`hello`, then `job` (a WorkflowSummary as JSON), `deleted` (a workflow id) and `reload` events"),
         (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
-        (status = 403, body = super::error::ErrorBody, description = "token not accepted")),
+        (status = 403, body = super::error::ErrorBody, description = "token not accepted"),
+        (status = 503, body = super::error::ErrorBody, description = "too many streams open on this replica (see Retry-After)")),
     security(("bearer" = [])))]
 pub async fn events(
     State(state): State<Arc<FacadeState>>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // Held by the stream for as long as it is open.
+    let place = state.limits.event_stream()?;
     let hello = Event::default().event("hello").data("{}");
     let changes = futures::stream::unfold(state.cache.updates(), |mut updates| async move {
         let event = next_event(&mut updates).await?;
@@ -36,8 +39,11 @@ pub async fn events(
     let stream = futures::stream::once(async { hello })
         .chain(changes)
         .take_until(async move { draining.started().await })
-        .map(Ok);
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .map(move |event| {
+            let _held = &place;
+            Ok(event)
+        });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
 /// The next event to send; `None` once the cache is gone.

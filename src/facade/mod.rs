@@ -10,6 +10,7 @@ mod drain;
 mod error;
 mod events;
 mod idempotency;
+mod limits;
 mod list_index;
 mod model;
 mod routes;
@@ -19,6 +20,7 @@ pub use auth::{Auth, TokenFile};
 pub use cache::JobCache;
 pub use drain::{DrainStart, Draining};
 pub use error::ApiError;
+pub use limits::{DEFAULT_EVENT_STREAMS, DEFAULT_RESULT_WAITERS, Limits};
 pub use model::{ProcessResponse, ResultResponse, StatusResponse};
 pub use ui::UiConfig;
 
@@ -65,6 +67,8 @@ pub struct FacadeState {
     pub codec: Option<PayloadCipher>,
     /// Set once the facade is shutting down (see [`Draining`]).
     pub draining: Draining,
+    /// Caps on waiting `/result` requests and event streams.
+    pub limits: Limits,
 }
 
 /// The router: API routes behind auth, probes and docs open.

@@ -274,7 +274,8 @@ async fn from_temporal(
               (status = 400, body = super::error::ErrorBody, description = "invalid query parameter"),
               (status = 404, body = super::error::ErrorBody),
               (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
-              (status = 403, body = super::error::ErrorBody, description = "token not accepted")),
+              (status = 403, body = super::error::ErrorBody, description = "token not accepted"),
+              (status = 503, body = super::error::ErrorBody, description = "too many requests waiting on this replica (see Retry-After)")),
     security(("bearer" = [])))]
 pub async fn result(
     State(state): State<Arc<FacadeState>>,
@@ -282,6 +283,7 @@ pub async fn result(
     params: Result<Query<ResultQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let params = query(params)?;
+    let _place = state.limits.result_waiter()?;
     let _in_flight = InFlight::count(&state.metrics.result_waiters);
     let wait = params
         .timeout

@@ -686,7 +686,7 @@ pub mod kube_env {
 /// The facade served on a loopback port, over a real apiserver.
 pub mod facade_env {
     use imagejob_operator::{
-        facade::{self, Auth, FacadeState, JobCache},
+        facade::{self, Auth, FacadeState, JobCache, Limits},
         metrics::Metrics,
         temporal::{TemporalGateway, TemporalSettings},
     };
@@ -709,7 +709,7 @@ pub mod facade_env {
     impl TestFacade {
         /// Serves the facade for namespace `ns`, with token auth, once its cache is filled.
         pub async fn start(client: &Client, ns: &str, settings: &TemporalSettings) -> Self {
-            Self::start_with_ttl(client, ns, settings, None).await
+            Self::start_with(client, ns, settings, None, Limits::default()).await
         }
 
         /// The same, giving the jobs it creates this TTL after finishing.
@@ -718,6 +718,17 @@ pub mod facade_env {
             ns: &str,
             settings: &TemporalSettings,
             job_ttl: Option<u32>,
+        ) -> Self {
+            Self::start_with(client, ns, settings, job_ttl, Limits::default()).await
+        }
+
+        /// The same, with a job TTL and caps of its own.
+        pub async fn start_with(
+            client: &Client,
+            ns: &str,
+            settings: &TemporalSettings,
+            job_ttl: Option<u32>,
+            limits: Limits,
         ) -> Self {
             let tokens = tempfile::tempdir().unwrap();
             let path = tokens.path().join("tokens");
@@ -744,6 +755,7 @@ pub mod facade_env {
                 temporal_namespace: settings.namespace.clone(),
                 codec: None,
                 draining: facade::Draining::never(),
+                limits,
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
