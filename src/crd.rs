@@ -261,6 +261,12 @@ impl ImageJob {
             .and_then(|uid| uuid::Uuid::parse_str(uid).ok())
     }
 
+    /// Whether this job is the one the workflow `workflow_id` runs for (its uid is in the id):
+    /// a job created again under a name an older job had is not.
+    pub fn runs(&self, workflow_id: &str) -> bool {
+        self.uid_key().is_some() && self.uid_key() == workflow_uid(workflow_id)
+    }
+
     /// Delete parameters that delete this very object only: with its uid as a precondition, a
     /// job deleted and created again under the same name (or another object there) is left
     /// alone, and the apiserver answers 409.
@@ -304,6 +310,21 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
 mod tests {
     use super::*;
     use kube::ResourceExt;
+
+    #[test]
+    fn a_job_runs_only_the_workflow_named_after_its_uid() {
+        let mut job = ImageJob::new("shirt", ImageJobSpec::default());
+        let uid = "0b7c6a2e-5f1d-4c3b-9a8e-1d2c3b4a5f6e";
+        assert!(
+            !job.runs(&format!("{WORKFLOW_ID_PREFIX}{uid}")),
+            "no uid yet"
+        );
+        job.metadata.uid = Some(uid.into());
+        assert!(job.runs(&format!("{WORKFLOW_ID_PREFIX}{uid}")));
+        assert!(!job.runs(&format!(
+            "{WORKFLOW_ID_PREFIX}1b7c6a2e-5f1d-4c3b-9a8e-1d2c3b4a5f6e"
+        )));
+    }
 
     #[test]
     fn a_delete_names_the_object_by_its_uid() {

@@ -152,6 +152,18 @@ pub async fn require_token(
 mod tests {
     use super::*;
 
+    /// Writes `text` to the file at `path`, dated 5 s ahead so the change shows even within
+    /// the file system's timestamp resolution.
+    fn rewrite(path: &std::path::Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(SystemTime::now() + Duration::from_secs(5))
+            .unwrap();
+    }
+
     #[test]
     fn tokens_are_reread_when_the_file_changes() {
         let dir = tempfile::tempdir().unwrap();
@@ -161,14 +173,7 @@ mod tests {
         assert!(file.accepts("alpha"));
         assert!(!file.accepts("beta"));
         assert!(!file.accepts("alph"));
-        std::fs::write(&path, "beta\n").unwrap();
-        let later = SystemTime::now() + std::time::Duration::from_secs(5);
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
+        rewrite(&path, "beta\n");
         assert!(
             file.accepts("alpha"),
             "requests read memory only: nothing changes until..."
@@ -186,14 +191,7 @@ mod tests {
         let Auth::Tokens(file) = Auth::from_file(path.clone()).unwrap() else {
             panic!("tokens expected");
         };
-        std::fs::write(&path, "gamma\n").unwrap();
-        let later = SystemTime::now() + Duration::from_secs(5);
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
+        rewrite(&path, "gamma\n");
         let deadline = tokio::time::Instant::now() + 4 * TOKEN_FILE_RECHECK;
         while !file.accepts("gamma") {
             assert!(

@@ -92,7 +92,17 @@ impl JobCache {
     /// polled (spawned) for the cache to fill.
     pub fn start(api: Api<ImageJob>, namespace: String) -> (Self, impl Future<Output = ()> + Send) {
         let (store, writer) = reflector::store();
-        let cache = Self {
+        let cache = Self::empty(namespace, store);
+        let events = crate::list_watch::list_watch(api)
+            .default_backoff()
+            .modify(ImageJob::trim_for_cache)
+            .reflect(writer);
+        let driver = cache.clone().drive(events);
+        (cache, driver)
+    }
+
+    fn empty(namespace: String, store: Store<ImageJob>) -> Self {
+        Self {
             namespace,
             store,
             names_by_uid: Arc::default(),
@@ -101,13 +111,7 @@ impl JobCache {
             updates: broadcast::channel(UPDATES_BUFFER).0,
             ready: Arc::default(),
             deleted: Arc::default(),
-        };
-        let events = crate::list_watch::list_watch(api)
-            .default_backoff()
-            .modify(ImageJob::trim_for_cache)
-            .reflect(writer);
-        let driver = cache.clone().drive(events);
-        (cache, driver)
+        }
     }
 
     async fn drive(self, events: impl Stream<Item = Result<Event<ImageJob>, watcher::Error>>) {
@@ -182,11 +186,12 @@ impl JobCache {
         self.names_by_uid.read().ok()?.get(&uid).cloned()
     }
 
-    /// The cached job behind a workflow id.
+    /// The cached job behind a workflow id (never another job under the same name).
     pub fn get(&self, workflow_id: &str) -> Option<Arc<ImageJob>> {
         let name = self.name_of(workflow_id)?;
         self.store
             .get(&ObjectRef::new(&name).within(&self.namespace))
+            .filter(|job| job.runs(workflow_id))
     }
 
     /// Whether this replica saw the job behind a workflow id deleted.
@@ -254,16 +259,7 @@ mod tests {
     #[test]
     fn pages_go_on_past_a_job_indexed_before_its_watch_event() {
         let (store, mut writer) = reflector::store();
-        let cache = JobCache {
-            namespace: "ns".into(),
-            store,
-            names_by_uid: Arc::default(),
-            list_order: Arc::default(),
-            changes: watch::channel(0).0,
-            updates: broadcast::channel(UPDATES_BUFFER).0,
-            ready: Arc::default(),
-            deleted: Arc::default(),
-        };
+        let cache = JobCache::empty("ns".into(), store);
         let (old, created_here, newest) = (job("old", 1), job("created-here", 2), job("newest", 3));
         for stored in [&old, &newest] {
             writer.apply_watcher_event(&Event::Apply(stored.clone()));

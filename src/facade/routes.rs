@@ -200,8 +200,9 @@ async fn find(state: &FacadeState, workflow_id: &str) -> Result<Arc<ImageJob>, A
     // Created by this replica: its name is known, read it straight from the apiserver.
     if let Some(name) = state.cache.name_of(workflow_id) {
         return match state.api.get_opt(&name).await? {
-            Some(job) => Ok(Arc::new(job)),
-            None => Err(ApiError::NotFound(workflow_id.to_owned())),
+            Some(job) if job.runs(workflow_id) => Ok(Arc::new(job)),
+            // Gone, or another job under its name now (an idempotency key used again).
+            _ => Err(ApiError::NotFound(workflow_id.to_owned())),
         };
     }
     if !crate::crd::is_workflow_id(workflow_id) || state.cache.was_deleted(workflow_id) {
@@ -449,10 +450,17 @@ pub async fn cancel(
         Err(kube::Error::Api(e)) if e.code == 404 => return Err(ApiError::NotFound(workflow_id)),
         Err(kube::Error::Api(e)) if e.code == 409 => {
             let fresh = state.api.get(&job.name_any()).await?;
+            if !fresh.runs(&workflow_id) {
+                return Err(ApiError::NotFound(workflow_id));
+            }
             if fresh.phase().is_terminal() {
                 return Err(finished(&fresh));
             }
-            let patch = serde_json::json!({"spec": {"status": RequestedStatus::Cancelled}});
+            // The uid in the patch is a precondition: never another job under the same name.
+            let patch = serde_json::json!({
+                "metadata": {"uid": job.uid()},
+                "spec": {"status": RequestedStatus::Cancelled},
+            });
             state
                 .api
                 .patch(
