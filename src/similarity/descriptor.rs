@@ -54,16 +54,16 @@ pub fn with_colour(mut embedding: Vec<f32>, image: &RgbImage, share: f32) -> Vec
 /// as a unit vector.
 fn colour_histogram(image: &RgbImage) -> Vec<f32> {
     let small = image::imageops::resize(image, 64, 64, FilterType::Triangle);
-    let border = plain_border(&small);
+    let border = border_colour(&small);
     let differs = |p: &image::Rgb<u8>| -> bool {
         p.0.iter()
-            .zip(border.unwrap_or_default())
+            .zip(border)
             .map(|(a, b)| u32::from(a.abs_diff(b)))
             .sum::<u32>()
             > BACKGROUND_DISTANCE
     };
     let foreground = small.pixels().filter(|p| differs(p)).count();
-    let all = border.is_none() || foreground * 20 < small.pixels().len();
+    let all = foreground * 20 < small.pixels().len();
     let mut counts = vec![0f32; HUES * SATURATIONS + GREYS];
     for p in small.pixels().filter(|p| all || differs(p)) {
         counts[colour_bin(p.0)] += 1.0;
@@ -102,44 +102,26 @@ fn colour_bin([r, g, b]: [u8; 3]) -> usize {
         (r - g) / delta + 4.0
     } / 6.0;
     let hue_bin = ((hue * HUES as f32) as usize).min(HUES - 1);
-    let saturation_bin =
-        (((saturation - GREY_SATURATION) / (1.0 - GREY_SATURATION)) * SATURATIONS as f32) as usize;
+    let saturation_bin = (((saturation - GREY_SATURATION) / (1.0 - GREY_SATURATION))
+        * SATURATIONS as f32) as usize;
     hue_bin * SATURATIONS + saturation_bin.min(SATURATIONS - 1)
 }
 
-/// The colour of the image's border (its outermost two pixels on every side) when that border
-/// is plain (a backdrop); `None` when it is not (a crop into the product, a photograph).
-fn plain_border(image: &RgbImage) -> Option<[u8; 3]> {
+/// The mean colour of the outermost two pixels of every side.
+fn border_colour(image: &RgbImage) -> [u8; 3] {
     let (w, h) = image.dimensions();
-    let border: Vec<[u8; 3]> = image
-        .enumerate_pixels()
-        .filter(|(x, y, _)| *x < 2 || *y < 2 || x + 2 >= w || y + 2 >= h)
-        .map(|(_, _, p)| p.0)
-        .collect();
-    let n = border.len().max(1) as u64;
     let mut sum = [0u64; 3];
-    for p in &border {
-        for (s, c) in sum.iter_mut().zip(p) {
-            *s += u64::from(*c);
+    let mut n = 0u64;
+    for (x, y, p) in image.enumerate_pixels() {
+        if x < 2 || y < 2 || x + 2 >= w || y + 2 >= h {
+            for (s, c) in sum.iter_mut().zip(p.0) {
+                *s += u64::from(c);
+            }
+            n += 1;
         }
     }
-    let mean = sum.map(|s| (s / n) as u8);
-    let spread: u64 = border
-        .iter()
-        .map(|p| {
-            p.iter()
-                .zip(mean)
-                .map(|(a, b)| u64::from(a.abs_diff(b)))
-                .sum::<u64>()
-        })
-        .sum::<u64>()
-        / n;
-    (spread <= PLAIN_BORDER_SPREAD).then_some(mean)
+    sum.map(|s| (s / n.max(1)) as u8)
 }
-
-/// Most mean distance (summed over R, G, B) of a border's pixels from their mean colour for the
-/// border to count as a plain backdrop.
-const PLAIN_BORDER_SPREAD: u64 = 24;
 
 /// The grey levels of a 16 x 16 thumbnail, centred on their mean, as a unit vector.
 fn grey_layout(image: &RgbImage) -> Vec<f32> {
@@ -242,11 +224,7 @@ mod tests {
         let histogram = colour_histogram(&red);
         let on_blue = RgbImage::from_fn(64, 64, |x, y| {
             let p = *red.get_pixel(x, y);
-            if p.0 == [200, 30, 30] {
-                p
-            } else {
-                Rgb([90, 120, 160])
-            }
+            if p.0 == [200, 30, 30] { p } else { Rgb([90, 120, 160]) }
         });
         let brighter = image::imageops::brighten(&red, 40);
         let blue = garment([30, 50, 200], 64);
