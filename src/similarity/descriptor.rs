@@ -102,8 +102,8 @@ fn colour_bin([r, g, b]: [u8; 3]) -> usize {
         (r - g) / delta + 4.0
     } / 6.0;
     let hue_bin = ((hue * HUES as f32) as usize).min(HUES - 1);
-    let saturation_bin = (((saturation - GREY_SATURATION) / (1.0 - GREY_SATURATION))
-        * SATURATIONS as f32) as usize;
+    let saturation_bin =
+        (((saturation - GREY_SATURATION) / (1.0 - GREY_SATURATION)) * SATURATIONS as f32) as usize;
     hue_bin * SATURATIONS + saturation_bin.min(SATURATIONS - 1)
 }
 
@@ -224,7 +224,11 @@ mod tests {
         let histogram = colour_histogram(&red);
         let on_blue = RgbImage::from_fn(64, 64, |x, y| {
             let p = *red.get_pixel(x, y);
-            if p.0 == [200, 30, 30] { p } else { Rgb([90, 120, 160]) }
+            if p.0 == [200, 30, 30] {
+                p
+            } else {
+                Rgb([90, 120, 160])
+            }
         });
         let brighter = image::imageops::brighten(&red, 40);
         let blue = garment([30, 50, 200], 64);
