@@ -279,11 +279,28 @@ async fn the_jobs_page_submits_shows_products_cancels_and_keeps_user_text_as_tex
     assert_eq!(browser.alert_text().await, None, "no dialog opened");
     browser.screenshot(&screenshots().join("gallery.png")).await;
 
-    // The API the page reads: newest first, and one job by its id.
+    // The API the page reads: newest first (creation times have a resolution of a second, and
+    // jobs created within one are ordered by name), and one job by its id.
+    let all = facade
+        .get_json("/images/workflows?order=newest&limit=100")
+        .await;
+    let items = all["items"].as_array().expect("items");
+    let created: Vec<&str> = items
+        .iter()
+        .map(|i| i["created_at"].as_str().unwrap_or_default())
+        .collect();
+    assert!(created.windows(2).all(|w| w[0] >= w[1]), "{all}");
+    assert!(
+        items.iter().any(|i| i["workflow_id"] == json!(xss)),
+        "{all}"
+    );
     let newest = facade
         .get_json("/images/workflows?order=newest&limit=1")
         .await;
-    assert_eq!(newest["items"][0]["workflow_id"], json!(xss), "{newest}");
+    assert_eq!(
+        newest["items"][0]["workflow_id"], items[0]["workflow_id"],
+        "{newest}"
+    );
     assert!(newest["continue"].is_string(), "{newest}");
     let one = facade
         .get_json(&format!("/images/workflow/{searched}"))
