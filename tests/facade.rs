@@ -965,3 +965,39 @@ async fn waiters_and_event_streams_beyond_the_caps_get_503_with_retry_after() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_event_stream_ends_when_its_token_leaves_the_file() {
+    let (_s, facade) = setup("revoked").await;
+    let mut stream = facade
+        .http
+        .get(facade.url("/images/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let hello = stream.chunk().await.unwrap().expect("the hello event");
+    assert!(String::from_utf8_lossy(&hello).contains("hello"));
+
+    // The Secret rotated without the stream's token.
+    let path = facade.tokens.path().join("tokens");
+    std::fs::write(&path, "another-token-0123456789\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await
+    .expect("the stream ended once its token was gone");
+    let again = facade
+        .http
+        .get(facade.url("/images/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::FORBIDDEN);
+}

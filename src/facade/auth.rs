@@ -17,6 +17,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 use subtle::{Choice, ConstantTimeEq};
+use tokio::sync::watch;
 
 /// Who may call the API.
 #[derive(Clone)]
@@ -46,6 +47,8 @@ pub const TOKEN_FILE_RECHECK: Duration = Duration::from_secs(2);
 pub struct TokenFile {
     path: PathBuf,
     digests: RwLock<(Option<SystemTime>, Vec<[u8; 32]>)>,
+    /// Bumped each time the tokens are read again.
+    reloads: watch::Sender<u64>,
 }
 
 impl TokenFile {
@@ -54,6 +57,7 @@ impl TokenFile {
         let file = Self {
             path,
             digests: RwLock::new((None, Vec::new())),
+            reloads: watch::channel(0).0,
         };
         file.reload()?;
         if file.digests.read().map_or(true, |d| d.1.is_empty()) {
@@ -84,6 +88,7 @@ impl TokenFile {
         if let Ok(mut held) = self.digests.write() {
             *held = (modified, digests.into_iter().collect());
         }
+        self.reloads.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
 
@@ -107,7 +112,10 @@ impl TokenFile {
     /// Whether `candidate` is an accepted token. Every token is compared, each in constant
     /// time over its SHA-256 digest, so neither the match nor the length leaks through timing.
     pub fn accepts(&self, candidate: &str) -> bool {
-        let wanted = Sha256::digest(candidate.as_bytes());
+        self.accepts_digest(&Sha256::digest(candidate.as_bytes()).into())
+    }
+
+    fn accepts_digest(&self, wanted: &[u8; 32]) -> bool {
         let Ok(held) = self.digests.read() else {
             return false;
         };
@@ -117,6 +125,28 @@ impl TokenFile {
                 found | digest.as_slice().ct_eq(wanted.as_slice())
             })
             .into()
+    }
+}
+
+/// Who made a request: its token's digest, so a long request (an event stream) can end when
+/// that token leaves the file. Put in the request's extensions by [`require_token`].
+#[derive(Clone)]
+pub struct Caller {
+    digest: [u8; 32],
+    file: Arc<TokenFile>,
+}
+
+impl Caller {
+    /// Resolves once the caller's token is no longer accepted (the file was rotated without
+    /// it).
+    pub async fn revoked(self) {
+        let mut reloads = self.file.reloads.subscribe();
+        while self.file.accepts_digest(&self.digest) {
+            if reloads.changed().await.is_err() {
+                // The file is gone with the facade: nothing will revoke the token any more.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 
@@ -131,7 +161,7 @@ fn bearer_token(header: &str) -> Option<&str> {
 /// Middleware: 401 without a bearer token, 403 with one that is not accepted.
 pub async fn require_token(
     State(auth): State<Auth>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Auth::Tokens(file) = &auth {
@@ -141,9 +171,14 @@ pub async fn require_token(
             .and_then(|v| v.to_str().ok())
             .ok_or(ApiError::Unauthenticated)?;
         let token = bearer_token(header).ok_or(ApiError::Unauthenticated)?;
-        if !file.accepts(token) {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if !file.accepts_digest(&digest) {
             return Err(ApiError::Forbidden);
         }
+        request.extensions_mut().insert(Caller {
+            digest,
+            file: file.clone(),
+        });
     }
     Ok(next.run(request).await)
 }

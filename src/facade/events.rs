@@ -4,8 +4,9 @@
 //! deleted one, and `reload` when the stream cannot say what changed (the watch relisted, or
 //! this client fell behind).
 
-use super::{ApiError, FacadeState, cache::JobUpdate, model::WorkflowSummary};
+use super::{ApiError, FacadeState, auth::Caller, cache::JobUpdate, model::WorkflowSummary};
 use axum::{
+    Extension,
     extract::State,
     response::sse::{Event, KeepAlive, Sse},
 };
@@ -26,6 +27,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
     security(("bearer" = [])))]
 pub async fn events(
     State(state): State<Arc<FacadeState>>,
+    caller: Option<Extension<Caller>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     // Held by the stream for as long as it is open.
     let place = state.limits.event_stream()?;
@@ -34,11 +36,23 @@ pub async fn events(
         let event = next_event(&mut updates).await?;
         Some((event, updates))
     });
-    // A facade shutting down ends the stream; the browser reconnects, to another replica.
+    // A facade shutting down ends the stream; the browser reconnects, to another replica. So
+    // does a token taken out of the token file: the stream ends, and reconnecting is refused.
     let draining = state.draining.clone();
+    let ended = async move {
+        match caller {
+            Some(Extension(caller)) => {
+                tokio::select! {
+                    _ = draining.started() => {}
+                    _ = caller.revoked() => {}
+                }
+            }
+            None => draining.started().await,
+        }
+    };
     let stream = futures::stream::once(async { hello })
         .chain(changes)
-        .take_until(async move { draining.started().await })
+        .take_until(ended)
         .map(move |event| {
             let _held = &place;
             Ok(event)

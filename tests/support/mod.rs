@@ -703,7 +703,8 @@ pub mod facade_env {
         /// A client sending the accepted token.
         pub http: reqwest::Client,
         _stop: tokio::sync::oneshot::Sender<()>,
-        _tokens: tempfile::TempDir,
+        /// The folder of its token file (`tokens`, holding [`TOKEN`]).
+        pub tokens: tempfile::TempDir,
     }
 
     impl TestFacade {
@@ -781,7 +782,7 @@ pub mod facade_env {
                 base,
                 http,
                 _stop: stop,
-                _tokens: tokens,
+                tokens,
             }
         }
 
