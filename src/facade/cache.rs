@@ -15,7 +15,7 @@ use kube::{
 use std::{
     collections::HashMap,
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -48,6 +48,8 @@ pub struct JobCache {
     updates: broadcast::Sender<JobUpdate>,
     ready: Arc<AtomicBool>,
     deleted: Arc<RwLock<Tombstones>>,
+    /// Per job, what its waiters (`/result`) are woken by: a change of that job only.
+    job_waiters: Arc<Mutex<HashMap<Uuid, watch::Sender<u64>>>>,
 }
 
 /// One page of jobs, in list order.
@@ -65,6 +67,9 @@ struct Tombstones {
     order: std::collections::VecDeque<String>,
     set: std::collections::HashSet<String>,
 }
+
+/// Jobs with waiter entries beyond which entries without a waiter left are swept.
+const WAITER_SWEEP_AT: usize = 1_024;
 
 /// How many deleted uids are remembered.
 const TOMBSTONES: usize = 100_000;
@@ -111,6 +116,7 @@ impl JobCache {
             updates: broadcast::channel(UPDATES_BUFFER).0,
             ready: Arc::default(),
             deleted: Arc::default(),
+            job_waiters: Arc::default(),
         }
     }
 
@@ -121,12 +127,14 @@ impl JobCache {
             match event {
                 Ok(Event::Apply(job)) => {
                     self.remember(&job);
+                    self.wake_waiters_of(job.uid_key());
                     // Only pages listening need a copy.
                     if self.updates.receiver_count() > 0 {
                         let _ = self.updates.send(JobUpdate::Applied(Arc::new(job)));
                     }
                 }
                 Ok(Event::Delete(job)) => {
+                    self.wake_waiters_of(job.uid_key());
                     if let Some(uid) = job.uid() {
                         let id = format!("{WORKFLOW_ID_PREFIX}{uid}");
                         let _ = self.updates.send(JobUpdate::Deleted(id));
@@ -163,10 +171,47 @@ impl JobCache {
                     }
                     self.ready.store(true, Ordering::Release);
                     let _ = self.updates.send(JobUpdate::Relisted);
+                    self.wake_all_waiters();
                 }
                 Err(e) => tracing::warn!(error = %e, "ImageJob watch failed; retrying"),
             }
             self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// A receiver that changes when the job behind `workflow_id` changes (or the cache is
+    /// rebuilt), and on nothing else: a waiter costs nothing while other jobs move.
+    pub fn subscribe_job(&self, workflow_id: &str) -> watch::Receiver<u64> {
+        let Some(uid) = crate::crd::workflow_uid(workflow_id) else {
+            return watch::channel(0).1;
+        };
+        let mut waiters = self.job_waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if waiters.len() >= WAITER_SWEEP_AT {
+            waiters.retain(|_, sender| sender.receiver_count() > 0);
+        }
+        waiters
+            .entry(uid)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    fn wake_waiters_of(&self, uid: Option<Uuid>) {
+        let Some(uid) = uid else { return };
+        let mut waiters = self.job_waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = waiters.get(&uid) {
+            if sender.receiver_count() == 0 {
+                waiters.remove(&uid);
+            } else {
+                sender.send_modify(|v| *v = v.wrapping_add(1));
+            }
+        }
+    }
+
+    fn wake_all_waiters(&self) {
+        let mut waiters = self.job_waiters.lock().unwrap_or_else(|p| p.into_inner());
+        waiters.retain(|_, sender| sender.receiver_count() > 0);
+        for sender in waiters.values() {
+            sender.send_modify(|v| *v = v.wrapping_add(1));
         }
     }
 
@@ -245,6 +290,7 @@ mod tests {
     use super::*;
     use crate::crd::ImageJobSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use std::time::Duration;
 
     fn job(name: &str, second: i64) -> ImageJob {
         let mut job = ImageJob::new(name, ImageJobSpec::default());
@@ -254,6 +300,39 @@ mod tests {
             k8s_openapi::jiff::Timestamp::from_second(second).unwrap(),
         ));
         job
+    }
+
+    #[tokio::test]
+    async fn a_waiter_is_woken_by_its_own_job_only() {
+        let (store, _writer) = reflector::store();
+        let cache = JobCache::empty("ns".into(), store);
+        let (mine, other) = (job("mine", 1), job("other", 2));
+        let id = |j: &ImageJob| format!("{WORKFLOW_ID_PREFIX}{}", j.uid().unwrap());
+        let mut waiting = cache.subscribe_job(&id(&mine));
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let driven = tokio::spawn(cache.clone().drive(rx));
+        tx.unbounded_send(Ok(Event::Apply(other.clone()))).unwrap();
+        tx.unbounded_send(Ok(Event::Apply(other))).unwrap();
+        // The cache saw both (its own change counter moved) before this waiter is looked at.
+        let mut all = cache.subscribe();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while *all.borrow_and_update() < 2 {
+                all.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("the other job's events were driven");
+        assert!(
+            !waiting.has_changed().unwrap(),
+            "another job's change wakes no one"
+        );
+        tx.unbounded_send(Ok(Event::Apply(mine))).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiting.changed())
+            .await
+            .expect("woken by its own job")
+            .unwrap();
+        drop(tx);
+        driven.await.unwrap();
     }
 
     #[test]

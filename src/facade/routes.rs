@@ -296,7 +296,7 @@ pub async fn result(
             message: format!("timeout must be 0 to {} seconds", MAX_RESULT_WAIT.as_secs()),
         });
     }
-    let mut changes = state.cache.subscribe();
+    let mut changes = state.cache.subscribe_job(&workflow_id);
     let deadline = tokio::time::Instant::now() + wait;
     let job = loop {
         let job = match find(&state, &workflow_id).await {
