@@ -281,9 +281,19 @@ impl Catalog {
         let tx = db.begin_read().map_err(storage)?;
         match tx.open_table(ENTRIES) {
             Ok(table) => {
+                let mut unreadable = 0usize;
                 for row in table.iter().map_err(storage)? {
                     let (_, value) = row.map_err(storage)?;
-                    entries.put(CatalogEntry::decode(value.value())?);
+                    // An entry that does not decode (written by an older build, or damaged)
+                    // is left out rather than keeping the worker from starting.
+                    match CatalogEntry::decode(value.value()) {
+                        Ok(entry) => entries.put(entry),
+                        Err(_) => unreadable += 1,
+                    }
+                }
+                if unreadable > 0 {
+                    tracing::warn!(path = %path.display(), unreadable,
+                        "catalog entries that could not be read are left out of searches");
                 }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}
@@ -438,6 +448,26 @@ mod tests {
         let reopened = Catalog::open(&path).unwrap();
         assert_eq!(reopened.len(), 3);
         assert_eq!(reopened.search(&query.vector, 7, "a").unwrap(), found);
+    }
+
+    #[test]
+    fn an_unreadable_entry_is_left_out_and_the_catalog_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.redb");
+        let catalog = Catalog::open(&path).unwrap();
+        catalog.insert(entry("a", [1.0, 0.0, 0.0], 1)).unwrap();
+        let tx = catalog.db.begin_write().unwrap();
+        {
+            let mut table = tx.open_table(ENTRIES).unwrap();
+            table.insert("damaged", [1u8, 2, 3].as_slice()).unwrap();
+            table.insert("old-layout", b"{not json}".as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+        drop(catalog);
+        let reopened = Catalog::open(&path).unwrap();
+        assert_eq!(reopened.len(), 1);
+        let query = entry("q", [1.0, 0.0, 0.0], 1);
+        assert_eq!(reopened.search(&query.vector, 1, "q").unwrap().len(), 1);
     }
 
     #[test]
