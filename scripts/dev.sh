@@ -13,9 +13,6 @@ cargo build --bin imagejob-operator
 
 stack="$IJ_ROOT/.stack/dev"
 scripts/stack.sh down "$stack" 2>/dev/null || true
-# Every run starts a fresh stack (no jobs, no workflows): documents and catalog entries of an
-# earlier run would point at jobs that no longer exist.
-rm -f "$stack/metadata.redb" "$stack/catalog.redb"
 trap 'echo; step "stopping the stack"; scripts/stack.sh down "$stack"' EXIT
 scripts/stack.sh up "$stack" --seed-ports
 # shellcheck disable=SC1091
