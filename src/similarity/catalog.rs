@@ -460,7 +460,9 @@ mod tests {
         {
             let mut table = tx.open_table(ENTRIES).unwrap();
             table.insert("damaged", [1u8, 2, 3].as_slice()).unwrap();
-            table.insert("old-layout", b"{not json}".as_slice()).unwrap();
+            table
+                .insert("old-layout", b"{not json}".as_slice())
+                .unwrap();
         }
         tx.commit().unwrap();
         drop(catalog);
