@@ -1001,3 +1001,45 @@ async fn an_event_stream_ends_when_its_token_leaves_the_file() {
         .unwrap();
     assert_eq!(again.status(), StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn a_facade_refused_by_the_apiserver_answers_502_not_the_callers_403() {
+    let s = Setup::new("refused").await;
+    // A user who may read ImageJobs in the namespace but not create them: the facade's cache
+    // fills, its POST is refused by the apiserver.
+    let user = support::unique("facade-readonly");
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "metadata": {"name": "read-jobs"},
+        "rules": [{"apiGroups": ["imagejob.dev"], "resources": ["imagejobs"],
+                   "verbs": ["get", "list", "watch"]}]
+    }))
+    .unwrap();
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "read-jobs"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-jobs"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+    }))
+    .unwrap();
+    let params = kube::api::PostParams::default();
+    kube::Api::namespaced(s.client.clone(), &s.ns)
+        .create(&params, &role)
+        .await
+        .unwrap();
+    kube::Api::namespaced(s.client.clone(), &s.ns)
+        .create(&params, &binding)
+        .await
+        .unwrap();
+    let mut config = kube::Config::infer().await.unwrap();
+    config.auth_info.impersonate = Some(user.clone());
+    let readonly = kube::Client::try_from(config).unwrap();
+    let facade = TestFacade::start(&readonly, &s.ns, &s.settings).await;
+
+    let (status, body) = post(&facade, &valid()).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"]["code"], "kubernetes_forbidden");
+    assert!(
+        !body.to_string().contains(&user),
+        "the apiserver's words, naming the facade's identity, stay in the log: {body}"
+    );
+    assert_eq!(kube_env::count(&s.api).await, 0, "nothing was created");
+}

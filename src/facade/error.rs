@@ -60,6 +60,14 @@ pub enum ApiError {
         /// The apiserver's message.
         message: String,
     },
+    /// The apiserver refused the facade's own credentials (401/403): the facade is
+    /// misconfigured, not the caller unauthorised. Answered 502, so a client (the jobs page)
+    /// never takes it for its own token being refused; the apiserver's words (which name the
+    /// facade's service account) go to the log only.
+    #[error(
+        "Kubernetes refused the facade's request: its service account lacks the rights (see the facade's log)"
+    )]
+    KubernetesForbidden,
     /// An `Idempotency-Key` already used for a different request.
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
@@ -114,6 +122,7 @@ impl ApiError {
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Kubernetes { status, .. } => (*status, "kubernetes_error"),
+            ApiError::KubernetesForbidden => (StatusCode::BAD_GATEWAY, "kubernetes_forbidden"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::IdempotencyKeyReused => (StatusCode::CONFLICT, "idempotency_key_reused"),
@@ -143,6 +152,11 @@ impl ApiError {
 impl From<kube::Error> for ApiError {
     fn from(e: kube::Error) -> Self {
         match e {
+            kube::Error::Api(status) if status.code == 401 || status.code == 403 => {
+                tracing::warn!(code = status.code, message = %status.message,
+                    "the apiserver refused the facade's request: check its RBAC");
+                ApiError::KubernetesForbidden
+            }
             kube::Error::Api(status) => {
                 let code = StatusCode::from_u16(status.code).unwrap_or(StatusCode::BAD_GATEWAY);
                 // A 5xx of the apiserver is a bad gateway for our client, not our own crash.
