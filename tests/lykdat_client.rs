@@ -98,3 +98,24 @@ async fn without_a_key_nothing_is_sent() {
     assert!(matches!(err, LykdatError::NotConfigured));
     assert!(fake.requests().is_empty());
 }
+
+#[tokio::test]
+async fn an_error_echoing_the_key_does_not_pass_it_on() {
+    let fake = FakeLykdat::start(vec![Reply::error(
+        401,
+        "invalid api_key=secret-key-7f2c in request",
+    )])
+    .await;
+    let client = support::lykdat_client(
+        &fake.base_url,
+        Some("secret-key-7f2c"),
+        Duration::from_secs(5),
+    );
+    let error = client
+        .global_search("http://127.0.0.1:9/a.jpg")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!error.contains("secret-key-7f2c"), "{error}");
+    assert!(error.contains("invalid api_key=<redacted>"), "{error}");
+}

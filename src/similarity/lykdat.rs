@@ -235,7 +235,9 @@ impl LykdatClient {
         if status.is_success() {
             return parse_search_response(&body);
         }
-        let message = error_message(&body);
+        // An upstream that echoes the request (the key travels in its form) leaks nothing:
+        // this message reaches the job's status and the API.
+        let message = error_message(&body).replace(api_key, "<redacted>");
         let status = status.as_u16();
         if status == 429 || status >= 500 {
             Err(LykdatError::Unavailable { status, message })
