@@ -19,6 +19,7 @@ scripts/stack.sh up "$stack" --seed-ports
 source "$stack/env"
 facade_port="${FACADE_PORT:-$(pick_port 8080 facade)}"
 metrics_port="${METRICS_PORT:-$(pick_port 9090 metrics)}"
+facade_admin_port="${FACADE_ADMIN_PORT:-$(pick_port 9091 facade-admin)}"
 images_port="${IMAGES_PORT:-$(pick_port 8081 images)}"
 
 # A small catalog of product pictures, made here and served on loopback only: the worker fetches
@@ -64,7 +65,7 @@ cat <<MSG
   Jobs page:    http://localhost:$facade_port/ui/
   API explorer: http://localhost:$facade_port/docs
   Temporal UI:  $TEMPORAL_UI_URL
-  Metrics:      http://localhost:$metrics_port/metrics
+  Metrics:      http://localhost:$metrics_port/metrics (controller), http://localhost:$facade_admin_port/metrics (facade)
   Ctrl-C stops the operator and the stack.
 
 MSG
@@ -74,4 +75,5 @@ EMBEDDED_STORE_PATH="${EMBEDDED_STORE_PATH:-$stack/metadata.redb}" \
   FACADE_TEMPORAL_UI_URL="${FACADE_TEMPORAL_UI_URL:-$TEMPORAL_UI_URL}" \
   FACADE_DRAIN_SECS="${FACADE_DRAIN_SECS:-0}" \
   "$CARGO_TARGET_DIR/debug/imagejob-operator" run --no-auth \
-  --facade-addr "127.0.0.1:$facade_port" --metrics-addr "127.0.0.1:$metrics_port"
+  --facade-addr "127.0.0.1:$facade_port" --facade-admin-addr "127.0.0.1:$facade_admin_port" \
+  --metrics-addr "127.0.0.1:$metrics_port"

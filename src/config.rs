@@ -599,6 +599,10 @@ pub struct FacadeArgs {
     /// Address the facade listens on.
     #[arg(long, env = "FACADE_ADDR", default_value = "127.0.0.1:8080")]
     pub facade_addr: SocketAddr,
+    /// Address of the facade's admin port: `/metrics`, `/healthz` and `/readyz`, apart from the
+    /// API so only the cluster's monitoring reaches them.
+    #[arg(long, env = "FACADE_ADMIN_ADDR", default_value = "127.0.0.1:9091")]
+    pub facade_admin_addr: SocketAddr,
     /// Namespace where the facade creates ImageJobs.
     #[arg(long, env = "FACADE_NAMESPACE", default_value = "default")]
     pub facade_namespace: String,
@@ -617,6 +621,17 @@ pub struct FacadeArgs {
     /// Most event streams open at once on this replica (beyond: 503 and Retry-After).
     #[arg(long, env = "FACADE_MAX_EVENT_STREAMS", default_value_t = crate::facade::DEFAULT_EVENT_STREAMS)]
     pub max_event_streams: usize,
+    /// Jobs one client (token) may create per second on this replica (0: no limit); beyond,
+    /// 429 and `Retry-After`.
+    #[arg(long, env = "FACADE_CREATE_RATE", default_value_t = crate::facade::QuotaSettings::default().per_second)]
+    pub create_rate: f64,
+    /// Jobs one client may create at once before its rate applies.
+    #[arg(long, env = "FACADE_CREATE_BURST", default_value_t = crate::facade::QuotaSettings::default().burst)]
+    pub create_burst: u32,
+    /// Jobs one client may have unfinished at once, counted across replicas (0: no cap);
+    /// beyond, 429 and `Retry-After`.
+    #[arg(long, env = "FACADE_MAX_JOBS_IN_FLIGHT", default_value_t = crate::facade::QuotaSettings::default().max_in_flight)]
+    pub max_jobs_in_flight: usize,
     /// Seconds a job created through the facade is kept after it finished (its
     /// `ttlSecondsAfterFinished`); its status and result are then answered from Temporal for as
     /// long as Temporal retains the workflow. 0 keeps jobs forever.

@@ -43,16 +43,37 @@ pub const CONDITION_SPEC_APPLIED: &str = "SpecApplied";
 /// The characters an image URL may not contain: ASCII whitespace, spelled out in its schema
 /// pattern (`\s` means other sets in the apiserver's Go regexps and in JSON Schema's).
 pub const URL_FORBIDDEN: [char; 6] = ['\t', '\n', '\u{b}', '\u{c}', '\r', ' '];
-/// Longest accepted image URL.
+/// Longest accepted image URL, in bytes of UTF-8 (as every limit below: a byte limit bounds what
+/// a job costs to keep and send, whatever its characters).
 pub const MAX_URL_LEN: usize = 2048;
-/// Longest accepted title.
+/// Longest accepted title, in bytes.
 pub const MAX_TITLE_LEN: usize = 256;
-/// Longest accepted description.
+/// Longest accepted description, in bytes.
 pub const MAX_DESCRIPTION_LEN: usize = 4096;
 /// Most tags on one job.
 pub const MAX_TAGS: usize = 32;
-/// Longest accepted tag.
+/// Longest accepted tag, in bytes.
 pub const MAX_TAG_LEN: usize = 64;
+
+/// A spec field outside its limits: which one (its JSON path in the spec, e.g. `tags[3]`) and
+/// what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidField {
+    /// The field's path, e.g. `title` or `tags[3]`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl InvalidField {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// An image to process: its metadata is stored and, optionally, a visual similarity search is
 /// run on it, by one durable Temporal `ImageProcessingWorkflow`.
@@ -89,18 +110,18 @@ pub const MAX_TAG_LEN: usize = 64;
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImageJobSpec {
-    /// Public http(s) URL of the image.
+    /// Public http(s) URL of the image (at most 2048 bytes).
     #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\t\n\v\f\r ]+$"))]
     pub url: String,
-    /// Optional title of the image.
+    /// Optional title of the image (at most 256 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub title: Option<String>,
-    /// Optional description of the image.
+    /// Optional description of the image (at most 4096 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub description: Option<String>,
-    /// Tags of the image (at most 32, each 1 to 64 characters).
+    /// Tags of the image (at most 32, each 1 to 64 bytes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 64)))]
     pub tags: Vec<String>,
@@ -129,6 +150,53 @@ pub enum RequestedStatus {
 }
 
 impl ImageJobSpec {
+    /// Checks the limits every job must meet, naming the first field outside them. The CRD
+    /// schema says the same with `maxLength`, which an apiserver counts in characters: a field
+    /// of multi-byte characters can pass the schema and still be refused here, by the facade
+    /// before it creates the job and by the controller before it starts a workflow.
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        let url = self.url.as_str();
+        if url.is_empty() {
+            return Err(InvalidField::new("url", "url must not be empty"));
+        }
+        if url.len() > MAX_URL_LEN {
+            return Err(InvalidField::new(
+                "url",
+                format!("url longer than {MAX_URL_LEN} bytes"),
+            ));
+        }
+        let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+        let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+        if !scheme_ok || rest.is_empty() || url.contains(URL_FORBIDDEN) {
+            return Err(InvalidField::new("url", "url must be an http or https URL"));
+        }
+        if self.title.as_ref().is_some_and(|t| t.len() > MAX_TITLE_LEN) {
+            return Err(InvalidField::new(
+                "title",
+                format!("title longer than {MAX_TITLE_LEN} bytes"),
+            ));
+        }
+        if (self.description.as_ref()).is_some_and(|d| d.len() > MAX_DESCRIPTION_LEN) {
+            return Err(InvalidField::new(
+                "description",
+                format!("description longer than {MAX_DESCRIPTION_LEN} bytes"),
+            ));
+        }
+        if self.tags.len() > MAX_TAGS {
+            return Err(InvalidField::new(
+                "tags",
+                format!("more than {MAX_TAGS} tags"),
+            ));
+        }
+        if let Some(i) = (self.tags.iter()).position(|t| t.is_empty() || t.len() > MAX_TAG_LEN) {
+            return Err(InvalidField::new(
+                format!("tags[{i}]"),
+                format!("each tag must be 1 to {MAX_TAG_LEN} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the user asked for the job to be cancelled (`spec.status: Cancelled`).
     pub fn cancel_requested(&self) -> bool {
         self.status == Some(RequestedStatus::Cancelled)

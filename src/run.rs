@@ -200,11 +200,27 @@ fn default_identity() -> String {
 struct ProbeState {
     metrics: SharedMetrics,
     held: HeldJobs,
+    /// When the jobs were last counted by phase for `/metrics`.
+    counted: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// Jobs are counted by phase (a walk of the whole cache) at most this often, however often
+/// `/metrics` is scraped: a scrape flood costs no more than one walk per period.
+const PHASE_COUNT_PERIOD: Duration = Duration::from_secs(5);
 
 impl ProbeState {
     fn jobs(&self) -> Option<controller::Jobs> {
         self.held.read().ok().and_then(|s| s.clone())
+    }
+
+    /// Whether the jobs are due to be counted again (and, if so, marks them counted now).
+    fn count_due(&self) -> bool {
+        let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+        let due = counted.is_none_or(|at| at.elapsed() >= PHASE_COUNT_PERIOD);
+        if due {
+            *counted = Some(std::time::Instant::now());
+        }
+        due
     }
 }
 
@@ -234,7 +250,9 @@ async fn serve_probes(
         .route(
             "/metrics",
             get(|State(s): State<ProbeState>| async move {
-                if let Some(jobs) = s.jobs() {
+                if let Some(jobs) = s.jobs()
+                    && s.count_due()
+                {
                     let cached = jobs.cache.state();
                     s.metrics.count_phases(
                         cached.iter().map(|j| j.as_ref()),
@@ -244,7 +262,11 @@ async fn serve_probes(
                 s.metrics.exposition().await
             }),
         )
-        .with_state(ProbeState { metrics, held });
+        .with_state(ProbeState {
+            metrics,
+            held,
+            counted: Arc::default(),
+        });
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics address {addr}"))?;
@@ -301,10 +323,34 @@ pub async fn facade(
         temporal_ui_url: args.temporal_ui_url.as_ref().map(|u| u.to_string()),
         draining,
         limits: facade::Limits::new(args.max_result_waiters, args.max_event_streams),
+        quota: facade::CreateQuota::new(facade::QuotaSettings {
+            per_second: args.create_rate,
+            burst: args.create_burst,
+            max_in_flight: args.max_jobs_in_flight,
+        }),
     });
     let listener = tokio::net::TcpListener::bind(args.facade_addr)
         .await
         .with_context(|| format!("binding the facade address {}", args.facade_addr))?;
+    let admin = tokio::net::TcpListener::bind(args.facade_admin_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the facade admin address {}",
+                args.facade_admin_addr
+            )
+        })?;
+    info!(addr = %args.facade_admin_addr, "facade metrics and probes listening");
+    // Probes and metrics answer until the API stops (through its drain).
+    let (api_stopped, admin_stop) = tokio::sync::oneshot::channel::<()>();
+    let admin = tokio::spawn(facade::serve(
+        admin,
+        facade::admin_router(state.clone()),
+        facade::HEADER_READ_TIMEOUT,
+        async move {
+            let _ = admin_stop.await;
+        },
+    ));
     info!(addr = %args.facade_addr, namespace = %args.facade_namespace, "facade listening");
     let drain = Duration::from_secs(args.drain_secs);
     let drained = async move {
@@ -316,10 +362,16 @@ pub async fn facade(
         start_drain.start();
         tokio::time::sleep(drain).await;
     };
-    axum::serve(listener, facade::router(state, auth))
-        .with_graceful_shutdown(drained)
-        .await
-        .context("facade server")
+    facade::serve(
+        listener,
+        facade::router(state, auth),
+        facade::HEADER_READ_TIMEOUT,
+        drained,
+    )
+    .await;
+    drop(api_stopped);
+    let _ = admin.await;
+    Ok(())
 }
 
 /// `run`: worker, controller and facade in one process.
@@ -330,4 +382,25 @@ pub async fn all(cmd: &RunCommand, shutdown: Shutdown) -> anyhow::Result<()> {
         facade(&cmd.temporal, &cmd.facade, shutdown),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_are_counted_by_phase_at_most_once_a_period_however_often_scraped() {
+        let probes = ProbeState {
+            metrics: Arc::new(Metrics::new()),
+            held: HeldJobs::default(),
+            counted: Arc::default(),
+        };
+        assert!(probes.count_due(), "the first scrape counts");
+        assert!(
+            !probes.count_due(),
+            "a scrape right after does not walk again"
+        );
+        *probes.counted.lock().unwrap() = Some(std::time::Instant::now() - PHASE_COUNT_PERIOD);
+        assert!(probes.count_due(), "a period later it counts again");
+    }
 }

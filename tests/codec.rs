@@ -21,10 +21,16 @@ const JOB_WAIT: Duration = Duration::from_secs(90);
 const TOKEN: &str = "codec-test-token";
 const UI_ORIGIN: &str = "http://temporal-ui.example:8233";
 
-/// `imagejob-operator run` with payload encryption under `key_id`.
+/// The Lykdat API key the operator runs with (a canary: it must never be seen again).
+const LYKDAT_CANARY: &str = "lykdat-canary-7f3a9c1e5b";
+/// The Couchbase password the operator runs with (unused by the embedded store; a canary).
+const COUCHBASE_CANARY: &str = "couchbase-canary-2d8e4b6f0a";
+
+/// `imagejob-operator run` with payload encryption under `key_id`, its log in a file.
 struct Operator {
     _child: ChildGuard,
     facade: String,
+    log: std::path::PathBuf,
 }
 
 impl Operator {
@@ -32,6 +38,8 @@ impl Operator {
         let facade_port = support::free_port();
         let tokens = dir.join("tokens");
         std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+        let log = dir.join(format!("operator-{key_id}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
         let child = ChildGuard::spawn(
             Command::new(support::operator_bin())
                 .arg("run")
@@ -42,6 +50,10 @@ impl Operator {
                 .env("FACADE_NAMESPACE", &s.ns)
                 .env("FACADE_ADDR", format!("127.0.0.1:{facade_port}"))
                 .env("FACADE_TOKENS_FILE", &tokens)
+                .env(
+                    "FACADE_ADMIN_ADDR",
+                    format!("127.0.0.1:{}", support::free_port()),
+                )
                 .env("FACADE_TEMPORAL_UI_URL", UI_ORIGIN)
                 .env(
                     "CONTROLLER_METRICS_ADDR",
@@ -53,12 +65,16 @@ impl Operator {
                     dir.join(format!("meta-{key_id}.redb")),
                 )
                 .env("LYKDAT_BASE_URL", lykdat)
-                .env("LYKDAT_API_KEY", "key")
-                .env("RUST_LOG", "warn"),
+                .env("LYKDAT_API_KEY", LYKDAT_CANARY)
+                .env("COUCHBASE_PASSWORD", COUCHBASE_CANARY)
+                .env("RUST_LOG", "info,imagejob_operator=debug")
+                .stdout(log_file.try_clone().unwrap())
+                .stderr(log_file),
         );
         Self {
             _child: child,
             facade: format!("http://127.0.0.1:{facade_port}"),
+            log,
         }
     }
 }
@@ -337,4 +353,110 @@ async fn a_key_rotated_mid_run_lets_old_and_new_workflows_finish() {
         "{old:?}"
     );
     assert!(key_ids(&new_id).iter().all(|k| k == "2026-02"));
+}
+
+#[tokio::test]
+async fn no_secret_reaches_a_log_a_status_an_event_or_an_answer() {
+    let s = Setup::new("secrets").await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    add_key(&keys, "k1", 7);
+    let payload_key = STANDARD.encode([7u8; 32]);
+    // Lykdat first refuses the key, echoing it (as some APIs do), then answers.
+    let fake = FakeLykdat::start(vec![
+        Reply::error(401, &format!("invalid api key {LYKDAT_CANARY}")),
+        Reply::ok(&[("Lookalike Jacket", 0.9)]),
+    ])
+    .await;
+    let operator = Operator::start(&s, &keys, "k1", &fake.base_url, dir.path());
+
+    create(&s.api, "refused", secret_spec(1, true)).await;
+    let refused = wait_job(&s.api, "refused", "refused Failed", JOB_WAIT, |j| {
+        j.phase() == Phase::Failed
+    })
+    .await;
+    let error = refused.status.unwrap().error.unwrap_or_default();
+    assert!(
+        error.contains("invalid api key"),
+        "the refusal is told: {error}"
+    );
+    create(&s.api, "found", secret_spec(2, true)).await;
+    let found_id = completed(&s.api, "found").await;
+
+    let http = reqwest::Client::new();
+    let mut answers = String::new();
+    let answer = |request: reqwest::RequestBuilder| {
+        let request = request.build().unwrap();
+        let http = http.clone();
+        async move {
+            let response = http.execute(request).await.unwrap();
+            let headers = format!("{:?}", response.headers());
+            format!("{headers}\n{}\n", response.text().await.unwrap())
+        }
+    };
+    let base = &operator.facade;
+    let accepted = answer(
+        http.post(format!("{base}/images/process"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"url": "https://example.com/a.jpg", "similarity_search": true})),
+    )
+    .await;
+    answers.push_str(&accepted);
+    for path in [
+        format!("/images/workflow/{found_id}/status"),
+        format!("/images/workflow/{found_id}/result"),
+        format!("/images/workflow/{found_id}/timeline"),
+        "/images/workflows".to_owned(),
+        "/ui/config.json".to_owned(),
+        "/openapi.json".to_owned(),
+    ] {
+        answers.push_str(&answer(http.get(format!("{base}{path}")).bearer_auth(TOKEN)).await);
+    }
+    answers.push_str(
+        &answer(
+            http.get(format!("{base}/images/workflows"))
+                .bearer_auth("wrong"),
+        )
+        .await,
+    );
+    answers.push_str(
+        &answer(
+            http.post(format!("{base}/codec/decode"))
+                .bearer_auth(TOKEN)
+                .json(&json!({"payloads": [{"metadata": {"encoding": STANDARD.encode("binary/encrypted"), "encryption-key-id": STANDARD.encode("k9")}, "data": STANDARD.encode("x")}]})),
+        )
+        .await,
+    );
+    assert!(
+        answers.contains("workflow_id"),
+        "the answers were collected: {answers}"
+    );
+
+    let statuses = support::kubectl(&["get", "imagejobs", "-n", &s.ns, "-o", "yaml"]);
+    let events = support::kubectl(&["get", "events", "-n", &s.ns, "-o", "yaml"]);
+    assert!(
+        events.contains("Completed") && events.contains("Failed"),
+        "{events}"
+    );
+    let log = std::fs::read_to_string(&operator.log).unwrap();
+    assert!(
+        log.contains("workflow started"),
+        "the log was captured: {log}"
+    );
+    for (secret, name) in [
+        (LYKDAT_CANARY, "the Lykdat API key"),
+        (COUCHBASE_CANARY, "the Couchbase password"),
+        (TOKEN, "the facade token"),
+        (payload_key.as_str(), "the payload key"),
+    ] {
+        for (text, place) in [
+            (&log, "the operator's log"),
+            (&statuses, "a status"),
+            (&events, "an event"),
+            (&answers, "an API answer"),
+        ] {
+            assert!(!text.contains(secret), "{name} in {place}");
+        }
+    }
 }

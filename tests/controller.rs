@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use imagejob_operator::{
     crd::{CONDITION_SUCCEEDED, CONDITION_TEMPORAL_REACHABLE, ImageJob, Phase},
     store::{ImageDocument, MetadataStore, StoreError},
-    temporal::{ExecutionStatus, TemporalSettings, WorkflowGateway},
+    temporal::{ExecutionStatus, GatewayError, TemporalSettings, WorkflowGateway},
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, ResourceExt, api::DeleteParams};
@@ -168,6 +168,40 @@ async fn deleting_a_running_job_cancels_its_workflow_and_the_object_goes() {
         .await
         .unwrap();
     assert_eq!(snapshot.execution, ExecutionStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn a_title_within_the_schemas_characters_but_over_its_bytes_fails_without_a_workflow() {
+    let s = setup("bytes").await;
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let mut spec = kube_env::spec(false);
+    // 200 characters, within the schema's maxLength of 256 (the apiserver counts characters);
+    // 800 bytes, over the 256-byte limit.
+    spec.title = Some("\u{1F455}".repeat(200));
+    let created = create(&s.api, "wide", spec).await;
+    let job = wait_phase(&s.api, "wide", Phase::Failed).await;
+    let status = job.status.clone().unwrap();
+    assert_eq!(
+        status.error.as_deref(),
+        Some("spec.title: title longer than 256 bytes")
+    );
+    let c = condition(&job, CONDITION_SUCCEEDED).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    let workflow_id = format!("image-processing-{}", created.uid().unwrap());
+    let found = support::gateway(&s.settings).snapshot(&workflow_id).await;
+    assert!(
+        matches!(found, Err(GatewayError::NotFound)),
+        "no workflow started: {found:?}"
+    );
+    let reasons = eventually("the Failed event", Duration::from_secs(10), || async {
+        let reasons = kube_env::event_reasons(&s.client, &s.ns, "wide").await;
+        reasons.contains(&"Failed".to_owned()).then_some(reasons)
+    })
+    .await;
+    assert!(!reasons.is_empty());
 }
 
 /// How many executions Temporal has under this workflow id.
@@ -376,19 +410,7 @@ async fn the_example_job_without_a_lykdat_key_succeeds_and_says_the_search_was_s
     let _worker = TestWorker::plain(&s.settings);
     let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/imagejob.yaml");
-    let kubectl = |args: &[&str]| {
-        let out = Command::new("kubectl")
-            .args(args)
-            .args(["-n", &s.ns])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let kubectl = |args: &[&str]| support::kubectl(&[args, &["-n", &s.ns]].concat());
     kubectl(&["apply", "-f", example]);
     let name = kubectl(&["get", "-f", example, "-o", "jsonpath={.metadata.name}"]);
     let job = wait_phase(&s.api, &name, Phase::Completed).await;

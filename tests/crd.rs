@@ -136,20 +136,8 @@ async fn kubectl_get_shows_the_printer_columns() {
         },
     );
     api.create(&PostParams::default(), &job).await.unwrap();
-    let out = Command::new("kubectl")
-        .args(["get", "ij", "-n", &ns, "-o", "wide"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let header = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let printed = support::kubectl(&["get", "ij", "-n", &ns, "-o", "wide"]);
+    let header = printed.lines().next().unwrap_or_default().to_owned();
     let columns: Vec<_> = header.split_whitespace().collect();
     assert_eq!(
         columns,
@@ -163,5 +151,5 @@ async fn kubectl_get_shows_the_printer_columns() {
             "WORKFLOW"
         ]
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("shown"));
+    assert!(printed.contains("shown"));
 }

@@ -4,8 +4,8 @@
 mod support;
 
 use imagejob_operator::{
-    crd::Phase,
-    facade::Limits,
+    crd::{ImageJob, ImageJobStatus, Phase},
+    facade::{CLIENT_LABEL, Limits, QuotaSettings},
     temporal::{ExecutionStatus, WorkflowGateway},
 };
 use kube::ResourceExt;
@@ -75,6 +75,12 @@ async fn invalid_input_gets_a_json_error_naming_the_field_and_creates_nothing() 
             json!({"url": "https://e.com/a", "description": "d".repeat(4097)}),
             422,
             "description",
+        ),
+        // Limits count bytes: 65 characters of 4 bytes each.
+        (
+            json!({"url": "https://e.com/a", "title": "\u{1F455}".repeat(65)}),
+            422,
+            "title",
         ),
         (
             json!({"url": "https://e.com/a", "colour": "blue"}),
@@ -187,7 +193,7 @@ async fn auth_requires_a_known_bearer_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    for open in ["/healthz", "/readyz", "/openapi.json", "/docs", "/metrics"] {
+    for open in ["/healthz", "/readyz", "/openapi.json", "/docs"] {
         assert_eq!(
             anonymous
                 .get(facade.url(open))
@@ -199,6 +205,15 @@ async fn auth_requires_a_known_bearer_token() {
             "{open}"
         );
     }
+    // Metrics are on the admin port only, which neither the Service nor the Ingress publishes.
+    let public_metrics = anonymous.get(facade.url("/metrics")).send().await.unwrap();
+    assert_eq!(public_metrics.status(), 404);
+    assert!(
+        facade
+            .metrics()
+            .await
+            .contains("imagejob_http_requests_total")
+    );
     assert_eq!(kube_env::count(&s.api).await, 0);
 }
 
@@ -409,7 +424,7 @@ async fn delete_cancels_a_running_job() {
             "the result request to wait",
             Duration::from_secs(30),
             || async {
-                let metrics = facade.get_text("/metrics").await;
+                let metrics = facade.metrics().await;
                 metrics
                     .lines()
                     .any(|l| l == "imagejob_facade_result_waiters 1")
@@ -547,12 +562,13 @@ fn facade_process(
     s: &Setup,
     tokens: &std::path::Path,
     extra: &[(&str, &str)],
-) -> (support::ChildGuard, String) {
-    let port = support::free_port();
+) -> (support::ChildGuard, String, String) {
+    let (port, admin_port) = (support::free_port(), support::free_port());
     let child = support::ChildGuard::spawn(
         std::process::Command::new(support::operator_bin())
             .arg("facade")
             .env("FACADE_ADDR", format!("127.0.0.1:{port}"))
+            .env("FACADE_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
             .env("FACADE_NAMESPACE", &s.ns)
             .env("FACADE_TOKENS_FILE", tokens)
             .env("TEMPORAL_HOST", &s.settings.host)
@@ -561,7 +577,11 @@ fn facade_process(
             .env("RUST_LOG", "warn")
             .envs(extra.iter().copied()),
     );
-    (child, format!("http://127.0.0.1:{port}"))
+    (
+        child,
+        format!("http://127.0.0.1:{port}"),
+        format!("http://127.0.0.1:{admin_port}"),
+    )
 }
 
 /// Waits until the facade at `base` answers `/readyz` with `code`.
@@ -585,8 +605,8 @@ async fn any_replica_answers_for_a_job_another_replica_just_accepted() {
     let tokens = tempfile::tempdir().unwrap();
     let token_file = tokens.path().join("tokens");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let (_a, replica_a) = facade_process(&s, &token_file, &[]);
-    let (_b, replica_b) = facade_process(&s, &token_file, &[]);
+    let (_a, replica_a, _) = facade_process(&s, &token_file, &[]);
+    let (_b, replica_b, replica_b_admin) = facade_process(&s, &token_file, &[]);
     let http = reqwest::Client::new();
     for base in [&replica_a, &replica_b] {
         readyz_answers(&http, base, 200).await;
@@ -644,7 +664,7 @@ async fn any_replica_answers_for_a_job_another_replica_just_accepted() {
     // SDK's client metrics, relayed beside its own).
     let history_reads = || async {
         let text = http
-            .get(format!("{replica_b}/metrics"))
+            .get(format!("{replica_b_admin}/metrics"))
             .send()
             .await
             .ok()?
@@ -829,7 +849,8 @@ async fn a_replica_told_to_stop_drains_without_dropping_a_request() {
     let token_file = tokens.path().join("tokens");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     // No controller: the job stays Pending, so a wait for its result lasts.
-    let (mut replica, base) = facade_process(&s, &token_file, &[("FACADE_DRAIN_SECS", "10")]);
+    let (mut replica, base, admin) =
+        facade_process(&s, &token_file, &[("FACADE_DRAIN_SECS", "10")]);
     let http = reqwest::Client::new();
     readyz_answers(&http, &base, 200).await;
     let accepted: Value = support::json_of(
@@ -867,7 +888,7 @@ async fn a_replica_told_to_stop_drains_without_dropping_a_request() {
         "the result request to wait",
         Duration::from_secs(30),
         || async {
-            let metrics = http.get(format!("{base}/metrics")).send().await.ok()?;
+            let metrics = http.get(format!("{admin}/metrics")).send().await.ok()?;
             let text = metrics.text().await.ok()?;
             text.lines()
                 .any(|l| l == "imagejob_facade_result_waiters 1")
@@ -917,8 +938,15 @@ async fn a_replica_told_to_stop_drains_without_dropping_a_request() {
 #[tokio::test]
 async fn waiters_and_event_streams_beyond_the_caps_get_503_with_retry_after() {
     let s = Setup::new("caps").await;
-    let facade =
-        TestFacade::start_with(&s.client, &s.ns, &s.settings, None, Limits::new(2, 1)).await;
+    let facade = TestFacade::start_with(
+        &s.client,
+        &s.ns,
+        &s.settings,
+        None,
+        Limits::new(2, 1),
+        QuotaSettings::default(),
+    )
+    .await;
     // No controller: the job stays unfinished, so every `/result` waits its whole timeout.
     let (status, accepted) = post(&facade, &valid()).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
@@ -930,7 +958,7 @@ async fn waiters_and_event_streams_beyond_the_caps_get_503_with_retry_after() {
     };
     let waiting: Vec<_> = (0..2).map(|_| tokio::spawn(result(60).send())).collect();
     eventually("both waiters waiting", Duration::from_secs(20), || async {
-        let metrics = facade.get_text("/metrics").await;
+        let metrics = facade.metrics().await;
         metrics
             .lines()
             .any(|l| l == "imagejob_facade_result_waiters 2")
@@ -1042,4 +1070,217 @@ async fn a_facade_refused_by_the_apiserver_answers_502_not_the_callers_403() {
         "the apiserver's words, naming the facade's identity, stay in the log: {body}"
     );
     assert_eq!(kube_env::count(&s.api).await, 0, "nothing was created");
+}
+
+/// A facade replica of `s`'s namespace with these create limits.
+async fn facade_with_quota(s: &Setup, quota: QuotaSettings) -> TestFacade {
+    TestFacade::start_with(
+        &s.client,
+        &s.ns,
+        &s.settings,
+        None,
+        Limits::default(),
+        quota,
+    )
+    .await
+}
+
+fn assert_too_many(
+    status: StatusCode,
+    body: &Value,
+    headers_retry_after: Option<&str>,
+    code: &str,
+) {
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    let wait: u64 = headers_retry_after
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!(wait >= 1, "{wait}");
+}
+
+async fn post_with_retry_after(
+    f: &TestFacade,
+    body: &Value,
+) -> (StatusCode, Value, Option<String>) {
+    let r = f
+        .http
+        .post(f.url("/images/process"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let retry = (r.headers().get("retry-after"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, r.json().await.unwrap_or(Value::Null), retry)
+}
+
+#[tokio::test]
+async fn a_client_past_its_create_rate_gets_429_with_retry_after() {
+    let s = Setup::new("rate").await;
+    let quota = QuotaSettings {
+        per_second: 0.5,
+        burst: 2,
+        max_in_flight: 0,
+    };
+    let facade = facade_with_quota(&s, quota).await;
+    for _ in 0..2 {
+        let (status, body) = post(&facade, &valid()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    let (status, body, retry) = post_with_retry_after(&facade, &valid()).await;
+    assert_too_many(status, &body, retry.as_deref(), "rate_limited");
+    assert_eq!(retry.as_deref(), Some("2"), "one create every 2 s");
+    let jobs: kube::Api<ImageJob> = s.api.clone();
+    let listed = jobs.list(&Default::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 2, "the refused request created nothing");
+}
+
+#[tokio::test]
+async fn a_clients_cap_of_unfinished_jobs_holds_across_replicas_and_frees_as_jobs_finish() {
+    let s = Setup::new("inflight").await;
+    let quota = QuotaSettings {
+        per_second: 0.0,
+        burst: 0,
+        max_in_flight: 2,
+    };
+    let (a, b) = (
+        facade_with_quota(&s, quota).await,
+        facade_with_quota(&s, quota).await,
+    );
+    // No controller: the jobs stay Pending, unfinished.
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = post(&a, &valid()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        names.push(body["workflow_id"].as_str().unwrap().to_owned());
+    }
+    let (status, body, retry) = post_with_retry_after(&a, &valid()).await;
+    assert_too_many(status, &body, retry.as_deref(), "too_many_jobs");
+    // The other replica counts them too, once its watch has delivered them.
+    eventually(
+        "replica b to see both jobs",
+        Duration::from_secs(20),
+        || async {
+            let page = b.get_json("/images/workflows").await;
+            (page["items"].as_array()?.len() == 2).then_some(())
+        },
+    )
+    .await;
+    let (status, body, retry) = post_with_retry_after(&b, &valid()).await;
+    assert_too_many(status, &body, retry.as_deref(), "too_many_jobs");
+    let jobs = s.api.list(&Default::default()).await.unwrap().items;
+    assert_eq!(jobs.len(), 2, "nothing created beyond the cap");
+    let client = jobs[0].labels()[CLIENT_LABEL].clone();
+    assert_eq!(
+        client.len(),
+        16,
+        "a digest prefix, never the token: {client}"
+    );
+    assert!(!TOKEN.contains(&client));
+    assert!(jobs.iter().all(|j| j.labels()[CLIENT_LABEL] == client));
+
+    // One job finishes: one more may be created, on either replica.
+    let mut finished = jobs[0].clone();
+    finished.status = Some(ImageJobStatus {
+        phase: Phase::Completed,
+        ..Default::default()
+    });
+    s.api
+        .replace_status(&finished.name_any(), &Default::default(), &finished)
+        .await
+        .unwrap();
+    eventually(
+        "replica b admits one more",
+        Duration::from_secs(20),
+        || async {
+            let (status, _, _) = post_with_retry_after(&b, &valid()).await;
+            (status == StatusCode::ACCEPTED).then_some(())
+        },
+    )
+    .await;
+    let (status, body, retry) = post_with_retry_after(&b, &valid()).await;
+    assert_too_many(status, &body, retry.as_deref(), "too_many_jobs");
+}
+
+/// Reads from `stream` until the server closes it (or resets it); what it sent, and how long
+/// the close took from `since`.
+async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    since: std::time::Instant,
+) -> (String, Duration) {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let bound = imagejob_operator::facade::HEADER_READ_TIMEOUT + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout(bound, stream.read(&mut buf)).await {
+            Err(_) => panic!("the connection was still open after {bound:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+    (
+        String::from_utf8_lossy(&received).into_owned(),
+        since.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn connections_that_send_no_headers_or_stall_in_them_are_closed_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let (_s, facade) = setup("slowloris").await;
+    let addr = facade.base.trim_start_matches("http://").to_owned();
+    let limit = imagejob_operator::facade::HEADER_READ_TIMEOUT;
+    // A connection that sends nothing, and one that stops in the middle of its headers.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = std::time::Instant::now();
+    stalled
+        .write_all(b"GET /images/workflows HTTP/1.1\r\nHost: x\r\nAuthori")
+        .await
+        .unwrap();
+    for (name, stream) in [("silent", &mut silent), ("stalled", &mut stalled)] {
+        let (received, after) = read_until_closed(stream, started).await;
+        assert!(
+            !received.contains("200 OK"),
+            "{name}: nothing was served: {received}"
+        );
+        assert!(
+            after >= limit - Duration::from_secs(1),
+            "{name}: closed after {after:?}, before the {limit:?} deadline"
+        );
+    }
+    // The replica serves others all along.
+    let listed = facade
+        .http
+        .get(facade.url("/images/workflows"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_408_and_creates_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let (s, facade) = setup("slowbody").await;
+    let addr = facade.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let head = format!(
+        "POST /images/process HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"url\": \"https://e.com/a.jpg\""
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (received, after) = read_until_closed(&mut stream, started).await;
+    assert!(received.starts_with("HTTP/1.1 408"), "{received}");
+    assert!(received.contains("\"request_timeout\""), "{received}");
+    assert!(
+        after >= Duration::from_secs(9),
+        "answered after {after:?}, before the body deadline"
+    );
+    let jobs = s.api.list(&Default::default()).await.unwrap();
+    assert!(jobs.items.is_empty(), "nothing created");
 }

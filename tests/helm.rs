@@ -94,6 +94,9 @@ fn default_values_render_three_roles_with_hardened_pods_and_no_secret_values() {
             "Deployment",
             "Deployment",
             "Lease",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "NetworkPolicy",
             "PersistentVolumeClaim",
             "Role",
             "Role",
@@ -140,6 +143,8 @@ fn default_values_render_three_roles_with_hardened_pods_and_no_secret_values() {
             deployment["spec"]["selector"]["matchLabels"]
         );
         if role == "facade" {
+            assert_eq!(env["FACADE_ADMIN_ADDR"]["value"], "0.0.0.0:9091");
+            assert_eq!(container["readinessProbe"]["httpGet"]["port"], "admin");
             assert_eq!(env["FACADE_DRAIN_SECS"]["value"], "5");
             assert_eq!(pod["terminationGracePeriodSeconds"], 30);
         }
@@ -168,6 +173,107 @@ fn default_values_render_three_roles_with_hardened_pods_and_no_secret_values() {
     assert!(
         objects["ServiceAccount/imagejob-operator-worker"]["automountServiceAccountToken"] == false
     );
+}
+
+/// The ports a NetworkPolicy admits to, with who may reach each (`None`: anyone).
+fn admitted(policy: &Value) -> BTreeMap<String, Option<Value>> {
+    policy["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rule| {
+            let ports = rule["ports"].as_array().unwrap();
+            assert_eq!(ports.len(), 1, "{rule}");
+            (
+                ports[0]["port"].as_str().unwrap().to_owned(),
+                rule.get("from").cloned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn network_policies_admit_each_role_only_what_it_serves_and_metrics_stay_off_the_service() {
+    let objects = render(
+        &json!({"facade": {"ingress": {"enabled": true}}, "serviceMonitor": {"enabled": true}}),
+    );
+    let monitoring = json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]);
+    for (role, port) in [("controller", "metrics"), ("worker", "health")] {
+        let policy = &objects[&format!("NetworkPolicy/imagejob-operator-{role}")];
+        assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+        assert_eq!(
+            admitted(policy),
+            BTreeMap::from([(port.to_owned(), Some(monitoring.clone()))]),
+            "{role}"
+        );
+    }
+    let worker_pods = &objects["NetworkPolicy/imagejob-operator-worker"]["spec"]["podSelector"];
+    assert_eq!(
+        worker_pods["matchExpressions"][0]["values"],
+        json!(["worker", "worker-similarity"]),
+        "every worker Deployment"
+    );
+    let facade = &objects["NetworkPolicy/imagejob-operator-facade"];
+    assert_eq!(
+        admitted(facade),
+        BTreeMap::from([
+            ("http".to_owned(), None),
+            ("admin".to_owned(), Some(monitoring.clone())),
+        ])
+    );
+    // Neither the Service nor the Ingress publishes the admin port; a PodMonitor scrapes it.
+    let service_ports: Vec<_> = objects["Service/imagejob-operator-facade"]["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["targetPort"].clone())
+        .collect();
+    assert_eq!(service_ports, [json!("http")]);
+    let ingress = &objects["Ingress/imagejob-operator-facade"];
+    assert_eq!(
+        ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"]["name"],
+        "http"
+    );
+    assert_eq!(
+        objects["PodMonitor/imagejob-operator-facade"]["spec"]["podMetricsEndpoints"][0]["port"],
+        "admin"
+    );
+    // Turned off, or opened to everyone.
+    let off = render(&json!({"networkPolicy": {"enabled": false}}));
+    assert!(!kinds(&off).contains(&"NetworkPolicy"));
+    let open = render(&json!({"networkPolicy": {"metricsFrom": []}}));
+    assert_eq!(
+        admitted(&open["NetworkPolicy/imagejob-operator-controller"]),
+        BTreeMap::from([("metrics".to_owned(), None)])
+    );
+}
+
+#[test]
+fn the_plain_manifests_namespace_enforces_the_restricted_pod_security_standard() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/manifests/imagejob-operator.yaml"
+    ))
+    .unwrap();
+    let namespace: Value = serde_yaml::from_str(text.split("\n---\n").next().unwrap()).unwrap();
+    assert_eq!(namespace["kind"], "Namespace");
+    let labels = &namespace["metadata"]["labels"];
+    assert_eq!(labels["pod-security.kubernetes.io/enforce"], "restricted");
+    // What "restricted" asks of every container the chart runs.
+    let objects = render(&json!({}));
+    for (name, object) in objects.iter().filter(|(n, _)| n.starts_with("Deployment/")) {
+        let pod = &object["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            "{name}"
+        );
+        for container in pod["containers"].as_array().unwrap() {
+            let security = &container["securityContext"];
+            assert_eq!(security["capabilities"]["drop"], json!(["ALL"]), "{name}");
+            assert_eq!(security["allowPrivilegeEscalation"], false, "{name}");
+        }
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+    }
 }
 
 #[test]
@@ -424,9 +530,15 @@ async fn json_of(request: reqwest::RequestBuilder) -> Value {
 /// Whether `user` may `verb` `resource` in `ns`; `resource` may name a subresource
 /// (`imagejobs/status`), which kubectl would otherwise read as an object's name.
 fn can_i(user: &str, ns: &str, verb: &str, resource: &str) -> bool {
+    can_i_on(user, ns, verb, resource, None)
+}
+
+/// The same for one object by name (`name`), or any when `None`.
+fn can_i_on(user: &str, ns: &str, verb: &str, resource: &str, name: Option<&str>) -> bool {
     let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
     let mut kubectl = Command::new("kubectl");
-    kubectl.args(["auth", "can-i", verb, resource, "-n", ns, "--as", user]);
+    let target = name.map_or_else(|| resource.to_owned(), |n| format!("{resource}/{n}"));
+    kubectl.args(["auth", "can-i", verb, &target, "-n", ns, "--as", user]);
     if !subresource.is_empty() {
         kubectl.arg(format!("--subresource={subresource}"));
     }
@@ -495,6 +607,10 @@ async fn the_release_installs_and_its_rbac_is_sufficient_and_minimal() {
         .env("KUBECONFIG", kubeconfig("facade"))
         .env("FACADE_NAMESPACE", &ns)
         .env("FACADE_ADDR", format!("127.0.0.1:{facade_port}"))
+        .env(
+            "FACADE_ADMIN_ADDR",
+            format!("127.0.0.1:{}", support::free_port()),
+        )
         .env("FACADE_TOKENS_FILE", &tokens);
     temporal_env(&mut facade);
     let _facade = ChildGuard::spawn(&mut facade);
@@ -539,7 +655,26 @@ async fn the_release_installs_and_its_rbac_is_sufficient_and_minimal() {
 
     // Granted, and nothing more.
     assert!(can_i(&sa("controller"), &ns, "patch", "imagejobs/status"));
-    assert!(can_i(&sa("controller"), &ns, "update", "leases"));
+    let lease = format!("{release}-imagejob-operator-controller");
+    for verb in ["get", "watch", "update"] {
+        assert!(can_i_on(
+            &sa("controller"),
+            &ns,
+            verb,
+            "leases",
+            Some(&lease)
+        ));
+        assert!(
+            !can_i_on(
+                &sa("controller"),
+                &ns,
+                verb,
+                "leases",
+                Some("another-lease")
+            ),
+            "the Role names its one Lease"
+        );
+    }
     assert!(can_i(&sa("facade"), &ns, "create", "imagejobs"));
     assert!(
         can_i(&sa("facade"), &ns, "patch", "imagejobs"),

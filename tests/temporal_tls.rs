@@ -62,6 +62,10 @@ impl Operator {
             .env("FACADE_ADDR", format!("127.0.0.1:{facade_port}"))
             .env("FACADE_NO_AUTH", "true")
             .env(
+                "FACADE_ADMIN_ADDR",
+                format!("127.0.0.1:{}", support::free_port()),
+            )
+            .env(
                 "CONTROLLER_METRICS_ADDR",
                 format!("127.0.0.1:{}", support::free_port()),
             )

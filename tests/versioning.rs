@@ -30,7 +30,7 @@ fn worker(s: &Setup, deployment: &str, build_id: &str, lykdat: &str, dir: &Path)
             .env("WORKER_BUILD_ID", build_id)
             .env("EMBEDDED_STORE_PATH", dir.join(format!("{build_id}.redb")))
             .env("LYKDAT_BASE_URL", lykdat)
-            .env("LYKDAT_API_KEY", "key")
+            .env("LYKDAT_API_KEY", support::LYKDAT_KEY)
             .env("RUST_LOG", "warn"),
     )
 }

@@ -412,7 +412,7 @@ fn worker_command(settings: &TemporalSettings, lykdat: &str, dir: &std::path::Pa
         .env("TEMPORAL_TASK_QUEUE", &settings.task_queue)
         .env("EMBEDDED_STORE_PATH", dir.join("meta.redb"))
         .env("LYKDAT_BASE_URL", lykdat)
-        .env("LYKDAT_API_KEY", "key")
+        .env("LYKDAT_API_KEY", support::LYKDAT_KEY)
         .env("RUST_LOG", "warn");
     cmd
 }

@@ -14,6 +14,7 @@
 //! repetitions, with min and max; a warm-up is excluded.
 
 mod cpu;
+mod load;
 mod scale;
 mod tuning;
 
@@ -39,6 +40,16 @@ use std::{
 };
 use tokio::sync::{Notify, Semaphore};
 
+/// Memory with `jobs` finished ImageJobs present, MiB.
+struct Rss {
+    jobs: usize,
+    controller: f64,
+    /// The facade over typical jobs.
+    facade: f64,
+    /// The facade over jobs as wide as the limits allow.
+    facade_widest: f64,
+}
+
 #[derive(Parser, Debug)]
 struct Args {
     /// Workflows / jobs per phase and repetition.
@@ -54,6 +65,9 @@ struct Args {
     /// Finished ImageJobs of the scale phase (0: skipped).
     #[arg(long, default_value_t = 0)]
     scale: usize,
+    /// One facade under 1,000 waiting `/result` requests and 10,000 idle connections.
+    #[arg(long)]
+    facade_load: bool,
     /// Compare worker settings on raw Temporal throughput.
     #[arg(long)]
     tuning: bool,
@@ -429,7 +443,12 @@ async fn scrape(url: &str) -> String {
 }
 
 /// Adds finished jobs (status Completed) until `ns` holds `total`, while no controller runs.
-async fn fill_finished(client: &Client, ns: &str, total: usize) {
+async fn fill_finished(
+    client: &Client,
+    ns: &str,
+    total: usize,
+    spec_of: fn(usize) -> ImageJobSpec,
+) {
     let api: Api<ImageJob> = Api::namespaced(client.clone(), ns);
     let have = api
         .list(&Default::default())
@@ -445,7 +464,7 @@ async fn fill_finished(client: &Client, ns: &str, total: usize) {
             let name = format!("done-{i}");
             // As a job the controller ran carries it.
             let meta = ObjectMeta { name: Some(name.clone()), finalizers: Some(vec![imagejob_operator::crd::FINALIZER.into()]), ..Default::default() };
-            let spec = ImageJobSpec { url: format!("https://example.com/{i}.jpg"), tags: vec!["bench".into(), "rss".into()], ..Default::default() };
+            let spec = spec_of(i);
             let job = ImageJob { metadata: meta, ..ImageJob::new(&name, spec) };
             let created = api.create(&PostParams::default(), &job).await.expect("create");
             let status = ImageJobStatus {
@@ -462,6 +481,52 @@ async fn fill_finished(client: &Client, ns: &str, total: usize) {
     for t in join_all(tasks).await {
         t.expect("task");
     }
+}
+
+/// The spec of a typical bench job.
+fn small_spec(i: usize) -> ImageJobSpec {
+    ImageJobSpec {
+        url: format!("https://example.com/{i}.jpg"),
+        tags: vec!["bench".into(), "rss".into()],
+        ..Default::default()
+    }
+}
+
+/// The largest spec the limits allow: every field at its byte limit, of 4-byte characters
+/// where a character may be any (the worst a client can make a replica's cache hold).
+fn widest_spec(i: usize) -> ImageJobSpec {
+    use imagejob_operator::crd::{
+        MAX_DESCRIPTION_LEN, MAX_TAG_LEN, MAX_TAGS, MAX_TITLE_LEN, MAX_URL_LEN,
+    };
+    let wide = |bytes: usize| "\u{1F455}".repeat(bytes / 4);
+    let url = format!("https://example.com/{i}/");
+    ImageJobSpec {
+        url: format!("{url}{}", "a".repeat(MAX_URL_LEN - url.len())),
+        title: Some(wide(MAX_TITLE_LEN)),
+        description: Some(wide(MAX_DESCRIPTION_LEN)),
+        tags: (0..MAX_TAGS).map(|_| wide(MAX_TAG_LEN)).collect(),
+        ..Default::default()
+    }
+}
+
+/// Facade RSS (MiB) once it is ready over the jobs of its namespace.
+async fn facade_rss(env: &[(&str, String)]) -> f64 {
+    let base = facade_base(env);
+    let facade = spawn("facade", env);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !reqwest::get(format!("{base}/readyz"))
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "facade not ready in time");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut rss: f64 = 0.0;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rss = rss.max(facade.rss_mib());
+    }
+    rss
 }
 
 /// Controller RSS (MiB) over the `jobs` jobs in `ns`, once it is ready and has reconciled every
@@ -675,6 +740,7 @@ async fn main() {
         let mut e = temporal_env(&settings);
         e.push(("FACADE_NAMESPACE", namespace.to_owned()));
         e.push(("FACADE_ADDR", format!("127.0.0.1:{}", free_port())));
+        e.push(("FACADE_ADMIN_ADDR", format!("127.0.0.1:{}", free_port())));
         e.push(("FACADE_TOKENS_FILE", tokens.display().to_string()));
         e
     };
@@ -754,12 +820,22 @@ async fn main() {
     let worker_rss = worker.rss_mib();
     drop(controller);
     let mut rss = Vec::new();
-    let rss_ns = format!("bench-rss-{run_id}");
+    let (rss_ns, widest_ns) = (
+        format!("bench-rss-{run_id}"),
+        format!("bench-widest-{run_id}"),
+    );
     create_namespace(&client, &rss_ns).await;
+    create_namespace(&client, &widest_ns).await;
     for &n in &args.rss_jobs {
-        eprintln!("controller RSS with {n} ImageJobs present");
-        fill_finished(&client, &rss_ns, n).await;
-        rss.push((n, controller_rss(&rss_ns, &settings, n).await));
+        eprintln!("controller and facade RSS with {n} ImageJobs present, typical and widest");
+        fill_finished(&client, &rss_ns, n, small_spec).await;
+        fill_finished(&client, &widest_ns, n, widest_spec).await;
+        rss.push(Rss {
+            jobs: n,
+            controller: controller_rss(&rss_ns, &settings, n).await,
+            facade: facade_rss(&facade_env(&rss_ns)).await,
+            facade_widest: facade_rss(&facade_env(&widest_ns)).await,
+        });
     }
     let scaled = if args.scale > 0 {
         let scale_ns = format!("bench-scale-{run_id}");
@@ -775,6 +851,13 @@ async fn main() {
             args.wrk_seconds,
         );
         Some(phase.await)
+    } else {
+        None
+    };
+    let loaded = if args.facade_load {
+        let load_ns = format!("bench-load-{run_id}");
+        create_namespace(&client, &load_ns).await;
+        Some(load::run(&client, &load_ns, facade_env(&load_ns), args.wrk_seconds).await)
     } else {
         None
     };
@@ -880,10 +963,18 @@ async fn main() {
         format!("{} / {}", fmt_stat(wrk_p50, 2), fmt_stat(wrk_p99, 2)),
         "p99 <= 5".into(),
     ));
-    for (n, mib) in &rss {
+    for r in &rss {
         rows.push((
-            format!("controller RSS with {n} ImageJobs, MiB"),
-            format!("{mib:.1}"),
+            format!("controller RSS with {} ImageJobs, MiB", r.jobs),
+            format!("{:.1}", r.controller),
+            String::new(),
+        ));
+        rows.push((
+            format!(
+                "facade RSS with {} ImageJobs, typical / widest allowed, MiB",
+                r.jobs
+            ),
+            format!("{:.1} / {:.1}", r.facade, r.facade_widest),
             String::new(),
         ));
     }
@@ -894,6 +985,9 @@ async fn main() {
     ));
     if let Some(s) = &scaled {
         rows.extend(s.rows().into_iter().map(|(a, b, c)| (a, b, c.to_owned())));
+    }
+    if let Some(l) = &loaded {
+        rows.extend(l.rows().into_iter().map(|(a, b, c)| (a, b, c.to_owned())));
     }
     println!("\n| figure | value | target |");
     println!("|---|---|---|");
@@ -924,9 +1018,11 @@ async fn main() {
         "cpu_ms_per_job": cpu_json,
         "facade_get_status": {"connections": args.wrk_connections, "seconds": args.wrk_seconds,
             "requests_per_sec": stat_json(wrk_rps), "p50_ms": stat_json(wrk_p50), "p99_ms": stat_json(wrk_p99)},
-        "controller_rss_mib": rss.iter().map(|(n, m)| json!({"jobs": n, "rss_mib": m})).collect::<Vec<_>>(),
+        "controller_rss_mib": rss.iter().map(|r| json!({"jobs": r.jobs, "rss_mib": r.controller})).collect::<Vec<_>>(),
+        "facade_rss_mib": rss.iter().map(|r| json!({"jobs": r.jobs, "typical": r.facade, "widest": r.facade_widest})).collect::<Vec<_>>(),
         "worker_rss_mib": worker_rss,
         "scale": scaled.as_ref().map(scale::Scale::json),
+        "facade_load": loaded.as_ref().map(load::Load::json),
         "worker_settings": tuned.as_deref().map(tuning::json),
     });
     std::fs::create_dir_all(&args.out).expect("results folder");

@@ -2,7 +2,9 @@
 //! is) is timed to ready and to the end of its first pass, with the status writes and the
 //! Temporal calls it made; then the facade's memory and its status and list latencies.
 
-use super::{Proc, controller_env, fill_finished, free_port, metric_sum, scrape, spawn, wrk};
+use super::{
+    Proc, controller_env, fill_finished, free_port, metric_sum, scrape, small_spec, spawn, wrk,
+};
 use imagejob_operator::temporal::TemporalSettings;
 use kube::Client;
 use serde_json::{Value, json};
@@ -77,7 +79,7 @@ pub async fn run(
 ) -> Scale {
     eprintln!("scale: creating {n} finished ImageJobs");
     let t0 = Instant::now();
-    fill_finished(client, ns, n).await;
+    fill_finished(client, ns, n, small_spec).await;
     let fill_seconds = t0.elapsed().as_secs_f64();
 
     eprintln!("scale: a controller started over them");

@@ -43,6 +43,18 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
     let current = job.status.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
     let cancelling = job.spec.cancel_requested();
+    if current.run_id.is_none()
+        && !ctx.watches.is_watched(&id)
+        && let Err(invalid) = job.spec.validate()
+    {
+        // Within the schema (an apiserver counts characters), outside the limits in bytes.
+        let desired = status::invalid_spec(&job, &invalid, &now);
+        if write_status(&job, &current, &desired, ctx).await? {
+            announce(&job, &desired, ctx).await;
+        }
+        ctx.metrics.job_finished(&uid);
+        return Ok(requeue_for_ttl(&job, &desired));
+    }
 
     let mut desired = match observe(&job, &id, &current, !cancelling, ctx).await {
         Ok(Observed::JustStarted { run_id, at }) => {

@@ -4,8 +4,8 @@
 use crate::{
     crd::{
         CONDITION_CANCEL_REQUESTED, CONDITION_SPEC_APPLIED, CONDITION_SUCCEEDED,
-        CONDITION_TEMPORAL_REACHABLE, ImageJob, ImageJobSpec, ImageJobStatus, Phase, SimilarMatch,
-        SimilaritySummary,
+        CONDITION_TEMPORAL_REACHABLE, ImageJob, ImageJobSpec, ImageJobStatus, InvalidField, Phase,
+        SimilarMatch, SimilaritySummary,
     },
     digest::sha256_hex,
     similarity::SimilarityResults,
@@ -146,20 +146,8 @@ pub fn temporal_unreachable(
 /// The status for a job whose recorded workflow no longer exists in Temporal (its retention ran
 /// out, or Temporal's data was lost): Failed, saying so.
 pub fn workflow_missing(job: &ImageJob, workflow_id: &str, now: &Time) -> ImageJobStatus {
-    let mut status = base(job, workflow_id);
     let message = format!("workflow {workflow_id} no longer exists in Temporal");
-    status.phase = Phase::Failed;
-    status.error = Some(message.clone());
-    status.completion_time.get_or_insert_with(|| now.clone());
-    set_condition(
-        &mut status.conditions,
-        CONDITION_SUCCEEDED,
-        "False",
-        "WorkflowNotFound",
-        &message,
-        now,
-    );
-    status
+    failed(base(job, workflow_id), "WorkflowNotFound", message, now)
 }
 
 fn base(job: &ImageJob, workflow_id: &str) -> ImageJobStatus {
@@ -246,6 +234,31 @@ pub fn cancelled_before_start(job: &ImageJob, workflow_id: &str, now: &Time) -> 
         "cancelled before its workflow started",
         now,
     );
+    status
+}
+
+/// The status of a job whose spec is outside the CRD's limits (see
+/// [`crate::crd::ImageJobSpec::validate`]): failed before any workflow started, none will.
+pub fn invalid_spec(job: &ImageJob, invalid: &InvalidField, now: &Time) -> ImageJobStatus {
+    let mut status = job.status.clone().unwrap_or_default();
+    status.observed_generation = job.metadata.generation;
+    let message = format!("spec.{}: {}", invalid.field, invalid.message);
+    failed(status, "InvalidSpec", message, now)
+}
+
+/// `status` ended Failed for `reason`, `message` saying why (in `error` and the condition).
+fn failed(mut status: ImageJobStatus, reason: &str, message: String, now: &Time) -> ImageJobStatus {
+    status.phase = Phase::Failed;
+    status.completion_time.get_or_insert_with(|| now.clone());
+    set_condition(
+        &mut status.conditions,
+        CONDITION_SUCCEEDED,
+        "False",
+        reason,
+        &message,
+        now,
+    );
+    status.error = Some(message);
     status
 }
 
@@ -510,5 +523,26 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(ttl_deadline(&j).unwrap().as_second(), 1_800_000_030);
+    }
+
+    #[test]
+    fn a_spec_over_its_byte_limits_fails_before_any_workflow_with_the_field_named() {
+        let mut job = job();
+        job.spec.title = Some("\u{1F455}".repeat(65));
+        let invalid = job.spec.validate().expect_err("260 bytes of title");
+        let status = invalid_spec(&job, &invalid, &now());
+        assert_eq!(status.phase, Phase::Failed);
+        assert_eq!(
+            status.error.as_deref(),
+            Some("spec.title: title longer than 256 bytes")
+        );
+        assert_eq!(status.workflow_id, None, "no workflow was started");
+        let succeeded = (status.conditions.iter())
+            .find(|c| c.type_ == CONDITION_SUCCEEDED)
+            .expect("Succeeded condition");
+        assert_eq!(
+            (succeeded.status.as_str(), succeeded.reason.as_str()),
+            ("False", "InvalidSpec")
+        );
     }
 }

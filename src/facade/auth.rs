@@ -137,6 +137,15 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The caller's client id: the first 16 hex digits of its token's SHA-256, the value of
+    /// the [`CLIENT_LABEL`](super::quota::CLIENT_LABEL) of the jobs it creates.
+    pub fn client_id(&self) -> String {
+        self.digest[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Resolves once the caller's token is no longer accepted (the file was rotated without
     /// it).
     pub async fn revoked(self) {

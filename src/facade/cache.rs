@@ -1,7 +1,10 @@
 //! The facade's watch cache: a reflector over the facade namespace's ImageJobs, an index from
 //! workflow id to job, and a change signal that wakes result waiters (no polling).
 
-use super::list_index::{ListIndex, PageQuery, name_in};
+use super::{
+    in_flight::InFlight,
+    list_index::{ListIndex, PageQuery, name_in},
+};
 use crate::crd::{ImageJob, WORKFLOW_ID_PREFIX};
 use futures::{Stream, StreamExt};
 use kube::{
@@ -44,6 +47,7 @@ pub struct JobCache {
     /// Job names by uid, the uid parsed (16 bytes instead of a 36-character string).
     names_by_uid: Arc<RwLock<HashMap<Uuid, String>>>,
     list_order: Arc<RwLock<ListIndex>>,
+    in_flight: Arc<RwLock<InFlight>>,
     changes: watch::Sender<u64>,
     updates: broadcast::Sender<JobUpdate>,
     ready: Arc<AtomicBool>,
@@ -66,6 +70,14 @@ pub struct Page {
 struct Tombstones {
     order: std::collections::VecDeque<String>,
     set: std::collections::HashSet<String>,
+}
+
+/// The indexes a relist builds before they replace the cache's.
+#[derive(Default)]
+struct Relisted {
+    names: HashMap<Uuid, String>,
+    order: ListIndex,
+    in_flight: InFlight,
 }
 
 /// Jobs with waiter entries beyond which entries without a waiter left are swept.
@@ -112,6 +124,7 @@ impl JobCache {
             store,
             names_by_uid: Arc::default(),
             list_order: Arc::default(),
+            in_flight: Arc::default(),
             changes: watch::channel(0).0,
             updates: broadcast::channel(UPDATES_BUFFER).0,
             ready: Arc::default(),
@@ -122,7 +135,7 @@ impl JobCache {
 
     async fn drive(self, events: impl Stream<Item = Result<Event<ImageJob>, watcher::Error>>) {
         let mut events = std::pin::pin!(events);
-        let mut relisted: Option<(HashMap<Uuid, String>, ListIndex)> = None;
+        let mut relisted: Option<Relisted> = None;
         while let Some(event) = events.next().await {
             match event {
                 Ok(Event::Apply(job)) => {
@@ -145,6 +158,9 @@ impl JobCache {
                     if let (Some(uid), Ok(mut map)) = (job.uid(), self.names_by_uid.write()) {
                         if let Some(key) = uid_key(&uid) {
                             map.remove(&key);
+                            if let Ok(mut in_flight) = self.in_flight.write() {
+                                in_flight.forget(&key);
+                            }
                         }
                         if let Ok(mut deleted) = self.deleted.write() {
                             deleted.insert(uid);
@@ -153,20 +169,24 @@ impl JobCache {
                 }
                 Ok(Event::Init) => relisted = Some(Default::default()),
                 Ok(Event::InitApply(job)) => {
-                    if let Some((names, order)) = relisted.as_mut() {
-                        order.upsert(&job);
+                    if let Some(relisted) = relisted.as_mut() {
+                        relisted.order.upsert(&job);
+                        relisted.in_flight.observe(&job);
                         if let Some(uid) = job.uid_key() {
-                            names.insert(uid, job.name_any());
+                            relisted.names.insert(uid, job.name_any());
                         }
                     }
                 }
                 Ok(Event::InitDone) => {
-                    if let Some((names, order)) = relisted.take() {
+                    if let Some(relisted) = relisted.take() {
                         if let Ok(mut map) = self.names_by_uid.write() {
-                            *map = names;
+                            *map = relisted.names;
                         }
                         if let Ok(mut map) = self.list_order.write() {
-                            *map = order;
+                            *map = relisted.order;
+                        }
+                        if let Ok(mut map) = self.in_flight.write() {
+                            *map = relisted.in_flight;
                         }
                     }
                     self.ready.store(true, Ordering::Release);
@@ -223,6 +243,16 @@ impl JobCache {
         if let Ok(mut order) = self.list_order.write() {
             order.upsert(job);
         }
+        if let Ok(mut in_flight) = self.in_flight.write() {
+            in_flight.observe(job);
+        }
+    }
+
+    /// How many jobs `client` created that have not finished (see [`InFlight`]).
+    pub fn in_flight(&self, client: &str) -> usize {
+        self.in_flight
+            .read()
+            .map_or(0, |counts| counts.count(client))
     }
 
     /// The name of the job behind a workflow id, if it is one of ours.

@@ -3,7 +3,12 @@
 //! the API's bearer auth; CORS admits the Temporal UI's origin (`FACADE_TEMPORAL_UI_URL`).
 //! Served only when payload encryption is on.
 
-use super::{Auth, auth, error::ApiError, routes::parse_json};
+use super::{
+    Auth, auth,
+    body::{self, BodyLimits},
+    error::ApiError,
+    routes::parse_json,
+};
 use crate::temporal::{CodecError, PayloadCipher};
 use axum::{
     Json, Router,
@@ -142,6 +147,10 @@ pub fn routes<S: Clone + Send + Sync + 'static>(
         // otherwise answer a preflight before the CORS layer sees it.
         .route("/codec/encode", post(encode).options(preflight))
         .route("/codec/decode", post(decode).options(preflight))
+        .route_layer(middleware::from_fn_with_state(
+            BodyLimits::new(CODEC_BODY_LIMIT),
+            body::read_within,
+        ))
         .route_layer(middleware::from_fn_with_state(auth, auth::require_token))
         .layer(DefaultBodyLimit::max(CODEC_BODY_LIMIT))
         .with_state(cipher)

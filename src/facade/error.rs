@@ -23,6 +23,9 @@ pub enum ApiError {
     /// The body is not valid JSON.
     #[error("malformed JSON: {0}")]
     MalformedJson(String),
+    /// The body did not arrive in time.
+    #[error("the request body did not arrive within {} s", .0.as_secs())]
+    RequestTimeout(std::time::Duration),
     /// The body is not declared as JSON.
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
@@ -85,6 +88,25 @@ pub enum ApiError {
     /// This replica holds as many of these open as it may (see [`super::Limits`]).
     #[error("too many {0} open on this replica; retry shortly")]
     Busy(&'static str),
+    /// The client creates jobs faster than its rate (see [`super::quota`]).
+    #[error("too many jobs created by this client; retry after {} s", retry_seconds(*retry_after))]
+    RateLimited {
+        /// When one more create will be admitted.
+        retry_after: std::time::Duration,
+    },
+    /// The client has as many jobs in flight as it may (see [`super::quota`]).
+    #[error("this client has {limit} jobs not finished yet, its limit; retry once some finish")]
+    TooManyJobs {
+        /// The cap.
+        limit: usize,
+        /// A guess at when one finishes.
+        retry_after: std::time::Duration,
+    },
+}
+
+/// Whole seconds of a `Retry-After`, rounded up (never 0: "now" would be a busy loop).
+fn retry_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 /// The JSON error body.
@@ -115,6 +137,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::InvalidQuery { .. } => (StatusCode::BAD_REQUEST, "invalid_query"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
@@ -125,6 +148,8 @@ impl ApiError {
             ApiError::KubernetesForbidden => (StatusCode::BAD_GATEWAY, "kubernetes_forbidden"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::TooManyJobs { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_jobs"),
             ApiError::IdempotencyKeyReused => (StatusCode::CONFLICT, "idempotency_key_reused"),
             ApiError::AlreadyFinished { .. } => (StatusCode::CONFLICT, "already_finished"),
         }
@@ -136,6 +161,17 @@ impl ApiError {
                 Some(field.clone())
             }
             ApiError::IdempotencyKeyReused => Some("Idempotency-Key".into()),
+            _ => None,
+        }
+    }
+
+    /// How long the client should wait before trying again, when that is known.
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ApiError::Busy(_) => Some(std::time::Duration::from_secs(1)),
+            ApiError::RateLimited { retry_after } | ApiError::TooManyJobs { retry_after, .. } => {
+                Some(*retry_after)
+            }
             _ => None,
         }
     }
@@ -195,10 +231,10 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static("Bearer"),
             );
         }
-        if matches!(self, ApiError::Busy(_)) {
+        if let Some(wait) = self.retry_after() {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
+                axum::http::HeaderValue::from(retry_seconds(wait)),
             );
         }
         response

@@ -3,6 +3,7 @@
 //! `/ui/`.
 
 mod auth;
+mod body;
 mod cache;
 mod codec_server;
 mod docs;
@@ -10,10 +11,13 @@ mod drain;
 mod error;
 mod events;
 mod idempotency;
+mod in_flight;
 mod limits;
 mod list_index;
 mod model;
+mod quota;
 mod routes;
+mod serve;
 mod ui;
 
 pub use auth::{Auth, TokenFile};
@@ -22,6 +26,8 @@ pub use drain::{DrainStart, Draining};
 pub use error::ApiError;
 pub use limits::{DEFAULT_EVENT_STREAMS, DEFAULT_RESULT_WAITERS, Limits};
 pub use model::{ProcessResponse, ResultResponse, StatusResponse};
+pub use quota::{CLIENT_LABEL, CreateQuota, QuotaSettings};
+pub use serve::{HEADER_READ_TIMEOUT, serve};
 pub use ui::UiConfig;
 
 use crate::{
@@ -31,12 +37,13 @@ use crate::{
 };
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, Request, State},
+    extract::{Request, State},
     http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use body::BodyLimits;
 use kube::Api;
 use std::sync::Arc;
 
@@ -69,9 +76,12 @@ pub struct FacadeState {
     pub draining: Draining,
     /// Caps on waiting `/result` requests and event streams.
     pub limits: Limits,
+    /// Per-client limits on creating jobs.
+    pub quota: CreateQuota,
 }
 
-/// The router: API routes behind auth, probes and docs open.
+/// The public router: API routes behind auth; probes, docs and the jobs page open. Metrics are
+/// on the [`admin_router`].
 pub fn router(state: Arc<FacadeState>, auth: Auth) -> Router {
     let page = ui::routes(UiConfig {
         auth_required: matches!(auth, Auth::Tokens(_)),
@@ -97,6 +107,10 @@ pub fn router(state: Arc<FacadeState>, auth: Auth) -> Router {
         .route("/images/workflows", get(routes::list))
         .route("/images/events", get(events::events))
         .route_layer(middleware::from_fn_with_state(
+            BodyLimits::new(BODY_LIMIT),
+            body::read_within,
+        ))
+        .route_layer(middleware::from_fn_with_state(
             auth.clone(),
             auth::require_token,
         ));
@@ -113,16 +127,21 @@ pub fn router(state: Arc<FacadeState>, auth: Auth) -> Router {
         .merge(codec.unwrap_or_default())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .merge(docs::explorer())
         .merge(page)
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            count_and_map_limits,
-        ))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), count))
+        .with_state(state)
+}
+
+/// The admin router, for the admin port only (neither the Service nor the Ingress publishes
+/// it): probes and `/metrics`.
+pub fn admin_router(state: Arc<FacadeState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -144,25 +163,11 @@ async fn metrics(State(state): State<Arc<FacadeState>>) -> String {
     state.metrics.exposition().await
 }
 
-/// Counts responses by class and turns axum's plain-text 413 into our JSON error. While the
-/// facade drains, each response closes its connection, so a client's next request opens a new
-/// one, to a replica that stays, instead of reusing one this replica is about to close.
-async fn count_and_map_limits(
-    State(state): State<Arc<FacadeState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let response = next.run(request).await;
-    let mut response = if response.status() == StatusCode::PAYLOAD_TOO_LARGE
-        && !response
-            .headers()
-            .get("content-type")
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
-    {
-        ApiError::PayloadTooLarge(BODY_LIMIT).into_response()
-    } else {
-        response
-    };
+/// Counts responses by class. While the facade drains, each response closes its connection,
+/// so a client's next request opens a new one, to a replica that stays, instead of reusing one
+/// this replica is about to close.
+async fn count(State(state): State<Arc<FacadeState>>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
     state.metrics.http_response(response.status().as_u16());
     if state.draining.is_draining() {
         response

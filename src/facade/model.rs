@@ -3,10 +3,7 @@
 
 use super::error::ApiError;
 use crate::{
-    crd::{
-        ImageJob, ImageJobSpec, MAX_DESCRIPTION_LEN, MAX_TAG_LEN, MAX_TAGS, MAX_TITLE_LEN,
-        MAX_URL_LEN, Phase, URL_FORBIDDEN,
-    },
+    crd::{ImageJob, ImageJobSpec, Phase},
     similarity::SimilarityResults,
     temporal::{ExecutionStatus, WorkflowSnapshot},
 };
@@ -19,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 #[derive(Deserialize, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessRequest {
-    /// Public http(s) URL of the image (at most 2048 characters).
+    /// Public http(s) URL of the image (at most 2048 bytes of UTF-8).
     #[schema(
         example = "https://example.com/image.jpg",
         min_length = 1,
@@ -27,15 +24,15 @@ pub struct ProcessRequest {
         pattern = r"^https?://[^\t\n\v\f\r ]+$"
     )]
     pub url: String,
-    /// Optional title (at most 256 characters).
+    /// Optional title (at most 256 bytes of UTF-8).
     #[serde(default)]
     #[schema(max_length = 256)]
     pub title: Option<String>,
-    /// Optional description (at most 4096 characters).
+    /// Optional description (at most 4096 bytes of UTF-8).
     #[serde(default)]
     #[schema(max_length = 4096)]
     pub description: Option<String>,
-    /// Tags: at most 32, each 1 to 64 characters.
+    /// Tags: at most 32, each 1 to 64 bytes of UTF-8.
     #[serde(default)]
     #[schema(max_items = 32, value_type = Option<Vec<Tag>>)]
     pub tags: Option<Vec<String>>,
@@ -51,70 +48,10 @@ pub struct ProcessRequest {
 pub struct Tag(String);
 
 impl ProcessRequest {
-    /// Checks the CRD's limits, naming the first offending field.
-    pub fn validate(&self) -> Result<(), ApiError> {
-        let url = self.url.as_str();
-        if url.is_empty() {
-            return Err(ApiError::field_error("url", "url must not be empty"));
-        }
-        if url.chars().count() > MAX_URL_LEN {
-            return Err(ApiError::field_error(
-                "url",
-                format!("url longer than {MAX_URL_LEN} characters"),
-            ));
-        }
-        // The CRD's rule, so the facade and kubectl accept the same jobs.
-        let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
-        let rest = url.split_once("://").map_or("", |(_, rest)| rest);
-        if !scheme_ok || rest.is_empty() || url.contains(URL_FORBIDDEN) {
-            return Err(ApiError::field_error(
-                "url",
-                "url must be an http or https URL",
-            ));
-        }
-        if self
-            .title
-            .as_ref()
-            .is_some_and(|t| t.chars().count() > MAX_TITLE_LEN)
-        {
-            return Err(ApiError::field_error(
-                "title",
-                format!("title longer than {MAX_TITLE_LEN} characters"),
-            ));
-        }
-        if self
-            .description
-            .as_ref()
-            .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_LEN)
-        {
-            return Err(ApiError::field_error(
-                "description",
-                format!("description longer than {MAX_DESCRIPTION_LEN} characters"),
-            ));
-        }
-        let tags = self.tags.as_deref().unwrap_or_default();
-        if tags.len() > MAX_TAGS {
-            return Err(ApiError::field_error(
-                "tags",
-                format!("more than {MAX_TAGS} tags"),
-            ));
-        }
-        if let Some((i, _)) = tags
-            .iter()
-            .enumerate()
-            .find(|(_, t)| t.is_empty() || t.chars().count() > MAX_TAG_LEN)
-        {
-            return Err(ApiError::field_error(
-                format!("tags[{i}]"),
-                format!("each tag must be 1 to {MAX_TAG_LEN} characters"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// The ImageJob spec for this request.
-    pub fn into_spec(self, similarity_default: bool) -> ImageJobSpec {
-        ImageJobSpec {
+    /// The ImageJob spec for this request, checked against the CRD's limits (in bytes, see
+    /// [`ImageJobSpec::validate`]): an error names the first field outside them.
+    pub fn into_spec(self, similarity_default: bool) -> Result<ImageJobSpec, ApiError> {
+        let spec = ImageJobSpec {
             url: self.url,
             title: self.title,
             description: self.description,
@@ -122,7 +59,10 @@ impl ProcessRequest {
             similarity_search: self.similarity_search.unwrap_or(similarity_default),
             ttl_seconds_after_finished: None,
             status: None,
-        }
+        };
+        spec.validate()
+            .map_err(|e| ApiError::field_error(e.field, e.message))?;
+        Ok(spec)
     }
 }
 
@@ -356,8 +296,8 @@ mod tests {
         }
     }
 
-    fn field_of(r: Result<(), ApiError>) -> String {
-        match r {
+    fn field_of(request: ProcessRequest) -> String {
+        match request.into_spec(false) {
             Err(ApiError::InvalidField { field, .. }) => field,
             other => panic!("expected a field error, got {other:?}"),
         }
@@ -365,25 +305,47 @@ mod tests {
 
     #[test]
     fn limits_name_the_field() {
-        assert!(request("https://example.com/a.jpg").validate().is_ok());
-        assert_eq!(field_of(request("ftp://example.com/a").validate()), "url");
-        assert_eq!(field_of(request("not a url").validate()), "url");
+        assert!(
+            request("https://example.com/a.jpg")
+                .into_spec(false)
+                .is_ok()
+        );
+        assert_eq!(field_of(request("ftp://example.com/a")), "url");
+        assert_eq!(field_of(request("not a url")), "url");
         assert_eq!(
-            field_of(request(&format!("https://e.com/{}", "a".repeat(2040))).validate()),
+            field_of(request(&format!("https://e.com/{}", "a".repeat(2040)))),
             "url"
         );
         let mut r = request("https://e.com/a");
         r.title = Some("t".repeat(257));
-        assert_eq!(field_of(r.validate()), "title");
+        assert_eq!(field_of(r), "title");
         let mut r = request("https://e.com/a");
         r.description = Some("d".repeat(4097));
-        assert_eq!(field_of(r.validate()), "description");
+        assert_eq!(field_of(r), "description");
         let mut r = request("https://e.com/a");
         r.tags = Some(vec!["x".into(); 33]);
-        assert_eq!(field_of(r.validate()), "tags");
+        assert_eq!(field_of(r), "tags");
         let mut r = request("https://e.com/a");
         r.tags = Some(vec!["ok".into(), "y".repeat(65)]);
-        assert_eq!(field_of(r.validate()), "tags[1]");
+        assert_eq!(field_of(r), "tags[1]");
+    }
+
+    #[test]
+    fn limits_count_bytes_not_characters() {
+        // 64 four-byte characters: 64 characters, 256 bytes.
+        let emoji = "\u{1F455}";
+        let mut r = request("https://e.com/a");
+        r.title = Some(emoji.repeat(64));
+        assert!(r.into_spec(false).is_ok(), "256 bytes is the limit");
+        let mut r = request("https://e.com/a");
+        r.title = Some(emoji.repeat(65));
+        assert_eq!(field_of(r), "title", "65 characters, 260 bytes");
+        let mut r = request("https://e.com/a");
+        r.tags = Some(vec![emoji.repeat(17)]);
+        assert_eq!(field_of(r), "tags[0]", "17 characters, 68 bytes");
+        let mut r = request("https://e.com/a");
+        r.description = Some("\u{e9}".repeat(2049));
+        assert_eq!(field_of(r), "description", "2049 characters, 4098 bytes");
     }
 }
 

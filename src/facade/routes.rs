@@ -2,6 +2,7 @@
 
 use super::{
     FacadeState,
+    auth::Caller,
     error::ApiError,
     idempotency,
     list_index::PageQuery,
@@ -10,6 +11,7 @@ use super::{
         ResultResponse, StateView, StatusResponse, TimelineResponse, TimelineStep, WorkflowSummary,
         seed_status,
     },
+    quota::{ANONYMOUS_CLIENT, CLIENT_LABEL},
 };
 use crate::{
     controller::workflow_id,
@@ -17,7 +19,7 @@ use crate::{
     temporal::{ExecutionStatus, GatewayError},
 };
 use axum::{
-    Json,
+    Extension, Json,
     body::Bytes,
     extract::{Path, Query, State, rejection::QueryRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -102,17 +104,20 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     responses((status = 202, body = ProcessResponse), (status = 400, body = super::error::ErrorBody),
               (status = 409, body = super::error::ErrorBody, description = "Idempotency-Key already used with a different request"),
               (status = 415, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
+              (status = 429, body = super::error::ErrorBody, description = "this client creates jobs faster than its rate (`rate_limited`) or has as many unfinished jobs as it may (`too_many_jobs`): retry after Retry-After"),
               (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
               (status = 403, body = super::error::ErrorBody, description = "token not accepted")),
     security(("bearer" = [])))]
 pub async fn process(
     State(state): State<Arc<FacadeState>>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: ProcessRequest = parse_json(&headers, &body)?;
-    request.validate()?;
-    let mut spec = request.into_spec(state.similarity_default);
+    let mut spec = request.into_spec(state.similarity_default)?;
+    let client = caller.map_or_else(|| ANONYMOUS_CLIENT.to_owned(), |c| c.client_id());
+    state.quota.admit(&client, state.cache.in_flight(&client))?;
     spec.ttl_seconds_after_finished = state.job_ttl.map(i64::from);
     let keyed = idempotency::keyed(&headers, &spec)?;
     let mut job = ImageJob::new("", spec);
@@ -122,10 +127,13 @@ pub async fn process(
         annotations: keyed.as_ref().map(|k| k.annotations.clone()),
         namespace: Some(state.namespace.clone()),
         labels: Some(
-            [(
-                "app.kubernetes.io/created-by".to_owned(),
-                "imagejob-facade".to_owned(),
-            )]
+            [
+                (
+                    "app.kubernetes.io/created-by".to_owned(),
+                    "imagejob-facade".to_owned(),
+                ),
+                (CLIENT_LABEL.to_owned(), client),
+            ]
             .into(),
         ),
         // Set now, so the controller need not add it: one apiserver request less per job.

@@ -84,20 +84,36 @@ async fn with_timeout<T>(
     }
 }
 
-/// Maps a Couchbase error to ours: what retrying can fix and what it cannot.
+/// Maps a Couchbase error to ours: what retrying can fix and what it cannot. The SDK's own
+/// words (which can name nodes, the bucket, the user) go to the worker's log only; the error
+/// (and so the job's status) says what kind of failure it was.
 fn map_error(kind: &ErrorKind, message: &str) -> StoreError {
+    tracing::warn!(?kind, %message, "Couchbase request failed");
+    let what = match kind {
+        ErrorKind::AuthenticationFailure => "Couchbase refused the worker's credentials",
+        ErrorKind::BucketNotFound => "the Couchbase bucket does not exist",
+        ErrorKind::ScopeNotFound => "the Couchbase scope does not exist",
+        ErrorKind::CollectionNotFound => "the Couchbase collection does not exist",
+        ErrorKind::InvalidArgument(_) => "Couchbase refused the request as invalid",
+        ErrorKind::FeatureNotAvailable(_) | ErrorKind::UnsupportedOperation => {
+            "the Couchbase cluster does not support this operation"
+        }
+        ErrorKind::EncodingFailure(_) | ErrorKind::DecodingFailure(_) => {
+            "the document could not be encoded for Couchbase"
+        }
+        _ => "Couchbase request failed",
+    };
+    let what = format!("{what} (details in the worker's log)");
     match kind {
-        ErrorKind::AuthenticationFailure => StoreError::Unauthorized(message.to_owned()),
+        ErrorKind::AuthenticationFailure => StoreError::Unauthorized(what),
         ErrorKind::BucketNotFound
         | ErrorKind::ScopeNotFound
         | ErrorKind::CollectionNotFound
         | ErrorKind::InvalidArgument(_)
         | ErrorKind::FeatureNotAvailable(_)
-        | ErrorKind::UnsupportedOperation => StoreError::Misconfigured(message.to_owned()),
-        ErrorKind::EncodingFailure(_) | ErrorKind::DecodingFailure(_) => {
-            StoreError::Encoding(message.to_owned())
-        }
-        _ => StoreError::Unavailable(message.to_owned()),
+        | ErrorKind::UnsupportedOperation => StoreError::Misconfigured(what),
+        ErrorKind::EncodingFailure(_) | ErrorKind::DecodingFailure(_) => StoreError::Encoding(what),
+        _ => StoreError::Unavailable(what),
     }
 }
 
@@ -134,9 +150,19 @@ mod tests {
     fn errors_map_to_retryable_or_not() {
         assert!(map_error(&ErrorKind::TemporaryFailure, "busy").is_retryable());
         assert!(map_error(&ErrorKind::ServerTimeout, "slow").is_retryable());
-        let auth = map_error(&ErrorKind::AuthenticationFailure, "bad password");
-        assert!(matches!(auth, StoreError::Unauthorized(ref m) if m == "bad password"));
+        let auth = map_error(
+            &ErrorKind::AuthenticationFailure,
+            "user ij-worker at cb-0.internal:11210: bad password",
+        );
         assert!(!auth.is_retryable());
+        let told = auth.to_string();
+        assert!(told.contains("refused the worker's credentials"), "{told}");
+        for internal in ["ij-worker", "cb-0.internal", "bad password"] {
+            assert!(
+                !told.contains(internal),
+                "the SDK's words stay in the log: {told}"
+            );
+        }
         assert!(!map_error(&ErrorKind::BucketNotFound, "no bucket").is_retryable());
     }
 

@@ -24,6 +24,11 @@ use std::{
     time::Duration,
 };
 
+/// The Lykdat API key of the test workers: as long and as unlike any word as a real one (an
+/// error message naming the key has it redacted, which a key like "key" would turn into
+/// mangling every message with the word).
+pub const LYKDAT_KEY: &str = "test-lykdat-key-4c1d9e";
+
 /// Installs the crypto provider and test logging once per test binary.
 pub fn init() {
     static ONCE: Once = Once::new();
@@ -169,7 +174,7 @@ impl TestWorker {
     pub fn with_lykdat(settings: &TemporalSettings, base_url: &str, timeout: Duration) -> Self {
         Self::start(
             settings,
-            SimilarityBackend::Lykdat(lykdat_client(base_url, Some("key"), timeout)),
+            SimilarityBackend::Lykdat(lykdat_client(base_url, Some(LYKDAT_KEY), timeout)),
             |s| Arc::new(s),
         )
     }
@@ -255,6 +260,22 @@ pub fn cli_history(address: &str, workflow_id: &str) -> serde_json::Value {
         "temporal workflow show {workflow_id} failed"
     );
     serde_json::from_slice(&out.stdout).expect("history JSON")
+}
+
+/// Runs `kubectl` with `args` against the stack (its `KUBECONFIG`), failing the test with
+/// kubectl's words when it fails; what it printed.
+pub fn kubectl(args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .args(args)
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The operator binary built by cargo for the integration tests.
@@ -686,7 +707,7 @@ pub mod kube_env {
 /// The facade served on a loopback port, over a real apiserver.
 pub mod facade_env {
     use imagejob_operator::{
-        facade::{self, Auth, FacadeState, JobCache, Limits},
+        facade::{self, Auth, CreateQuota, FacadeState, JobCache, Limits, QuotaSettings},
         metrics::Metrics,
         temporal::{TemporalGateway, TemporalSettings},
     };
@@ -700,9 +721,14 @@ pub mod facade_env {
     pub struct TestFacade {
         /// `http://127.0.0.1:<port>`.
         pub base: String,
+        /// `http://127.0.0.1:<port>` of its admin port (probes and `/metrics`).
+        pub admin: String,
         /// A client sending the accepted token.
         pub http: reqwest::Client,
-        _stop: tokio::sync::oneshot::Sender<()>,
+        _stop: (
+            tokio::sync::oneshot::Sender<()>,
+            tokio::sync::oneshot::Sender<()>,
+        ),
         /// The folder of its token file (`tokens`, holding [`TOKEN`]).
         pub tokens: tempfile::TempDir,
     }
@@ -710,7 +736,15 @@ pub mod facade_env {
     impl TestFacade {
         /// Serves the facade for namespace `ns`, with token auth, once its cache is filled.
         pub async fn start(client: &Client, ns: &str, settings: &TemporalSettings) -> Self {
-            Self::start_with(client, ns, settings, None, Limits::default()).await
+            Self::start_with(
+                client,
+                ns,
+                settings,
+                None,
+                Limits::default(),
+                QuotaSettings::default(),
+            )
+            .await
         }
 
         /// The same, giving the jobs it creates this TTL after finishing.
@@ -720,7 +754,15 @@ pub mod facade_env {
             settings: &TemporalSettings,
             job_ttl: Option<u32>,
         ) -> Self {
-            Self::start_with(client, ns, settings, job_ttl, Limits::default()).await
+            Self::start_with(
+                client,
+                ns,
+                settings,
+                job_ttl,
+                Limits::default(),
+                QuotaSettings::default(),
+            )
+            .await
         }
 
         /// The same, with a job TTL and caps of its own.
@@ -730,6 +772,7 @@ pub mod facade_env {
             settings: &TemporalSettings,
             job_ttl: Option<u32>,
             limits: Limits,
+            quota: QuotaSettings,
         ) -> Self {
             let tokens = tempfile::tempdir().unwrap();
             let path = tokens.path().join("tokens");
@@ -757,18 +800,31 @@ pub mod facade_env {
                 codec: None,
                 draining: facade::Draining::never(),
                 limits,
+                quota: CreateQuota::new(quota),
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
+            let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let admin = format!("http://{}", admin_listener.local_addr().unwrap());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(facade::serve(
+                admin_listener,
+                facade::admin_router(state.clone()),
+                facade::HEADER_READ_TIMEOUT,
+                async move {
+                    let _ = admin_stopped.await;
+                },
+            ));
             let app = facade::router(state, auth);
-            tokio::spawn(async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            });
+            tokio::spawn(facade::serve(
+                listener,
+                app,
+                facade::HEADER_READ_TIMEOUT,
+                async move {
+                    let _ = stopped.await;
+                },
+            ));
             let mut headers = reqwest::header::HeaderMap::new();
             headers.insert(
                 reqwest::header::AUTHORIZATION,
@@ -780,8 +836,9 @@ pub mod facade_env {
                 .unwrap();
             Self {
                 base,
+                admin,
                 http,
-                _stop: stop,
+                _stop: (stop, admin_stop),
                 tokens,
             }
         }
@@ -797,9 +854,11 @@ pub mod facade_env {
             response.json().await.expect("a JSON body")
         }
 
-        /// `GET path` with the accepted token, as text.
-        pub async fn get_text(&self, path: &str) -> String {
-            let response = self.http.get(self.url(path)).send().await.expect("GET");
+        /// The replica's metrics, from its admin port.
+        pub async fn metrics(&self) -> String {
+            let response = reqwest::get(format!("{}/metrics", self.admin))
+                .await
+                .expect("GET /metrics");
             response.text().await.expect("a text body")
         }
     }
