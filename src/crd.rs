@@ -329,6 +329,14 @@ impl ImageJob {
             .and_then(|uid| uuid::Uuid::parse_str(uid).ok())
     }
 
+    /// The id of this job's workflow: `image-processing-<metadata.uid>`, derived from the
+    /// object so a crash between starting the workflow and writing the status cannot start a
+    /// second one. `None` for an object without a uid (not from the apiserver).
+    pub fn workflow_id(&self) -> Option<String> {
+        use kube::ResourceExt;
+        self.uid().map(|uid| format!("{WORKFLOW_ID_PREFIX}{uid}"))
+    }
+
     /// Whether this job is the one the workflow `workflow_id` runs for (its uid is in the id):
     /// a job created again under a name an older job had is not.
     pub fn runs(&self, workflow_id: &str) -> bool {

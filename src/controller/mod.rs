@@ -18,7 +18,7 @@ pub use leader::{LeaderElector, LeaseSettings, TimingError};
 pub use lifecycle::{HeldJobs, Lifecycle};
 
 use crate::{
-    crd::{FINALIZER, ImageJob, ImageJobSpec, ImageJobStatus, WORKFLOW_ID_PREFIX},
+    crd::{FINALIZER, ImageJob, ImageJobSpec, ImageJobStatus},
     kube_client::WriteFence,
     metrics::SharedMetrics,
     temporal::{GatewayError, WorkflowGateway},
@@ -128,12 +128,10 @@ pub struct Context {
     deletions: cleanup::DeletionClock,
 }
 
-/// The workflow id of a job: `image-processing-<metadata.uid>`. Derived from the object, so a
-/// crash between starting the workflow and writing the status cannot start a second one.
+/// The workflow id of a job (see [`ImageJob::workflow_id`]); an error for an object without a
+/// uid.
 pub fn workflow_id(job: &ImageJob) -> Result<String> {
-    job.uid()
-        .map(|uid| format!("{WORKFLOW_ID_PREFIX}{uid}"))
-        .ok_or(Error::MissingUid)
+    job.workflow_id().ok_or(Error::MissingUid)
 }
 
 impl Context {

@@ -5,7 +5,7 @@ use super::{
     in_flight::InFlight,
     list_index::{ListIndex, PageQuery, name_in},
 };
-use crate::crd::{ImageJob, WORKFLOW_ID_PREFIX};
+use crate::crd::ImageJob;
 use futures::{Stream, StreamExt};
 use kube::{
     Api, ResourceExt,
@@ -148,8 +148,7 @@ impl JobCache {
                 }
                 Ok(Event::Delete(job)) => {
                     self.wake_waiters_of(job.uid_key());
-                    if let Some(uid) = job.uid() {
-                        let id = format!("{WORKFLOW_ID_PREFIX}{uid}");
+                    if let Some(id) = job.workflow_id() {
                         let _ = self.updates.send(JobUpdate::Deleted(id));
                     }
                     if let Ok(mut order) = self.list_order.write() {
@@ -271,9 +270,11 @@ impl JobCache {
 
     /// Whether this replica saw the job behind a workflow id deleted.
     pub fn was_deleted(&self, workflow_id: &str) -> bool {
-        workflow_id
-            .strip_prefix(WORKFLOW_ID_PREFIX)
-            .is_some_and(|uid| self.deleted.read().is_ok_and(|d| d.set.contains(uid)))
+        crate::crd::workflow_uid(workflow_id).is_some_and(|uid| {
+            self.deleted
+                .read()
+                .is_ok_and(|d| d.set.contains(&uid.hyphenated().to_string()))
+        })
     }
 
     /// One page of cached jobs in list order (see [`ListIndex::page`]), and where the next one
@@ -337,7 +338,7 @@ mod tests {
         let (store, _writer) = reflector::store();
         let cache = JobCache::empty("ns".into(), store);
         let (mine, other) = (job("mine", 1), job("other", 2));
-        let id = |j: &ImageJob| format!("{WORKFLOW_ID_PREFIX}{}", j.uid().unwrap());
+        let id = |j: &ImageJob| j.workflow_id().unwrap();
         let mut waiting = cache.subscribe_job(&id(&mine));
         let (tx, rx) = futures::channel::mpsc::unbounded();
         let driven = tokio::spawn(cache.clone().drive(rx));

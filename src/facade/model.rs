@@ -244,7 +244,7 @@ impl WorkflowSummary {
         let status = job.status.clone().unwrap_or_default();
         let time = |t: Option<&Time>| t.map(|t| t.0.to_string());
         Some(Self {
-            workflow_id: crate::controller::workflow_id(job).ok()?,
+            workflow_id: job.workflow_id()?,
             name: job.name_any(),
             url: job.spec.url.clone(),
             title: job.spec.title.clone(),

@@ -14,7 +14,6 @@ use super::{
     quota::{ANONYMOUS_CLIENT, CLIENT_LABEL},
 };
 use crate::{
-    controller::workflow_id,
     crd::{FINALIZER, ImageJob, RequestedStatus},
     temporal::{ExecutionStatus, GatewayError},
 };
@@ -151,8 +150,8 @@ pub async fn process(
         (Err(e), _) => return Err(e.into()),
     };
     state.cache.remember(&created);
-    let workflow_id =
-        workflow_id(&created).map_err(|_| ApiError::Unavailable("Kubernetes apiserver".into()))?;
+    let workflow_id = (created.workflow_id())
+        .ok_or_else(|| ApiError::Unavailable("Kubernetes apiserver".into()))?;
     tracing::info!(name = %created.name_any(), %workflow_id, "image job created");
     let body = ProcessResponse {
         workflow_id,
