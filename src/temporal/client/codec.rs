@@ -181,8 +181,12 @@ impl PayloadCipher {
             .get(KEY_ID_METADATA)
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default();
-        if !self.knows(&id) {
-            self.read_new_keys()?;
+        if !self.knows(&id)
+            && let Err(e) = self.read_new_keys()
+        {
+            // The keys held stay; the error (which names the key directory) goes to the log
+            // only, and the payload is answered as one of an unknown key.
+            tracing::warn!(error = %e, "the payload key directory cannot be read again");
         }
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
         let cipher = keys
@@ -349,6 +353,25 @@ mod tests {
             .encrypt(&json("\"new\""))
             .expect("the current key is kept");
         assert_eq!(cipher.decrypt(new).expect("new").data, b"\"new\"");
+    }
+
+    #[test]
+    fn a_key_directory_gone_is_told_as_an_unknown_key_without_its_path() {
+        let dir = key_dir(&[("k1", [7; 32])]);
+        let cipher = PayloadCipher::load(dir.path().into(), "k1".into()).expect("keys");
+        let mut stranger = cipher.encrypt(&json("1")).expect("encrypt");
+        stranger
+            .metadata
+            .insert(KEY_ID_METADATA.into(), b"k9".to_vec());
+        let path = dir.path().display().to_string();
+        drop(dir);
+        let told = cipher
+            .decrypt(stranger)
+            .expect_err("unknown key")
+            .to_string();
+        assert_eq!(told, r#"payload encrypted with unknown key "k9""#);
+        assert!(!told.contains(&path));
+        assert!(cipher.encrypt(&json("2")).is_ok(), "the keys held stay");
     }
 
     #[test]
