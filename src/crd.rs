@@ -367,13 +367,15 @@ impl ImageJob {
         self.status.as_ref().map(|s| s.phase).unwrap_or_default()
     }
 
+    /// The job's condition of this type, when its status has one.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        (self.status.as_ref()?.conditions.iter()).find(|c| c.type_ == type_)
+    }
+
     /// Whether the status says Temporal could not be used (`TemporalReachable=False`).
     pub fn temporal_unreachable(&self) -> bool {
-        self.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == CONDITION_TEMPORAL_REACHABLE && c.status == "False")
-        })
+        self.condition(CONDITION_TEMPORAL_REACHABLE)
+            .is_some_and(|c| c.status == "False")
     }
 }
 

@@ -142,12 +142,6 @@ fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-fn values_file(values: &Value) -> tempfile::NamedTempFile {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), values.to_string()).unwrap();
-    file
-}
-
 fn pods(c: &Cluster, ns: &str, role: &str) -> Vec<Value> {
     let list = c.json(&[
         "get",
@@ -244,18 +238,6 @@ fn wait_completed(c: &Cluster, ns: &str, names: &[String]) {
     }
 }
 
-fn executions(c: &Cluster, workflow_id: &str) -> usize {
-    let out = Command::new("temporal")
-        .args(["workflow", "list", "--output", "json", "--query"])
-        .arg(format!("WorkflowId = '{workflow_id}'"))
-        .arg("--address")
-        .arg(c.temporal_address())
-        .output()
-        .expect("temporal CLI");
-    let items: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
-    items.as_array().map_or(0, Vec::len)
-}
-
 fn workflow_identities(c: &Cluster, workflow_id: &str) -> String {
     support::cli_history(&c.temporal_address(), workflow_id).to_string()
 }
@@ -346,7 +328,7 @@ fn the_chart_runs_in_pods_and_survives_failover_restart_upgrade_and_uninstall() 
 
     // helm install: every Deployment Available, every probe passing, the chart's security.
     let installed = Instant::now();
-    let file = values_file(&values);
+    let file = support::values_file(&values);
     c.chart(&["install", release, &ns, file.path().to_str().unwrap()]);
     wait_available(&c, &ns);
     eprintln!(
@@ -460,7 +442,7 @@ fn the_chart_runs_in_pods_and_survives_failover_restart_upgrade_and_uninstall() 
         let job = c.json(&["get", "imagejob", "-n", &ns, name]);
         let id = job["status"]["workflowId"].as_str().unwrap().to_owned();
         let count = until("the workflow to be visible", || {
-            Some(executions(&c, &id)).filter(|n| *n > 0)
+            Some(support::executions(&c.temporal_address(), &id)).filter(|n| *n > 0)
         });
         assert_eq!(count, 1, "{name} has exactly one workflow");
         image_ids.push(job["status"]["imageId"].as_str().unwrap().to_owned());
@@ -521,7 +503,7 @@ fn the_chart_runs_in_pods_and_survives_failover_restart_upgrade_and_uninstall() 
         }
     });
     values["podAnnotations"] = json!({"example.com/rollout": "2"});
-    let file = values_file(&values);
+    let file = support::values_file(&values);
     c.chart(&["upgrade", release, &ns, file.path().to_str().unwrap()]);
     wait_available(&c, &ns);
     rolling.store(false, std::sync::atomic::Ordering::Relaxed);

@@ -6,11 +6,11 @@ use async_trait::async_trait;
 use imagejob_operator::{
     crd::{CONDITION_SUCCEEDED, CONDITION_TEMPORAL_REACHABLE, ImageJob, Phase},
     store::{ImageDocument, MetadataStore, StoreError},
-    temporal::{ExecutionStatus, GatewayError, TemporalSettings, WorkflowGateway},
+    temporal::{ExecutionStatus, GatewayError, WorkflowGateway},
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, ResourceExt, api::DeleteParams};
-use std::{process::Command, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 use support::{
     ControllerProcess, TestWorker, eventually,
     kube_env::{self, InProcessController, Setup, create, wait_job, wait_phase},
@@ -18,17 +18,6 @@ use support::{
 };
 
 const JOB_WAIT: Duration = Duration::from_secs(60);
-
-fn condition<'a>(
-    job: &'a ImageJob,
-    type_: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    job.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-}
 
 async fn setup(prefix: &str) -> Setup {
     Setup::new(prefix).await
@@ -81,7 +70,7 @@ async fn a_job_completes_with_every_status_field_and_kubectl_wait_returns() {
     assert_eq!(similarity.total_matches, 2);
     assert_eq!(similarity.top_matches[0].name, "Blue Oxford");
     assert_eq!(similarity.summary, "2 matches, best 0.93");
-    let succeeded = condition(&job, CONDITION_SUCCEEDED).unwrap();
+    let succeeded = job.condition(CONDITION_SUCCEEDED).unwrap();
     assert_eq!(
         (succeeded.status.as_str(), succeeded.reason.as_str()),
         ("True", "Completed")
@@ -138,7 +127,7 @@ async fn an_activity_failing_past_its_retries_ends_failed_with_the_error() {
         "{status:?}"
     );
     assert!(!status.metadata_stored);
-    let c = condition(&job, CONDITION_SUCCEEDED).unwrap();
+    let c = job.condition(CONDITION_SUCCEEDED).unwrap();
     assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Failed"));
     assert!(c.message.contains("couchbase node down"));
     assert!(status.completion_time.is_some());
@@ -185,7 +174,7 @@ async fn a_title_within_the_schemas_characters_but_over_its_bytes_fails_without_
         status.error.as_deref(),
         Some("spec.title: title longer than 256 bytes")
     );
-    let c = condition(&job, CONDITION_SUCCEEDED).unwrap();
+    let c = job.condition(CONDITION_SUCCEEDED).unwrap();
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("False", "InvalidSpec")
@@ -202,30 +191,6 @@ async fn a_title_within_the_schemas_characters_but_over_its_bytes_fails_without_
     })
     .await;
     assert!(!reasons.is_empty());
-}
-
-/// How many executions Temporal has under this workflow id.
-fn executions(settings: &TemporalSettings, workflow_id: &str) -> usize {
-    let out = Command::new("temporal")
-        .args(["workflow", "list", "--output", "json", "--query"])
-        .arg(format!("WorkflowId = '{workflow_id}'"))
-        .arg("--address")
-        .arg(format!("{}:{}", settings.host, settings.port))
-        .output()
-        .expect("temporal CLI");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(serde_json::Value::Array(items)) => items.len(),
-        _ => text
-            .lines()
-            .filter(|l| l.trim_start().starts_with('{'))
-            .count(),
-    }
 }
 
 #[tokio::test]
@@ -268,7 +233,9 @@ async fn a_controller_killed_right_after_starting_a_workflow_never_starts_a_seco
     let count = eventually(
         "the workflow to be visible",
         Duration::from_secs(20),
-        || async { Some(executions(&s.settings, &workflow_id)).filter(|n| *n > 0) },
+        || async {
+            Some(support::executions(&s.settings.address(), &workflow_id)).filter(|n| *n > 0)
+        },
     )
     .await;
     assert_eq!(count, 1, "exactly one workflow for the job");
@@ -320,13 +287,16 @@ async fn with_two_controllers_one_leads_and_the_other_takes_over_when_it_dies() 
     let _worker = TestWorker::plain(&s.settings);
     let mut a = ControllerProcess::start(&s.settings, &s.ns, &election("ctl-a"));
     let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
-    let first_leader = eventually("a leader", JOB_WAIT, || holder(&leases, &lease)).await;
+    let first_leader = eventually("a leader", JOB_WAIT, || {
+        support::lease_holder(&leases, &lease)
+    })
+    .await;
     assert_eq!(first_leader, "ctl-a");
     let _b = ControllerProcess::start(&s.settings, &s.ns, &election("ctl-b"));
     create(&s.api, "first", kube_env::spec(false)).await;
     wait_phase(&s.api, "first", Phase::Completed).await;
     assert_eq!(
-        holder(&leases, &lease).await.as_deref(),
+        support::lease_holder(&leases, &lease).await.as_deref(),
         Some("ctl-a"),
         "the leader stays while alive"
     );
@@ -334,17 +304,10 @@ async fn with_two_controllers_one_leads_and_the_other_takes_over_when_it_dies() 
     a.child.kill();
     create(&s.api, "second", kube_env::spec(false)).await;
     wait_phase(&s.api, "second", Phase::Completed).await;
-    assert_eq!(holder(&leases, &lease).await.as_deref(), Some("ctl-b"));
-}
-
-async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
-    leases
-        .get_opt(name)
-        .await
-        .ok()
-        .flatten()?
-        .spec?
-        .holder_identity
+    assert_eq!(
+        support::lease_holder(&leases, &lease).await.as_deref(),
+        Some("ctl-b")
+    );
 }
 
 #[tokio::test]
@@ -361,10 +324,10 @@ async fn with_temporal_down_the_job_says_so_and_completes_once_it_is_back() {
         "patient",
         "TemporalReachable=False",
         JOB_WAIT,
-        |j| condition(j, CONDITION_TEMPORAL_REACHABLE).is_some_and(|c| c.status == "False"),
+        |j| j.temporal_unreachable(),
     )
     .await;
-    let c = condition(&job, CONDITION_TEMPORAL_REACHABLE).unwrap();
+    let c = job.condition(CONDITION_TEMPORAL_REACHABLE).unwrap();
     assert_eq!(c.reason, "TemporalUnavailable");
     assert_ne!(job.phase(), Phase::Completed);
 
@@ -378,9 +341,7 @@ async fn with_temporal_down_the_job_says_so_and_completes_once_it_is_back() {
     )
     .await;
     assert_eq!(
-        condition(&job, CONDITION_TEMPORAL_REACHABLE)
-            .unwrap()
-            .status,
+        job.condition(CONDITION_TEMPORAL_REACHABLE).unwrap().status,
         "True"
     );
     let reasons = kube_env::event_reasons(&s.client, &s.ns, "patient").await;

@@ -41,17 +41,6 @@ fn election(lease: &str, ns: &str, who: &str, timing: [&str; 3]) -> Vec<(&'stati
     ]
 }
 
-async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
-    leases
-        .get_opt(name)
-        .await
-        .ok()
-        .flatten()?
-        .spec?
-        .holder_identity
-        .filter(|h| !h.is_empty())
-}
-
 /// Waits until the job says Temporal cannot be reached (`TemporalReachable=False`).
 async fn wait_unreachable(api: &Api<ImageJob>, name: &str) -> ImageJob {
     wait_job(api, name, "TemporalReachable=False", JOB_WAIT, |j| {
@@ -91,7 +80,10 @@ async fn a_paused_leader_makes_no_write_after_waking_and_finished_jobs_stay_fini
         &election(&lease, &s.ns, "ctl-a", timing),
     );
     let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
-    let first = eventually("a leader", JOB_WAIT, || holder(&leases, &lease)).await;
+    let first = eventually("a leader", JOB_WAIT, || {
+        support::lease_holder(&leases, &lease)
+    })
+    .await;
     assert_eq!(first, "ctl-a");
     let _b = ControllerProcess::start(
         &s.settings,
@@ -116,7 +108,7 @@ async fn a_paused_leader_makes_no_write_after_waking_and_finished_jobs_stay_fini
     a.signal("STOP");
 
     eventually("ctl-b to take over", JOB_WAIT, || async {
-        (holder(&leases, &lease).await.as_deref() == Some("ctl-b")).then_some(())
+        (support::lease_holder(&leases, &lease).await.as_deref() == Some("ctl-b")).then_some(())
     })
     .await;
     for name in &names {
@@ -151,7 +143,10 @@ async fn a_paused_leader_makes_no_write_after_waking_and_finished_jobs_stay_fini
         finished,
         "a finished job changed"
     );
-    assert_eq!(holder(&leases, &lease).await.as_deref(), Some("ctl-b"));
+    assert_eq!(
+        support::lease_holder(&leases, &lease).await.as_deref(),
+        Some("ctl-b")
+    );
 }
 
 #[tokio::test]
@@ -167,7 +162,10 @@ async fn a_leader_stopped_gracefully_hands_over_at_once() {
         &election(&lease, &s.ns, "ctl-a", timing),
     );
     let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
-    let first = eventually("a leader", JOB_WAIT, || holder(&leases, &lease)).await;
+    let first = eventually("a leader", JOB_WAIT, || {
+        support::lease_holder(&leases, &lease)
+    })
+    .await;
     assert_eq!(first, "ctl-a");
     let b = ControllerProcess::start(
         &s.settings,
@@ -185,7 +183,7 @@ async fn a_leader_stopped_gracefully_hands_over_at_once() {
         "ctl-a exits cleanly on SIGTERM"
     );
     eventually("ctl-b to lead", JOB_WAIT, || async {
-        (holder(&leases, &lease).await.as_deref() == Some("ctl-b")).then_some(())
+        (support::lease_holder(&leases, &lease).await.as_deref() == Some("ctl-b")).then_some(())
     })
     .await;
     let handover = stopped.elapsed();
@@ -208,7 +206,10 @@ async fn probes_answer_at_once_for_leader_and_standby() {
         &election(&lease, &s.ns, "ctl-a", timing),
     );
     let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
-    eventually("a leader", JOB_WAIT, || holder(&leases, &lease)).await;
+    eventually("a leader", JOB_WAIT, || {
+        support::lease_holder(&leases, &lease)
+    })
+    .await;
     let b = ControllerProcess::start(
         &s.settings,
         &s.ns,
@@ -564,7 +565,10 @@ async fn a_lost_term_leaves_no_task_and_no_cache_behind() {
         &election(&lease, &s.ns, "ctl-a", ["3", "2", "1"]),
     );
     let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
-    eventually("a leader", JOB_WAIT, || holder(&leases, &lease)).await;
+    eventually("a leader", JOB_WAIT, || {
+        support::lease_holder(&leases, &lease)
+    })
+    .await;
     let names: Vec<String> = (0..200).map(|i| format!("job-{i}")).collect();
     futures::stream::iter(&names)
         .for_each_concurrent(16, |name| {
@@ -582,7 +586,7 @@ async fn a_lost_term_leaves_no_task_and_no_cache_behind() {
     let regain = || async {
         steal(&leases, &lease).await;
         eventually("the controller to win the Lease back", JOB_WAIT, || async {
-            (holder(&leases, &lease).await.as_deref() == Some("ctl-a")).then_some(())
+            (support::lease_holder(&leases, &lease).await.as_deref() == Some("ctl-a")).then_some(())
         })
         .await;
     };

@@ -26,15 +26,9 @@ fn chart(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn values_file(values: &Value) -> tempfile::NamedTempFile {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), values.to_string()).unwrap();
-    file
-}
-
 /// Renders the chart: every object, keyed by "Kind/name".
 fn render(values: &Value) -> BTreeMap<String, Value> {
-    let file = values_file(values);
+    let file = support::values_file(values);
     let (ok, out) = chart(&["render", file.path().to_str().unwrap()]);
     assert!(ok, "render failed: {out}");
     let templates: BTreeMap<String, String> = serde_json::from_str(&out).expect("render output");
@@ -346,7 +340,10 @@ fn every_optional_part_renders() {
 
 #[test]
 fn values_that_break_the_schema_are_rejected() {
-    let (ok, out) = chart(&["validate", values_file(&json!({})).path().to_str().unwrap()]);
+    let (ok, out) = chart(&[
+        "validate",
+        support::values_file(&json!({})).path().to_str().unwrap(),
+    ]);
     assert!(ok, "defaults must validate: {out}");
     for bad in [
         json!({"temporal": {"port": "7233"}}),
@@ -360,7 +357,10 @@ fn values_that_break_the_schema_are_rejected() {
         json!({"podDisruptionBudget": {"maxUnavailable": 0}}),
         json!({"facade": {"drainSeconds": -1}}),
     ] {
-        let (ok, out) = chart(&["validate", values_file(&bad).path().to_str().unwrap()]);
+        let (ok, out) = chart(&[
+            "validate",
+            support::values_file(&bad).path().to_str().unwrap(),
+        ]);
         assert!(!ok, "{bad} was accepted: {out}");
         assert!(out.contains("rejected"), "{out}");
     }
@@ -449,7 +449,10 @@ fn an_embedded_store_with_several_workers_is_refused_at_render_time() {
             "worker.autoscaling.enabled cannot be used",
         ),
     ] {
-        let (ok, out) = chart(&["render", values_file(&bad).path().to_str().unwrap()]);
+        let (ok, out) = chart(&[
+            "render",
+            support::values_file(&bad).path().to_str().unwrap(),
+        ]);
         assert!(!ok, "{bad} rendered");
         assert!(out.contains(says), "{bad}: {out}");
         assert!(
@@ -559,7 +562,7 @@ async fn the_release_installs_and_its_rbac_is_sufficient_and_minimal() {
         "facade": {"ingress": {"enabled": true}},
         "podDisruptionBudget": {"enabled": true},
     });
-    let file = values_file(&values);
+    let file = support::values_file(&values);
     let (ok, out) = tokio::task::spawn_blocking({
         let (ns, path, release) = (
             ns.clone(),
@@ -836,7 +839,10 @@ fn keda_scales_the_worker_on_the_task_queue_backlog_with_the_same_credentials() 
 
     let mut both = values.clone();
     both["worker"]["autoscaling"]["enabled"] = json!(true);
-    let (ok, out) = chart(&["render", values_file(&both).path().to_str().unwrap()]);
+    let (ok, out) = chart(&[
+        "render",
+        support::values_file(&both).path().to_str().unwrap(),
+    ]);
     assert!(!ok && out.contains("enable one"), "{out}");
 }
 
@@ -872,7 +878,7 @@ fn worker_tuning_reaches_the_worker() {
     assert_eq!(env["WORKER_MAX_CACHED_WORKFLOWS"]["value"], "1000");
     let (ok, out) = chart(&[
         "validate",
-        values_file(&json!({"worker": {"tuning": {"workflowPollers": 1}}}))
+        support::values_file(&json!({"worker": {"tuning": {"workflowPollers": 1}}}))
             .path()
             .to_str()
             .unwrap(),
@@ -1096,7 +1102,7 @@ fn the_similarity_backend_and_its_fetch_limits_reach_the_worker_and_its_catalog_
     assert_eq!(env["IMAGE_MAX_PIXELS"]["value"], "100");
     let (ok, out) = chart(&[
         "validate",
-        values_file(&json!({"worker": {"similarity": {"backend": "clip"}}}))
+        support::values_file(&json!({"worker": {"similarity": {"backend": "clip"}}}))
             .path()
             .to_str()
             .unwrap(),

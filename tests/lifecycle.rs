@@ -11,7 +11,6 @@ use imagejob_operator::{
     store::MetadataStore,
     temporal::{ExecutionStatus, GatewayError, WorkflowGateway},
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -28,27 +27,6 @@ const JOB_WAIT: Duration = Duration::from_secs(60);
 /// safety-net resync, so a pass proves the status followed the history, not a timer. (The
 /// latency itself is a benchmark figure.)
 const PROGRESS_WAIT: Duration = Duration::from_secs(5);
-
-fn condition<'a>(job: &'a ImageJob, type_: &str) -> Option<&'a Condition> {
-    job.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-}
-
-fn kubectl(args: &[&str]) -> String {
-    let out = std::process::Command::new("kubectl")
-        .args(args)
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Waits until the fake has received its first search request; returns when.
 async fn search_started(fake: &FakeLykdat) -> Instant {
@@ -87,7 +65,7 @@ async fn kubectl_cancel_during_the_search_keeps_the_job_cancelled_with_its_final
     );
     assert_eq!(running.phase(), Phase::Processing);
 
-    kubectl(&[
+    support::kubectl(&[
         "patch",
         "imagejob",
         "slow",
@@ -106,12 +84,14 @@ async fn kubectl_cancel_during_the_search_keeps_the_job_cancelled_with_its_final
     );
     assert!(!status.similarity_search_completed);
     assert!(status.completion_time.is_some());
-    let succeeded = condition(&job, CONDITION_SUCCEEDED).unwrap();
+    let succeeded = job.condition(CONDITION_SUCCEEDED).unwrap();
     assert_eq!(
         (succeeded.status.as_str(), succeeded.reason.as_str()),
         ("False", "Cancelled")
     );
-    let requested = condition(&job, CONDITION_CANCEL_REQUESTED).expect("CancelRequested");
+    let requested = job
+        .condition(CONDITION_CANCEL_REQUESTED)
+        .expect("CancelRequested");
     assert_eq!(
         (requested.status.as_str(), requested.reason.as_str()),
         ("True", "Signalled")
@@ -134,7 +114,7 @@ async fn kubectl_cancel_during_the_search_keeps_the_job_cancelled_with_its_final
     assert_eq!(doc.url, "https://example.com/image.jpg");
 
     // The record stays; the printer columns and events say what happened.
-    let row = kubectl(&["get", "imagejob", "slow", "-n", &s.ns, "--no-headers"]);
+    let row = support::kubectl(&["get", "imagejob", "slow", "-n", &s.ns, "--no-headers"]);
     assert!(row.contains("Cancelled"), "{row}");
     let reasons = kube_env::event_reasons(&s.client, &s.ns, "slow").await;
     assert!(reasons.iter().any(|r| r == "Cancelled"), "{reasons:?}");
@@ -150,7 +130,7 @@ async fn a_job_cancelled_before_it_started_never_starts_a_workflow() {
     let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
 
     let job = wait_phase(&s.api, "early", Phase::Cancelled).await;
-    let succeeded = condition(&job, CONDITION_SUCCEEDED).unwrap();
+    let succeeded = job.condition(CONDITION_SUCCEEDED).unwrap();
     assert_eq!(succeeded.message, "cancelled before its workflow started");
     let workflow_id = imagejob_operator::controller::workflow_id(&created).unwrap();
     let gateway = support::gateway(&s.settings);
@@ -210,7 +190,8 @@ async fn retitle(api: &Api<ImageJob>, name: &str, title: &str, applied: &str) ->
         .unwrap();
     let what = format!("SpecApplied={applied}");
     wait_job(api, name, &what, JOB_WAIT, |j| {
-        condition(j, CONDITION_SPEC_APPLIED).is_some_and(|c| c.status == applied)
+        j.condition(CONDITION_SPEC_APPLIED)
+            .is_some_and(|c| c.status == applied)
     })
     .await
 }
@@ -258,7 +239,8 @@ async fn a_spec_edit_made_while_no_controller_ran_is_reported_by_the_next_one() 
     // The next controller adopts the workflow: the spec it started with is read from Temporal.
     let _second = InProcessController::start(&s.client, &s.settings, &s.ns).await;
     let job = wait_job(&s.api, "adopted", "SpecApplied=False", JOB_WAIT, |j| {
-        condition(j, CONDITION_SPEC_APPLIED).is_some_and(|c| c.status == "False")
+        j.condition(CONDITION_SPEC_APPLIED)
+            .is_some_and(|c| c.status == "False")
     })
     .await;
     let status = job.status.expect("status");
@@ -280,7 +262,7 @@ async fn a_spec_edit_after_start_is_reported_and_not_applied() {
     search_started(&fake).await;
 
     let job = retitle(&s.api, "edited", "Another title", "False").await;
-    let reported = condition(&job, CONDITION_SPEC_APPLIED).unwrap();
+    let reported = job.condition(CONDITION_SPEC_APPLIED).unwrap();
     assert_eq!(reported.reason, "EditedAfterStart");
     assert!(
         reported.message.contains("generation 2"),

@@ -262,6 +262,52 @@ pub fn cli_history(address: &str, workflow_id: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("history JSON")
 }
 
+/// The holder of the Lease `name`, when one holds it (an empty holder is none).
+pub async fn lease_holder(
+    leases: &kube::Api<k8s_openapi::api::coordination::v1::Lease>,
+    name: &str,
+) -> Option<String> {
+    leases
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()?
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
+}
+
+/// A file holding `values` as JSON (a chart's values file).
+pub fn values_file(values: &serde_json::Value) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), values.to_string()).expect("write values");
+    file
+}
+
+/// How many executions the Temporal at `address` has under this workflow id (its
+/// visibility, which lags a moment behind a start).
+pub fn executions(address: &str, workflow_id: &str) -> usize {
+    let out = Command::new("temporal")
+        .args(["workflow", "list", "--output", "json", "--query"])
+        .arg(format!("WorkflowId = '{workflow_id}'"))
+        .args(["--address", address])
+        .output()
+        .expect("temporal CLI");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Array(items)) => items.len(),
+        _ => text
+            .lines()
+            .filter(|l| l.trim_start().starts_with('{'))
+            .count(),
+    }
+}
+
 /// Runs `kubectl` with `args` against the stack (its `KUBECONFIG`), failing the test with
 /// kubectl's words when it fails; what it printed.
 pub fn kubectl(args: &[&str]) -> String {
