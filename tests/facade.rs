@@ -4,7 +4,10 @@
 mod support;
 
 use imagejob_operator::{
-    crd::{ImageJob, ImageJobStatus, Phase},
+    crd::{
+        ImageJob, ImageJobStatus, MAX_DESCRIPTION_LEN, MAX_TAG_LEN, MAX_TITLE_LEN, MAX_URL_LEN,
+        Phase,
+    },
     facade::{CLIENT_LABEL, Limits, QuotaSettings},
     temporal::{ExecutionStatus, WorkflowGateway},
 };
@@ -542,7 +545,18 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
         // The event stream never ends by design; the jobs page test covers it.
         .args(["--exclude-path", "/images/events"])
         .args(["--header", &format!("Authorization: Bearer {TOKEN}")])
-        .env("SCHEMATHESIS_HOOKS", "")
+        // Limits are bytes, which the schema's maxLength (characters) cannot say: the hooks
+        // keep generated bodies within them, so every check stays on.
+        .env(
+            "SCHEMATHESIS_HOOKS",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/schemathesis_byte_limits.py"),
+        )
+        .env(
+            "IJ_BYTE_LIMITS",
+            format!(
+                "url={MAX_URL_LEN},title={MAX_TITLE_LEN},description={MAX_DESCRIPTION_LEN},tags={MAX_TAG_LEN}"
+            ),
+        )
         .output()
         .await
         .expect("schemathesis is installed by scripts/install-deps.sh");
