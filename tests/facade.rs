@@ -33,15 +33,8 @@ fn valid() -> Value {
 }
 
 async fn post(f: &TestFacade, body: &Value) -> (StatusCode, Value) {
-    let r = f
-        .http
-        .post(f.url("/images/process"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
+    let (status, body, _) = post_with_retry_after(f, body).await;
+    (status, body)
 }
 
 #[tokio::test]
