@@ -12,6 +12,10 @@
 //! the brightness variant alone moves it by 120). Also: embedding time per image, and search
 //! time and memory with 10,000 and 100,000 catalogued vectors of the model's size.
 
+// The worker's allocator, so the memory figures are the worker's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use image::{Rgb, RgbImage, imageops::FilterType};
 use imagejob_operator::similarity::{
     Catalog, CatalogEntry, MODEL_DESCRIPTOR, MODEL_SHARE, descriptor,

@@ -7,6 +7,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$IJ_ROOT"
 scripts/install-deps.sh
+own_build
 step "building the benchmark (release)"
 cargo bench --bench operator --no-run
 stack="$(mktemp -d /tmp/imagejob-bench-stack.XXXXXX)"

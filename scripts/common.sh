@@ -5,6 +5,18 @@ IJ_CACHE="${IJ_CACHE:-$HOME/.cache/imagejob-operator}"
 # One build folder for every checkout on this machine: a fresh clone (CI's) reuses the compiled
 # dependencies instead of building them all again.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$IJ_CACHE/target}"
+# Cargo judges a build made in another checkout fresh (it compares paths relative to the
+# workspace), but the test binaries hold their checkout's absolute path (CARGO_MANIFEST_DIR)
+# and would read that checkout's files: the crate's own sources are touched once per checkout
+# change, so they are compiled again (the dependencies are not).
+own_build() {
+  local marker="$CARGO_TARGET_DIR/.imagejob-checkout"
+  mkdir -p "$CARGO_TARGET_DIR"
+  if [[ "$(cat "$marker" 2>/dev/null)" != "$IJ_ROOT" ]]; then
+    find "$IJ_ROOT/src" "$IJ_ROOT/tests" "$IJ_ROOT/benches" -name '*.rs' -exec touch {} +
+    echo "$IJ_ROOT" >"$marker"
+  fi
+}
 # The pod sandbox image of cluster stacks (built from Kubernetes' pause.c by install-deps.sh).
 IJ_PAUSE_IMAGE="imagejob.local/pause:3.4"
 free_port() {

@@ -11,13 +11,14 @@ cd "$IJ_ROOT"
 scripts/install-deps.sh
 # A one-off build keeps no incremental state (gigabytes in the shared target folder).
 export CARGO_INCREMENTAL=0
+own_build
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "building the tests"
 cargo build --tests --all-targets
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "building the container image (release binary)"
 scripts/image.sh >/dev/null

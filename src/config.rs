@@ -9,7 +9,13 @@ use crate::{
         model::EfficientNetLite0,
     },
     store::{CouchbaseSettings, CouchbaseStore, EmbeddedStore, MetadataStore, StoreError},
-    temporal::{GatewayError, PayloadCipher, TemporalSettings, WorkerTuning, WorkerVersion},
+    telemetry::LogFormat,
+    temporal::{
+        codec::PayloadCipher,
+        connection::TemporalSettings,
+        error::TemporalError,
+        worker::{WorkerTuning, WorkerVersion},
+    },
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -25,15 +31,6 @@ pub struct Cli {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
-}
-
-/// Log output format.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Compression of the gRPC calls to Temporal.
@@ -161,7 +158,7 @@ pub struct TemporalArgs {
 
 impl TemporalArgs {
     /// The settings the Temporal module takes, with Temporal's own client configuration.
-    pub fn settings(&self) -> Result<TemporalSettings, GatewayError> {
+    pub fn settings(&self) -> Result<TemporalSettings, TemporalError> {
         TemporalSettings::from_environment(
             self.temporal_host.clone(),
             self.temporal_port,
@@ -177,14 +174,14 @@ impl TemporalArgs {
     }
 
     /// The payload cipher, when encryption is configured.
-    pub fn payload_cipher(&self) -> Result<Option<PayloadCipher>, GatewayError> {
+    pub fn payload_cipher(&self) -> Result<Option<PayloadCipher>, TemporalError> {
         match (
             &self.payload_encryption_keys_dir,
             &self.payload_encryption_key_id,
         ) {
             (Some(dir), Some(id)) => PayloadCipher::load(dir.clone(), id.clone())
                 .map(Some)
-                .map_err(|e| GatewayError::Config(e.to_string())),
+                .map_err(|e| TemporalError::Config(e.to_string())),
             _ => Ok(None),
         }
     }
@@ -646,13 +643,6 @@ pub struct FacadeArgs {
     /// to its workflow there. Unset: no link.
     #[arg(long, env = "FACADE_TEMPORAL_UI_URL")]
     pub temporal_ui_url: Option<url::Url>,
-}
-
-/// This machine's host name (the pod name in a cluster).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The `ImageJob` custom resource: its spec (the seed's POST body), its status (the seed's
 //! workflow state in Kubernetes form) and the constants the controller and facade share.
 
+use crate::temporal::contract::ProcessingStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
@@ -233,6 +234,28 @@ impl Phase {
             Phase::Completed => "Completed",
             Phase::Failed => "Failed",
             Phase::Cancelled => "Cancelled",
+        }
+    }
+
+    /// The phase in the workflow's words: `processing` until the workflow ends.
+    pub fn processing_status(self) -> ProcessingStatus {
+        match self {
+            Phase::Pending | Phase::Processing => ProcessingStatus::Processing,
+            Phase::Completed => ProcessingStatus::Completed,
+            Phase::Failed => ProcessingStatus::Failed,
+            Phase::Cancelled => ProcessingStatus::Cancelled,
+        }
+    }
+}
+
+impl From<ProcessingStatus> for Phase {
+    /// The phase of a job whose workflow is in this state.
+    fn from(status: ProcessingStatus) -> Self {
+        match status {
+            ProcessingStatus::Processing => Phase::Processing,
+            ProcessingStatus::Completed => Phase::Completed,
+            ProcessingStatus::Failed => Phase::Failed,
+            ProcessingStatus::Cancelled => Phase::Cancelled,
         }
     }
 }

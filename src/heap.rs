@@ -1,9 +1,9 @@
 //! The allocator's own view of the process heap (jemalloc's `stats.*`), exported as metrics so
 //! that memory held by live objects can be told apart from memory the allocator keeps.
 //!
-//! jemalloc is every binary's allocator (the library sets it, so tests measure what runs):
-//! glibc's malloc kept a controller at its peak RSS after 10,000 jobs were created and deleted
-//! (see the churn benchmark in the README). Its options are set in `main.rs`.
+//! jemalloc is the binary's allocator, set with its options in `main.rs` (and in the benchmark
+//! harnesses that measure memory in-process): glibc's malloc kept a controller at its peak RSS
+//! after 10,000 jobs were created and deleted (docs/performance.md, the churn benchmark).
 
 use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
 use std::{
@@ -12,6 +12,9 @@ use std::{
 };
 use tikv_jemalloc_ctl::{epoch, stats};
 
+// The unit tests read these figures, so they run on jemalloc too. (The library itself sets no
+// allocator: its test build loads its normal build through the test kit, and two would clash.)
+#[cfg(test)]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -2,7 +2,7 @@
 //! (`imagejob_apiserver_requests_total`), so "apiserver requests per job" can be measured, and
 //! every write checked against a [`WriteFence`] right before it is sent.
 
-use crate::metrics::SharedMetrics;
+use crate::metrics::KubeMetrics;
 use kube::{
     Client, Config,
     client::{Body, ClientBuilder},
@@ -124,7 +124,7 @@ fn passes_closed_fence(request: &http::Request<Body>) -> bool {
 
 /// A client from the kubeconfig or the in-cluster configuration, counting the requests it
 /// sends and refusing writes while `fence` is closed.
-pub async fn counted(metrics: SharedMetrics, fence: WriteFence) -> Result<Client, ClientError> {
+pub async fn counted(metrics: KubeMetrics, fence: WriteFence) -> Result<Client, ClientError> {
     let config = Config::infer().await?;
     let counter = metrics.clone();
     let count = MapRequestLayer::new(move |request: http::Request<Body>| {

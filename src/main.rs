@@ -8,6 +8,9 @@ use imagejob_operator::{
     telemetry, tls,
 };
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A C string pointer jemalloc reads at start-up.
 #[repr(transparent)]
 pub struct MallocConf(*const std::ffi::c_char);

@@ -1,9 +1,14 @@
-//! The worker's readiness: it tells the truth at once. Ready means the worker runs its poll
+//! The worker's admin role: its metrics, and a readiness that tells the truth at once. Ready means the worker runs its poll
 //! loop *and* Temporal answered in its namespace within the last few seconds (a background
 //! check every [`CHECK_EVERY`]), so a lost server or a missing namespace turns it unready
 //! instead of a probe that hangs or lies.
 
-use crate::temporal::{GatewayError, TemporalGateway};
+use crate::{
+    admin::AdminRole,
+    metrics::Exposition,
+    temporal::{client::TemporalGateway, error::TemporalError},
+};
+use async_trait::async_trait;
 use std::{
     sync::{
         Arc, Mutex,
@@ -49,7 +54,7 @@ impl WorkerReadiness {
             loop {
                 let outcome = match tokio::time::timeout(CHECK_TIMEOUT, gateway.health()).await {
                     Ok(Ok(())) => Ok(Instant::now()),
-                    Ok(Err(GatewayError::NamespaceNotFound(m))) => Err(m),
+                    Ok(Err(TemporalError::NamespaceNotFound(m))) => Err(m),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err(format!("Temporal did not answer within {CHECK_TIMEOUT:?}")),
                 };
@@ -75,5 +80,32 @@ impl WorkerReadiness {
             Ok(Err(why)) => Readiness::NotReady(why),
             Err(_) => Readiness::NotReady("readiness state poisoned".into()),
         }
+    }
+}
+
+/// The worker on its admin port: ready while it polls and Temporal answers; its metrics are
+/// the SDK's (task latencies, slots, pollers) and the process's.
+pub struct WorkerAdmin {
+    /// The readiness tracker.
+    pub readiness: WorkerReadiness,
+    /// The worker's metrics.
+    pub exposition: Exposition,
+}
+
+#[async_trait]
+impl AdminRole for WorkerAdmin {
+    fn name(&self) -> &'static str {
+        "worker"
+    }
+
+    fn readiness(&self) -> Result<String, String> {
+        match self.readiness.now() {
+            Readiness::Ready => Ok("polling".into()),
+            Readiness::NotReady(why) => Err(why),
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        self.exposition.text().await
     }
 }

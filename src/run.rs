@@ -1,27 +1,28 @@
-//! The roles' entry points: each builds its dependencies from configuration and runs until the
-//! shutdown signal. `main` only dispatches here.
+//! The composition root: each role's dependencies built from its configuration, then handed to
+//! the role's own entry point (`Lifecycle::serve`, `facade::serve`, `spawn_worker` and the
+//! admin server), the same ones the tests start. `main` only dispatches here.
 
 use crate::{
+    admin,
     config::{ControllerArgs, FacadeArgs, RunCommand, TemporalArgs, WorkerArgs},
-    controller::{self, HeldJobs, Lifecycle},
+    controller::{self, ControllerMetrics, HeldJobs, Lifecycle},
     crd::ImageJob,
-    facade::{self, Auth, Draining, FacadeState, JobCache},
-    heap::ProcessGauges,
+    facade::{self, Auth, Draining, FacadeMetrics, FacadeState, JobCache},
     kube_client::{self, WriteFence},
-    metrics::{Metrics, SharedMetrics},
-    probes::{Readiness, WorkerReadiness},
+    metrics::Exposition,
+    probes::{WorkerAdmin, WorkerReadiness},
     shutdown::Shutdown,
     similarity::SimilarityBackend,
     temporal::{
-        ImageActivities, SdkMetrics, TemporalGateway, TemporalSettings, WorkflowGateway,
-        spawn_worker,
+        client::{TemporalGateway, WorkflowGateway},
+        connection::TemporalSettings,
+        sdk_metrics::SdkMetrics,
+        worker::{ImageActivities, spawn_worker},
     },
 };
 use anyhow::Context as _;
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use futures::FutureExt;
 use kube::Api;
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 use tracing::{info, warn};
 
 /// `worker`: runs the Temporal worker until shutdown.
@@ -65,48 +66,27 @@ pub async fn worker(
         args.version(),
         Some(sdk_metrics.clone()),
     )?;
-    if let Some(addr) = args.worker_health_addr {
-        let readiness =
-            WorkerReadiness::start(TemporalGateway::new(settings), handle.polling_flag());
-        let mut registry = prometheus_client::registry::Registry::with_prefix("imagejob");
-        let heap = ProcessGauges::register(&mut registry);
-        let own_metrics = Arc::new(registry);
-        let app = Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route(
-                "/metrics",
-                get(move || async move {
-                    heap.refresh();
-                    let mut text = sdk_metrics.scrape().await;
-                    // Writing into a String cannot fail.
-                    let _ = prometheus_client::encoding::text::encode(&mut text, &own_metrics);
-                    text
-                }),
-            )
-            .route(
-                "/readyz",
-                get(move || async move {
-                    match readiness.now() {
-                        Readiness::Ready => "polling".into_response(),
-                        Readiness::NotReady(why) => {
-                            (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
-                        }
-                    }
-                }),
-            );
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the worker health address {addr}"))?;
-        info!(%addr, "worker probes listening");
-        let until = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(until.wait())
-                .await;
-        });
-    }
+    let server = match args.worker_health_addr {
+        Some(addr) => {
+            let exposition = Exposition::new();
+            exposition.relay_sdk(sdk_metrics);
+            let role = Arc::new(WorkerAdmin {
+                readiness: WorkerReadiness::start(
+                    TemporalGateway::new(settings),
+                    handle.polling_flag(),
+                ),
+                exposition,
+            });
+            let listener = admin::bind(role.as_ref(), addr).await?;
+            Some(admin::spawn(listener, role, shutdown.clone().wait()))
+        }
+        None => None,
+    };
     shutdown.wait().await;
     handle.shutdown().await;
+    if let Some(server) = server {
+        let _ = server.await;
+    }
     Ok(())
 }
 
@@ -136,11 +116,14 @@ pub async fn controller(
     args: &ControllerArgs,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let metrics: SharedMetrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(ControllerMetrics::new());
     let gateway: Arc<dyn WorkflowGateway> =
-        Arc::new(metered_gateway(temporal.settings()?, &metrics)?);
+        Arc::new(metered_gateway(temporal.settings()?, &metrics.exposition)?);
     metrics.declare_error_kinds(controller::Error::KINDS);
-    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", crate::host::hostname(), std::process::id()));
     let lease = args
         .leader_election
         .then(|| args.lease_settings(identity.clone()))
@@ -150,18 +133,9 @@ pub async fn controller(
     } else {
         WriteFence::open()
     };
-    let client = kube_client::counted(metrics.clone(), fence.clone())
+    let client = kube_client::counted(metrics.kube.clone(), fence.clone())
         .await
         .context("connecting to Kubernetes")?;
-    let held = HeldJobs::default();
-    let probes = serve_probes(
-        args.metrics_addr,
-        metrics.clone(),
-        held.clone(),
-        shutdown.clone(),
-    )
-    .await?;
-    tokio::spawn(probes);
     let lifecycle = Lifecycle {
         client,
         gateway,
@@ -174,111 +148,25 @@ pub async fn controller(
             release_after: Duration::from_secs(args.cancel_on_delete_timeout_secs),
         },
         fence,
-        held,
+        held: HeldJobs::default(),
         rebuild_min_peak: args.cache_rebuild_min_peak,
     };
-    lifecycle.run(lease, shutdown).await;
+    let admin = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding the metrics address {}", args.metrics_addr))?;
+    lifecycle.serve(lease, admin, shutdown).await;
     Ok(())
 }
 
-/// A gateway whose Temporal requests are counted by the SDK, relayed in `metrics`' exposition.
+/// A gateway whose Temporal requests are counted by the SDK, relayed in `exposition`.
 fn metered_gateway(
     settings: TemporalSettings,
-    metrics: &Metrics,
+    exposition: &Exposition,
 ) -> anyhow::Result<TemporalGateway> {
     let sdk = SdkMetrics::start()?;
     let gateway = TemporalGateway::metered(settings, &sdk);
-    metrics.relay_sdk(sdk);
+    exposition.relay_sdk(sdk);
     Ok(gateway)
-}
-
-fn default_identity() -> String {
-    format!("{}-{}", crate::config::hostname(), std::process::id())
-}
-
-#[derive(Clone)]
-struct ProbeState {
-    metrics: SharedMetrics,
-    held: HeldJobs,
-    /// When the jobs were last counted by phase for `/metrics`.
-    counted: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
-}
-
-/// Jobs are counted by phase (a walk of the whole cache) at most this often, however often
-/// `/metrics` is scraped: a scrape flood costs no more than one walk per period.
-const PHASE_COUNT_PERIOD: Duration = Duration::from_secs(5);
-
-impl ProbeState {
-    fn jobs(&self) -> Option<controller::Jobs> {
-        self.held.read().ok().and_then(|s| s.clone())
-    }
-
-    /// Whether the jobs are due to be counted again (and, if so, marks them counted now).
-    fn count_due(&self) -> bool {
-        let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
-        let due = counted.is_none_or(|at| at.elapsed() >= PHASE_COUNT_PERIOD);
-        if due {
-            *counted = Some(std::time::Instant::now());
-        }
-        due
-    }
-}
-
-/// Binds the controller's `/metrics`, `/healthz`, `/readyz` server; returns its future.
-/// Every probe answers at once: readiness looks at the cache, it never waits for it.
-async fn serve_probes(
-    addr: SocketAddr,
-    metrics: SharedMetrics,
-    held: HeldJobs,
-    shutdown: Shutdown,
-) -> anyhow::Result<impl Future<Output = ()>> {
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(|State(s): State<ProbeState>| async move {
-                // A standby replica (no store) is ready: it is healthy and waiting to lead.
-                match s.jobs() {
-                    Some(jobs) if jobs.cache.wait_until_ready().now_or_never().is_none() => {
-                        (StatusCode::SERVICE_UNAVAILABLE, "cache not synced yet").into_response()
-                    }
-                    Some(_) => "ready: leading".into_response(),
-                    None => "ready: standby".into_response(),
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(|State(s): State<ProbeState>| async move {
-                if let Some(jobs) = s.jobs()
-                    && s.count_due()
-                {
-                    let cached = jobs.cache.state();
-                    s.metrics.count_phases(
-                        cached.iter().map(|j| j.as_ref()),
-                        jobs.settled.phase_counts(),
-                    );
-                }
-                s.metrics.exposition().await
-            }),
-        )
-        .with_state(ProbeState {
-            metrics,
-            held,
-            counted: Arc::default(),
-        });
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics address {addr}"))?;
-    info!(%addr, "controller metrics and probes listening");
-    Ok(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.wait())
-            .await
-        {
-            warn!(error = %e, "probe server failed");
-        }
-    })
 }
 
 /// `facade`: serves the REST API until shutdown.
@@ -301,9 +189,9 @@ pub async fn facade(
         Auth::from_file(path).context("reading the facade tokens file")?
     };
     let settings = temporal.settings()?;
-    let metrics: SharedMetrics = Arc::new(Metrics::new());
-    let gateway = Arc::new(metered_gateway(settings.clone(), &metrics)?);
-    let client = kube_client::counted(metrics.clone(), WriteFence::open())
+    let metrics = Arc::new(FacadeMetrics::new());
+    let gateway = Arc::new(metered_gateway(settings.clone(), &metrics.exposition)?);
+    let client = kube_client::counted(metrics.kube.clone(), WriteFence::open())
         .await
         .context("connecting to Kubernetes")?;
     let api: Api<ImageJob> = Api::namespaced(client, &args.facade_namespace);
@@ -329,48 +217,17 @@ pub async fn facade(
             max_in_flight: args.max_jobs_in_flight,
         }),
     });
-    let listener = tokio::net::TcpListener::bind(args.facade_addr)
-        .await
-        .with_context(|| format!("binding the facade address {}", args.facade_addr))?;
-    let admin = tokio::net::TcpListener::bind(args.facade_admin_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "binding the facade admin address {}",
-                args.facade_admin_addr
-            )
-        })?;
-    info!(addr = %args.facade_admin_addr, "facade metrics and probes listening");
-    // Probes and metrics answer until the API stops (through its drain).
-    let (api_stopped, admin_stop) = tokio::sync::oneshot::channel::<()>();
-    let admin = tokio::spawn(facade::serve(
-        admin,
-        facade::admin_router(state.clone()),
-        facade::HEADER_READ_TIMEOUT,
-        async move {
-            let _ = admin_stop.await;
-        },
-    ));
-    info!(addr = %args.facade_addr, namespace = %args.facade_namespace, "facade listening");
-    let drain = Duration::from_secs(args.drain_secs);
-    let drained = async move {
-        shutdown.wait().await;
-        info!(
-            ?drain,
-            "draining: not ready, waiting requests answered, new ones served until the drain ends"
-        );
-        start_drain.start();
-        tokio::time::sleep(drain).await;
+    let ports = facade::Ports {
+        api: tokio::net::TcpListener::bind(args.facade_addr)
+            .await
+            .with_context(|| format!("binding the facade address {}", args.facade_addr))?,
+        admin: admin::bind(state.as_ref(), args.facade_admin_addr).await?,
     };
-    facade::serve(
-        listener,
-        facade::router(state, auth),
-        facade::HEADER_READ_TIMEOUT,
-        drained,
-    )
-    .await;
-    drop(api_stopped);
-    let _ = admin.await;
+    let drain = facade::Drain {
+        start: start_drain,
+        period: Duration::from_secs(args.drain_secs),
+    };
+    facade::serve(state, auth, ports, drain, shutdown).await;
     Ok(())
 }
 
@@ -382,25 +239,4 @@ pub async fn all(cmd: &RunCommand, shutdown: Shutdown) -> anyhow::Result<()> {
         facade(&cmd.temporal, &cmd.facade, shutdown),
     )?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jobs_are_counted_by_phase_at_most_once_a_period_however_often_scraped() {
-        let probes = ProbeState {
-            metrics: Arc::new(Metrics::new()),
-            held: HeldJobs::default(),
-            counted: Arc::default(),
-        };
-        assert!(probes.count_due(), "the first scrape counts");
-        assert!(
-            !probes.count_due(),
-            "a scrape right after does not walk again"
-        );
-        *probes.counted.lock().unwrap() = Some(std::time::Instant::now() - PHASE_COUNT_PERIOD);
-        assert!(probes.count_due(), "a period later it counts again");
-    }
 }

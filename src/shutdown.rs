@@ -33,6 +33,13 @@ impl Shutdown {
         Self(rx)
     }
 
+    /// A signal fired by the returned trigger, or when the trigger is dropped: for a role run
+    /// inside another program (the tests run each role this way).
+    pub fn triggered() -> (ShutdownTrigger, Self) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger(tx), Self(rx))
+    }
+
     /// Whether shutdown was requested.
     pub fn requested(&self) -> bool {
         *self.0.borrow()
@@ -41,5 +48,21 @@ impl Shutdown {
     /// Resolves once shutdown was requested.
     pub async fn wait(mut self) {
         let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Fires a [`Shutdown`] made by [`Shutdown::triggered`]; dropping it fires it too.
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+impl ShutdownTrigger {
+    /// Requests shutdown.
+    pub fn fire(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Drop for ShutdownTrigger {
+    fn drop(&mut self) {
+        self.fire();
     }
 }

@@ -1,7 +1,15 @@
 //! Logging: structured lines on stderr, filtered by `RUST_LOG` (default `info`).
 
-use crate::config::LogFormat;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// Log output format.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Installs the global subscriber; a second call is a no-op.
 pub fn init(format: LogFormat) {

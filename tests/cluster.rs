@@ -4,7 +4,7 @@
 //! the leader pod, the embedded store surviving a worker restart, `helm upgrade` rolling the
 //! pods with jobs in flight, and `helm uninstall` leaving nothing stuck.
 
-mod support;
+use imagejob_testkit as support;
 
 use imagejob_operator::store::{EmbeddedStore, MetadataStore};
 use serde_json::{Value, json};

@@ -4,10 +4,10 @@
 //! endpoint (the Temporal UI's protocol) decodes what the history holds, behind the API's auth
 //! and with CORS for the UI's origin.
 
-mod support;
+use imagejob_testkit as support;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use imagejob_operator::{crd::Phase, temporal::WorkflowGateway};
+use imagejob_operator::{crd::Phase, temporal::client::WorkflowGateway};
 use kube::Api;
 use serde_json::{Value, json};
 use std::{path::Path, process::Command, time::Duration};

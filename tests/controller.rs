@@ -1,12 +1,15 @@
 //! The controller on the real stack: kube-apiserver + etcd, Temporal, the real worker.
 
-mod support;
+use imagejob_testkit as support;
 
 use async_trait::async_trait;
 use imagejob_operator::{
     crd::{CONDITION_SUCCEEDED, CONDITION_TEMPORAL_REACHABLE, ImageJob, Phase},
     store::{ImageDocument, MetadataStore, StoreError},
-    temporal::{ExecutionStatus, GatewayError, WorkflowGateway},
+    temporal::{
+        client::{ExecutionStatus, WorkflowGateway},
+        error::TemporalError,
+    },
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, ResourceExt, api::DeleteParams};
@@ -182,7 +185,7 @@ async fn a_title_within_the_schemas_characters_but_over_its_bytes_fails_without_
     let workflow_id = format!("image-processing-{}", created.uid().unwrap());
     let found = support::gateway(&s.settings).snapshot(&workflow_id).await;
     assert!(
-        matches!(found, Err(GatewayError::NotFound)),
+        matches!(found, Err(TemporalError::NotFound)),
         "no workflow started: {found:?}"
     );
     let reasons = eventually("the Failed event", Duration::from_secs(10), || async {

@@ -1,7 +1,7 @@
 //! The ImageJob CRD: the committed YAML is the generated one, and the real apiserver enforces
 //! its schema and shows its printer columns.
 
-mod support;
+use imagejob_testkit as support;
 
 use imagejob_operator::crd::{ImageJob, ImageJobSpec, crd_yaml};
 use kube::{Api, Client, api::PostParams};

@@ -1,7 +1,7 @@
 //! The REST facade over a real apiserver; end to end with the controller and worker on the
 //! real stack; schemathesis against its OpenAPI document.
 
-mod support;
+use imagejob_testkit as support;
 
 use imagejob_operator::{
     crd::{
@@ -9,7 +9,7 @@ use imagejob_operator::{
         Phase,
     },
     facade::{CLIENT_LABEL, Limits, QuotaSettings},
-    temporal::{ExecutionStatus, WorkflowGateway},
+    temporal::client::{ExecutionStatus, WorkflowGateway},
 };
 use kube::ResourceExt;
 use reqwest::StatusCode;
@@ -1221,7 +1221,7 @@ async fn read_until_closed(
     use tokio::io::AsyncReadExt;
     let mut received = Vec::new();
     let mut buf = [0u8; 4096];
-    let bound = imagejob_operator::facade::HEADER_READ_TIMEOUT + Duration::from_secs(20);
+    let bound = imagejob_operator::http::HEADER_READ_TIMEOUT + Duration::from_secs(20);
     loop {
         match tokio::time::timeout(bound, stream.read(&mut buf)).await {
             Err(_) => panic!("the connection was still open after {bound:?}"),
@@ -1240,7 +1240,7 @@ async fn connections_that_send_no_headers_or_stall_in_them_are_closed_after_the_
     use tokio::io::AsyncWriteExt;
     let (_s, facade) = setup("slowloris").await;
     let addr = facade.base.trim_start_matches("http://").to_owned();
-    let limit = imagejob_operator::facade::HEADER_READ_TIMEOUT;
+    let limit = imagejob_operator::http::HEADER_READ_TIMEOUT;
     // A connection that sends nothing, and one that stops in the middle of its headers.
     let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();

@@ -3,13 +3,13 @@
 //! cancellation cannot happen, probes that answer at once, per-job memory that goes away, the
 //! kube-apiserver restarted under the leader.
 
-mod support;
+use imagejob_testkit as support;
 
 use futures::StreamExt;
 
 use imagejob_operator::{
     crd::{CONDITION_TEMPORAL_REACHABLE, ImageJob, Phase, RELEASE_ANNOTATION},
-    temporal::TemporalSettings,
+    temporal::connection::TemporalSettings,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{

@@ -2,7 +2,7 @@
 //! manifests: lint, render, schema, drift, install into the real apiserver, and least-privilege
 //! RBAC proven end to end with the roles running as the chart's ServiceAccounts.
 
-mod support;
+use imagejob_testkit as support;
 
 use imagejob_operator::crd::{ImageJob, Phase};
 use kube::Api;

@@ -1,7 +1,7 @@
 //! The job lifecycle on the real stack: cancel that keeps the record (kubectl and facade), live
 //! progress from the workflow's history, the status-write budget, spec edits after start.
 
-mod support;
+use imagejob_testkit as support;
 
 use imagejob_operator::{
     controller::status::spec_digest,
@@ -9,7 +9,10 @@ use imagejob_operator::{
         CONDITION_CANCEL_REQUESTED, CONDITION_SPEC_APPLIED, CONDITION_SUCCEEDED, ImageJob, Phase,
     },
     store::MetadataStore,
-    temporal::{ExecutionStatus, GatewayError, WorkflowGateway},
+    temporal::{
+        client::{ExecutionStatus, WorkflowGateway},
+        error::TemporalError,
+    },
 };
 use kube::api::{Api, Patch, PatchParams};
 use reqwest::StatusCode;
@@ -136,7 +139,7 @@ async fn a_job_cancelled_before_it_started_never_starts_a_workflow() {
     let gateway = support::gateway(&s.settings);
     assert!(matches!(
         gateway.snapshot(&workflow_id).await,
-        Err(GatewayError::NotFound)
+        Err(TemporalError::NotFound)
     ));
 }
 

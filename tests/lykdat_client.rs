@@ -1,6 +1,6 @@
 //! The real Lykdat client against a local HTTP server speaking Lykdat's documented shapes.
 
-mod support;
+use imagejob_testkit as support;
 
 use imagejob_operator::similarity::LykdatError;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The image model on real photographs (scikit-image's data set, installed by
 //! `scripts/install-deps.sh`): its top ImageNet classes are the sensible ones.
 
-mod support;
+use imagejob_testkit as support;
 
 use imagejob_operator::similarity::model::{EfficientNetLite0, classes, top_classes};
 

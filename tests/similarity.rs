@@ -4,13 +4,14 @@
 //! restarted on its folder keeps its catalog. Every image is served on 127.0.0.1; nothing is
 //! fetched from anywhere else.
 
-mod support;
+use imagejob_testkit as support;
 
 use imagejob_operator::{
     fetch::FetchLimits,
     temporal::{
-        ExecutionStatus, ImageProcessingInput, TemporalGateway, TemporalSettings, WorkflowGateway,
-        WorkflowSnapshot,
+        client::{ExecutionStatus, TemporalGateway, WorkflowGateway, WorkflowSnapshot},
+        connection::TemporalSettings,
+        contract::ImageProcessingInput,
     },
 };
 use std::{process::Command, time::Duration};
@@ -371,7 +372,7 @@ mod deleted {
     use super::*;
     use imagejob_operator::{
         crd::{ImageJobSpec, Phase},
-        temporal::forget_workflow_id,
+        temporal::contract::forget_workflow_id,
     };
     use kube::api::DeleteParams;
     use support::kube_env::{InProcessController, Setup, create, wait_gone, wait_phase};

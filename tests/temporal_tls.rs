@@ -4,7 +4,7 @@
 //! client certificate and a wrong API key each give a clear error in the job's status and the
 //! log, and no crash; rotated credential files are picked up without a restart.
 
-mod support;
+use imagejob_testkit as support;
 
 use imagejob_operator::crd::{CONDITION_TEMPORAL_REACHABLE, ImageJob, Phase};
 use serde_json::{Value, json};

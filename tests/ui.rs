@@ -2,7 +2,7 @@
 //! prompt, submitting through the form, live badges, a job's page with its similar products and
 //! timeline, cancel from the page, user text that stays text, and screenshots.
 
-mod support;
+use imagejob_testkit as support;
 
 use axum::{Router, extract::Path, http::header, routing::get};
 use serde_json::{Value, json};

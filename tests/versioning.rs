@@ -3,7 +3,7 @@
 //! becomes current, while new workflows run on B. Build B (`tests/python/build_b_worker.py`)
 //! runs workflow code that could not replay A's histories: a non-deterministic change.
 
-mod support;
+use imagejob_testkit as support;
 
 use imagejob_operator::crd::Phase;
 use serde_json::Value;

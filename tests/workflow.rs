@@ -1,14 +1,15 @@
 //! `ImageProcessingWorkflow` and its activities on a real Temporal dev server, with a real
 //! worker (in-process, or the operator binary where the test kills it).
 
-mod support;
+use imagejob_testkit as support;
 
 use async_trait::async_trait;
 use imagejob_operator::{
     store::{ImageDocument, MetadataStore, StoreError},
     temporal::{
-        ExecutionStatus, ImageProcessingInput, ProcessingStatus, TemporalGateway, TemporalSettings,
-        WorkflowGateway, WorkflowSnapshot,
+        client::{ExecutionStatus, TemporalGateway, WorkflowGateway, WorkflowSnapshot},
+        connection::TemporalSettings,
+        contract::{ImageProcessingInput, ProcessingStatus},
     },
 };
 use std::{

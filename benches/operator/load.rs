@@ -3,8 +3,9 @@
 //! with `wrk`; then how many of the idle connections the replica closed once its header
 //! deadline passed, and its peak RSS.
 
-use super::{Proc, facade_base, metric_sum, scrape, spawn, wrk};
+use super::{facade_base, metric_sum, scrape, spawn, wrk};
 use imagejob_operator::crd::{ImageJob, ImageJobSpec};
+use imagejob_testkit::until_ready;
 use kube::{Api, Client, ResourceExt, api::PostParams};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -50,15 +51,8 @@ pub async fn run(
         .map(|(_, v)| format!("http://{v}/metrics"))
         .expect("FACADE_ADMIN_ADDR");
     let addr = base.trim_start_matches("http://").to_owned();
-    let facade: Proc = spawn("facade", &env);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !reqwest::get(format!("{base}/readyz"))
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "facade not ready in time");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let facade = spawn("facade", &env);
+    until_ready(&base, Duration::from_secs(120)).await;
 
     eprintln!("load: {WAITERS} waiting /result requests");
     let http = reqwest::Client::new();

@@ -22,9 +22,15 @@ use clap::Parser;
 use futures::{StreamExt, future::join_all};
 use imagejob_operator::{
     crd::{ImageJob, ImageJobSpec, ImageJobStatus, Phase},
-    temporal::{ImageProcessingInput, TemporalGateway, TemporalSettings, WorkflowGateway},
+    temporal::{
+        client::{TemporalGateway, WorkflowGateway},
+        connection::TemporalSettings,
+        contract::ImageProcessingInput,
+    },
 };
-use k8s_openapi::api::core::v1::Namespace;
+use imagejob_testkit::{
+    ChildGuard, eventually, free_port, kube_env::create_namespace, operator_command, until_ready,
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{ObjectMeta, Patch, PatchParams, PostParams},
@@ -34,7 +40,7 @@ use serde_json::{Value, json};
 use std::{
     collections::HashMap,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
@@ -94,44 +100,14 @@ fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/bench.sh"))
 }
 
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn rss_mib(&self) -> f64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-            .unwrap_or(f64::NAN)
-    }
-}
-
-fn spawn(role: &str, envs: &[(&str, String)]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagejob-operator"));
-    cmd.arg(role).env("RUST_LOG", "warn").stdout(Stdio::null());
+/// `imagejob-operator ROLE` with `envs`, its output dropped, killed on drop.
+fn spawn(role: &str, envs: &[(&str, String)]) -> ChildGuard {
+    let mut cmd = operator_command(role);
+    cmd.stdout(Stdio::null());
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    Proc(cmd.spawn().expect("spawn operator"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    ChildGuard::spawn(&mut cmd)
 }
 
 /// Median, min and max of one figure over the repetitions.
@@ -513,14 +489,7 @@ fn widest_spec(i: usize) -> ImageJobSpec {
 async fn facade_rss(env: &[(&str, String)]) -> f64 {
     let base = facade_base(env);
     let facade = spawn("facade", env);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while !reqwest::get(format!("{base}/readyz"))
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "facade not ready in time");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    until_ready(&base, Duration::from_secs(600)).await;
     let mut rss: f64 = 0.0;
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -535,25 +504,15 @@ async fn controller_rss(ns: &str, settings: &TemporalSettings, jobs: usize) -> f
     let port = free_port();
     let controller = spawn("controller", &controller_env(ns, settings, port));
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let ready = reqwest::get(format!("{base}/readyz"))
-            .await
-            .is_ok_and(|r| r.status() == 200);
-        if ready
-            && let Ok(r) = reqwest::get(format!("{base}/metrics")).await
-            && let Ok(text) = r.text().await
-            && metric_sum(&text, "imagejob_reconciles_total")
-                >= metric_sum(&text, "imagejob_controller_cached_jobs")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "controller over {jobs} jobs not ready and through its first pass in time"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    until_ready(&base, Duration::from_secs(600)).await;
+    let what = format!("the controller over {jobs} jobs through its first pass");
+    eventually(&what, Duration::from_secs(600), || async {
+        let text = scrape(&format!("{base}/metrics")).await;
+        (metric_sum(&text, "imagejob_reconciles_total")
+            >= metric_sum(&text, "imagejob_controller_cached_jobs"))
+        .then_some(())
+    })
+    .await;
     // Settle, then take the highest of a few samples.
     let mut rss: f64 = 0.0;
     for _ in 0..6 {
@@ -576,20 +535,6 @@ fn controller_env(ns: &str, settings: &TemporalSettings, port: u16) -> Vec<(&'st
     e.push(("WATCH_NAMESPACES", ns.to_owned()));
     e.push(("CONTROLLER_METRICS_ADDR", format!("127.0.0.1:{port}")));
     e
-}
-
-async fn create_namespace(client: &Client, name: &str) {
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace");
 }
 
 fn fmt_stat(s: Stat, digits: usize) -> String {
@@ -753,15 +698,7 @@ async fn main() {
         ("facade", facade.0.id()),
     ]);
     let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
-    for _ in 0..200 {
-        if reqwest::get(format!("{base}/readyz"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_ready(&base, Duration::from_secs(60)).await;
 
     let gateway = Arc::new(TemporalGateway::new(settings.clone()));
     let finished = Finished::default();

@@ -2,10 +2,9 @@
 //! is) is timed to ready and to the end of its first pass, with the status writes and the
 //! Temporal calls it made; then the facade's memory and its status and list latencies.
 
-use super::{
-    Proc, controller_env, fill_finished, free_port, metric_sum, scrape, small_spec, spawn, wrk,
-};
-use imagejob_operator::temporal::TemporalSettings;
+use super::{controller_env, fill_finished, metric_sum, scrape, small_spec, spawn, wrk};
+use imagejob_operator::temporal::connection::TemporalSettings;
+use imagejob_testkit::{free_port, is_ready};
 use kube::Client;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -86,14 +85,10 @@ pub async fn run(
     let calls_before = temporal_job_calls(temporal_metrics).await;
     let port = free_port();
     let started = Instant::now();
-    let controller: Proc = spawn("controller", &controller_env(ns, settings, port));
+    let controller = spawn("controller", &controller_env(ns, settings, port));
     let base = format!("http://127.0.0.1:{port}");
-    let ready_seconds = seconds_until("the controller to be ready", started, || async {
-        reqwest::get(format!("{base}/readyz"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    let ready_seconds =
+        seconds_until("the controller to be ready", started, || is_ready(&base)).await;
     let metrics = format!("{base}/metrics");
     // Settled jobs (finished, no TTL) are kept out of the cache and need no reconcile: the
     // first pass is one reconcile per job the cache holds once synced.
@@ -111,10 +106,8 @@ pub async fn run(
     eprintln!("scale: the facade over them");
     let facade = spawn("facade", &facade_env);
     let facade_base = super::facade_base(&facade_env);
-    seconds_until("the facade to be ready", Instant::now(), || async {
-        reqwest::get(format!("{facade_base}/readyz"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
+    seconds_until("the facade to be ready", Instant::now(), || {
+        is_ready(&facade_base)
     })
     .await;
     let one = super::first_workflow_id(client, ns).await;

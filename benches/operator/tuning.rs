@@ -2,7 +2,7 @@
 //! task queue of its own, so the defaults are chosen by measurement.
 
 use super::{Run, Stat, raw_temporal, spawn, stat, temporal_env};
-use imagejob_operator::temporal::{TemporalGateway, TemporalSettings};
+use imagejob_operator::temporal::{client::TemporalGateway, connection::TemporalSettings};
 use serde_json::{Value, json};
 use std::sync::Arc;
 

@@ -1,10 +1,16 @@
 //! Apply: start the job's workflow once, mirror its state into the status, wake on its close,
 //! delete the job when its TTL after finishing runs out.
 
-use super::{Context, Error, Result, cancel, status, watches::Started, workflow_id};
+use super::{
+    cancel,
+    context::{Context, workflow_id},
+    error::{Error, Result},
+    status,
+    watches::Started,
+};
 use crate::{
     crd::{CONDITION_SPEC_APPLIED, FIELD_MANAGER, ImageJob, ImageJobStatus, Phase},
-    temporal::{GatewayError, WorkflowSnapshot},
+    temporal::{client::WorkflowSnapshot, error::TemporalError},
 };
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
@@ -77,11 +83,11 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
         }
         Ok(Observed::Now(snapshot)) => status::from_snapshot(&job, &id, &snapshot, &now),
         // Started before (a run id is recorded) yet gone: it will not come back.
-        Err(GatewayError::NotFound) if current.run_id.is_some() => {
+        Err(TemporalError::NotFound) if current.run_id.is_some() => {
             status::workflow_missing(&job, &id, &now)
         }
         // Cancelled before its workflow started: none will.
-        Err(GatewayError::NotFound) if cancelling => {
+        Err(TemporalError::NotFound) if cancelling => {
             status::cancelled_before_start(&job, &id, &now)
         }
         Err(e) if e.is_unavailable() => {
@@ -189,7 +195,7 @@ async fn observe(
     current: &ImageJobStatus,
     may_start: bool,
     ctx: &Context,
-) -> Result<Observed, GatewayError> {
+) -> Result<Observed, TemporalError> {
     if let Some(closed) = ctx.watches.take_closed(id) {
         return Ok(Observed::Now(Box::new(closed)));
     }

@@ -4,8 +4,8 @@
 //! final state, and the ImageJob stays. The `CancelRequested` condition records what was sent
 //! and when, so a new leader carries on where the old one stopped.
 
-use super::{Context, Result, status};
-use crate::{crd::ImageJobStatus, temporal::GatewayError};
+use super::{context::Context, error::Result, status};
+use crate::{crd::ImageJobStatus, temporal::error::TemporalError};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use std::time::Duration;
 use tracing::info;
@@ -34,7 +34,7 @@ pub(super) async fn send(ctx: &Context, workflow_id: &str, how: Stop) -> Result<
         Stop::RequestCancel => ctx.gateway.request_cancel(workflow_id).await,
     };
     match sent {
-        Ok(()) | Err(GatewayError::NotFound) => Ok(()),
+        Ok(()) | Err(TemporalError::NotFound) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

@@ -7,7 +7,7 @@
 //! the helper then finds its finalizer and applies at once, and the finalizer still lands before
 //! the workflow can exist.
 
-use super::Result;
+use super::error::Result;
 use crate::crd::{FINALIZER, ImageJob};
 use kube::{
     Api, ResourceExt,

@@ -5,27 +5,23 @@
 //! Cleanup never waits inside a reconcile: each round sends what is due and returns
 //! [`Error::CancelPending`], retried shortly (the workflow's close watch wakes it earlier), so an
 //! unreachable Temporal holds no reconcile slot. A job whose workflow cannot be cancelled is
-//! released after [`super::Settings::release_after`] with a Warning event, or at once when an
+//! released after [`Settings::release_after`](super::Settings::release_after) with a Warning event, or at once when an
 //! admin sets the [`RELEASE_ANNOTATION`].
 
 use super::{
-    Context, Error, Result,
     cancel::{self, SIGNAL_GRACE, Stop},
-    workflow_id,
+    context::{Context, workflow_id},
+    error::{Error, Result},
 };
 use crate::{
     crd::{ImageJob, RELEASE_ANNOTATION},
-    temporal::{ExecutionStatus, GatewayError},
+    temporal::{client::ExecutionStatus, error::TemporalError},
 };
 use kube::{
     ResourceExt,
     runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 use tracing::{info, warn};
 
 /// Next look at a workflow being cancelled (its close watch usually wakes the job first).
@@ -66,34 +62,6 @@ async fn forget_catalogued(job: &ImageJob, id: &str, ctx: &Context) -> Result<()
     }
 }
 
-/// When this replica first saw each job being deleted. How long a deletion has waited is
-/// measured on the local clock from there, never by comparing the apiserver's deletion
-/// timestamp with the local clock: a controller whose clock runs ahead would otherwise release
-/// jobs without cancelling their workflows. After a restart (or a change of leader) the wait
-/// starts again: a deadline can come late, never early.
-#[derive(Default)]
-pub(super) struct DeletionClock {
-    first_seen: Mutex<HashMap<String, Instant>>,
-}
-
-impl DeletionClock {
-    /// How long the job `uid` has been seen being deleted (zero the first time).
-    fn waited(&self, uid: &str) -> Duration {
-        let mut seen = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.entry(uid.to_owned())
-            .or_insert_with(Instant::now)
-            .elapsed()
-    }
-
-    /// Forgets a job that is gone.
-    pub(super) fn forget(&self, uid: &str) {
-        self.first_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(uid);
-    }
-}
-
 /// How long this replica has seen the job being deleted.
 fn deleting_for(job: &ImageJob, ctx: &Context) -> Duration {
     ctx.deletions.waited(&job.uid().unwrap_or_default())
@@ -129,7 +97,7 @@ async fn cancel(job: &ImageJob, id: &str, ctx: &Context) -> Result<()> {
         None => ctx.gateway.execution(id).await,
     };
     match execution {
-        Err(GatewayError::NotFound) => return Ok(()),
+        Err(TemporalError::NotFound) => return Ok(()),
         Ok(ExecutionStatus::Running) => {}
         Ok(ExecutionStatus::Cancelled) => {
             let note = format!("workflow {id} cancelled on delete");
@@ -152,31 +120,4 @@ async fn cancel(job: &ImageJob, id: &str, ctx: &Context) -> Result<()> {
         workflow_id: id.to_owned(),
         retry_in: CHECK_AGAIN,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_deletion_is_timed_from_when_this_replica_saw_it_not_by_the_apiservers_clock() {
-        let clock = DeletionClock::default();
-        // Whatever the deletion timestamp says (a clock 300 s ahead would read it as 300 s old),
-        // a deletion first seen now has waited nothing.
-        assert!(clock.waited("a") < Duration::from_secs(1));
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(
-            clock.waited("a") >= Duration::from_millis(20),
-            "measured from the first look"
-        );
-        assert!(
-            clock.waited("b") < Duration::from_millis(20),
-            "each job on its own"
-        );
-        clock.forget("a");
-        assert!(
-            clock.waited("a") < Duration::from_millis(20),
-            "a forgotten job starts again"
-        );
-    }
 }

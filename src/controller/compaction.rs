@@ -10,7 +10,7 @@
 //! job finishing moves from the cache to the settled record, so only deletions count down. A
 //! rebuild costs what a restart costs: one list, and one reconcile per cached job.
 
-use super::Jobs;
+use super::jobs::Jobs;
 use std::time::Duration;
 
 /// A rebuild is due once the jobs are at most the peak divided by this.

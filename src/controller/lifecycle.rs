@@ -6,17 +6,21 @@
 //! it, so dropping the term (leadership lost) frees all of them. Nothing a term starts is
 //! spawned apart from it.
 
-use super::{Jobs, LeaderElector, LeaseSettings, Settings, compaction};
-use crate::{
-    kube_client::WriteFence, metrics::SharedMetrics, shutdown::Shutdown, temporal::WorkflowGateway,
+use super::metrics::SharedControllerMetrics;
+use super::{
+    admin::ControllerAdmin,
+    compaction,
+    context::Settings,
+    jobs::{HeldJobs, Jobs},
+    leader::{LeaderElector, LeaseSettings},
+    run,
 };
+use crate::{kube_client::WriteFence, shutdown::Shutdown, temporal::client::WorkflowGateway};
 use kube::Client;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::warn;
-
-/// The controller's jobs while this replica leads (the probes read them), `None` otherwise.
-pub type HeldJobs = Arc<RwLock<Option<Jobs>>>;
 
 /// What every term of the controller is built from.
 #[derive(Clone)]
@@ -26,7 +30,7 @@ pub struct Lifecycle {
     /// Temporal.
     pub gateway: Arc<dyn WorkflowGateway>,
     /// The controller's metrics.
-    pub metrics: SharedMetrics,
+    pub metrics: SharedControllerMetrics,
     /// The controller's settings.
     pub settings: Settings,
     /// The write fence the elector opens and closes (always open without election).
@@ -38,6 +42,18 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
+    /// The controller role as production runs it: its admin server on `admin` (probes and
+    /// metrics), and [`Self::run`] until `shutdown`.
+    pub async fn serve(self, lease: Option<LeaseSettings>, admin: TcpListener, shutdown: Shutdown) {
+        let role = Arc::new(ControllerAdmin::new(
+            self.metrics.clone(),
+            self.held.clone(),
+        ));
+        let server = crate::admin::spawn(admin, role, shutdown.clone().wait());
+        self.run(lease, shutdown).await;
+        let _ = server.await;
+    }
+
     /// Runs until `shutdown`: at once without a Lease, else each time this replica wins it.
     /// On shutdown a held Lease is released so a candidate takes over without waiting.
     pub async fn run(self, lease: Option<LeaseSettings>, shutdown: Shutdown) {
@@ -81,7 +97,7 @@ impl Lifecycle {
                     }
                 }
             };
-            let (jobs, running) = super::run(
+            let (jobs, running) = run::run(
                 self.client.clone(),
                 self.gateway.clone(),
                 self.metrics.clone(),

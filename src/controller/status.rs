@@ -9,7 +9,10 @@ use crate::{
     },
     digest::sha256_hex,
     similarity::SimilarityResults,
-    temporal::{ExecutionStatus, ImageProcessingInput, WorkflowSnapshot},
+    temporal::{
+        client::{ExecutionStatus, WorkflowSnapshot},
+        contract::ImageProcessingInput,
+    },
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -55,14 +58,7 @@ pub fn from_snapshot(
     let mut status = base(job, workflow_id);
     status.run_id = snapshot.run_id.clone().or(status.run_id);
     status.start_time = snapshot.start_time.and_then(time).or(status.start_time);
-    status.phase = match snapshot.execution {
-        ExecutionStatus::Running => Phase::Processing,
-        ExecutionStatus::Completed => Phase::Completed,
-        ExecutionStatus::Failed | ExecutionStatus::Terminated | ExecutionStatus::TimedOut => {
-            Phase::Failed
-        }
-        ExecutionStatus::Cancelled => Phase::Cancelled,
-    };
+    status.phase = Phase::from(snapshot.execution.processing_status());
     if status.phase.is_terminal() {
         status.completion_time = snapshot
             .close_time
@@ -343,7 +339,7 @@ mod tests {
     use super::*;
     use crate::{
         similarity::SimilarProduct,
-        temporal::{ProcessingStatus, WorkflowState},
+        temporal::contract::{ProcessingStatus, WorkflowState},
     };
     use std::time::Duration;
 

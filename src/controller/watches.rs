@@ -7,7 +7,7 @@
 use crate::{
     crd::ImageJob,
     heap::ReleaseSpare,
-    temporal::{WorkflowGateway, WorkflowSnapshot},
+    temporal::client::{WorkflowGateway, WorkflowSnapshot},
 };
 use futures::channel::mpsc::UnboundedSender;
 use kube::runtime::reflector::ObjectRef;

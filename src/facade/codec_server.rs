@@ -4,12 +4,12 @@
 //! Served only when payload encryption is on.
 
 use super::{
-    Auth, auth,
+    auth::{self, Auth},
     body::{self, BodyLimits},
     error::ApiError,
     routes::parse_json,
 };
-use crate::temporal::{CodecError, PayloadCipher};
+use crate::temporal::codec::{CodecError, PayloadCipher};
 use axum::{
     Json, Router,
     body::Bytes,

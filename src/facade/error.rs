@@ -1,6 +1,7 @@
 //! The facade's one error type: every failure is a JSON body
 //! `{"error": {"code", "message", "field"?}}` with a fitting 4xx/5xx status.
 
+use crate::temporal::contract::ProcessingStatus;
 use axum::{
     Json,
     http::StatusCode,
@@ -79,8 +80,8 @@ pub enum ApiError {
     AlreadyFinished {
         /// The workflow.
         workflow_id: String,
-        /// How it ended (the seed's status string).
-        status: &'static str,
+        /// How it ended.
+        status: ProcessingStatus,
     },
     /// A dependency (apiserver, Temporal) cannot be reached.
     #[error("{0} unavailable")]

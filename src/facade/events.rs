@@ -4,7 +4,9 @@
 //! deleted one, and `reload` when the stream cannot say what changed (the watch relisted, or
 //! this client fell behind).
 
-use super::{ApiError, FacadeState, auth::Caller, cache::JobUpdate, model::WorkflowSummary};
+use super::{
+    auth::Caller, cache::JobUpdate, error::ApiError, model::WorkflowSummary, state::FacadeState,
+};
 use axum::{
     Extension,
     extract::State,

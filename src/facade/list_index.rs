@@ -1,8 +1,7 @@
 //! The order the list endpoint pages through, kept as jobs change instead of sorted per request:
 //! a page is a range of an ordered set, `O(log n + page)` with 100,000 jobs cached.
 
-use super::model::seed_status;
-use crate::crd::ImageJob;
+use crate::{crd::ImageJob, temporal::contract::ProcessingStatus};
 use kube::ResourceExt;
 use std::{
     collections::{BTreeSet, HashMap},
@@ -30,8 +29,8 @@ pub fn name_in(key: &str) -> &str {
 /// Which page: keys after `after` (exclusive) in the page's order, of `status` only when given.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PageQuery<'a> {
-    /// A seed status (`processing`, `completed`, ...).
-    pub status: Option<&'a str>,
+    /// Only jobs in this status.
+    pub status: Option<ProcessingStatus>,
     /// The continue token: the last key of the previous page.
     pub after: Option<&'a str>,
     /// Newest first instead of oldest first.
@@ -40,20 +39,23 @@ pub struct PageQuery<'a> {
     pub limit: usize,
 }
 
-/// Jobs in list order, all of them and by seed status. A job's key is allocated once and shared
+/// Jobs in list order, all of them and by status. A job's key is allocated once and shared
 /// by the sets it is in.
 #[derive(Default)]
 pub struct ListIndex {
     all: BTreeSet<Arc<str>>,
-    by_status: HashMap<&'static str, BTreeSet<Arc<str>>>,
+    by_status: HashMap<ProcessingStatus, BTreeSet<Arc<str>>>,
     /// Each job's key and status, to move it when it changes.
-    entry_of: HashMap<String, (Arc<str>, &'static str)>,
+    entry_of: HashMap<String, (Arc<str>, ProcessingStatus)>,
 }
 
 impl ListIndex {
     /// Adds a job, or moves it to its new status.
     pub fn upsert(&mut self, job: &ImageJob) {
-        let (key, status) = (Arc::<str>::from(sort_key(job)), seed_status(job.phase()));
+        let (key, status) = (
+            Arc::<str>::from(sort_key(job)),
+            job.phase().processing_status(),
+        );
         let name = job.name_any();
         if let Some((old_key, old_status)) = self.entry_of.get(&name) {
             if **old_key == *key && *old_status == status {
@@ -73,7 +75,7 @@ impl ListIndex {
     pub fn remove(&mut self, name: &str) {
         if let Some((key, status)) = self.entry_of.remove(name) {
             self.all.remove(&key);
-            if let Some(set) = self.by_status.get_mut(status) {
+            if let Some(set) = self.by_status.get_mut(&status) {
                 set.remove(&key);
             }
         }
@@ -90,7 +92,7 @@ impl ListIndex {
         } = *query;
         let empty = BTreeSet::new();
         let set = match status {
-            Some(s) => self.by_status.get(s).unwrap_or(&empty),
+            Some(s) => self.by_status.get(&s).unwrap_or(&empty),
             None => &self.all,
         };
         let take = limit.saturating_add(1);
@@ -124,7 +126,7 @@ mod tests {
     }
 
     fn q<'a>(
-        status: Option<&'a str>,
+        status: Option<ProcessingStatus>,
         after: Option<&'a str>,
         newest_first: bool,
         limit: usize,
@@ -162,10 +164,14 @@ mod tests {
         assert_eq!(names(second_page), ["c", "d"]);
         assert_eq!(names(index.page(&q(None, None, true, 1))), ["d", "c"]);
         assert_eq!(
-            names(index.page(&q(Some("completed"), None, false, 5))),
+            names(index.page(&q(Some(ProcessingStatus::Completed), None, false, 5))),
             ["c", "d"]
         );
-        assert!(index.page(&q(Some("cancelled"), None, false, 5)).is_empty());
+        assert!(
+            index
+                .page(&q(Some(ProcessingStatus::Cancelled), None, false, 5))
+                .is_empty()
+        );
     }
 
     #[test]
@@ -175,16 +181,20 @@ mod tests {
         index.upsert(&job("a", 1, Phase::Completed));
         assert!(
             index
-                .page(&q(Some("processing"), None, false, 5))
+                .page(&q(Some(ProcessingStatus::Processing), None, false, 5))
                 .is_empty()
         );
         assert_eq!(names(index.page(&q(None, None, false, 5))), ["a"]);
         assert_eq!(
-            names(index.page(&q(Some("completed"), None, false, 5))),
+            names(index.page(&q(Some(ProcessingStatus::Completed), None, false, 5))),
             ["a"]
         );
         index.remove("a");
         assert!(index.page(&q(None, None, false, 5)).is_empty());
-        assert!(index.page(&q(Some("completed"), None, false, 5)).is_empty());
+        assert!(
+            index
+                .page(&q(Some(ProcessingStatus::Completed), None, false, 5))
+                .is_empty()
+        );
     }
 }

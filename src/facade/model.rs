@@ -3,9 +3,9 @@
 
 use super::error::ApiError;
 use crate::{
-    crd::{ImageJob, ImageJobSpec, Phase},
+    crd::{ImageJob, ImageJobSpec},
     similarity::SimilarityResults,
-    temporal::{ExecutionStatus, WorkflowSnapshot},
+    temporal::{client::WorkflowSnapshot, contract::ProcessingStatus},
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -73,7 +73,7 @@ pub struct ProcessResponse {
     #[schema(example = "image-processing-550e8400-e29b-41d4-a716-446655440000")]
     pub workflow_id: String,
     /// Always `processing`.
-    pub status: String,
+    pub status: ProcessingStatus,
     /// Human-readable confirmation.
     pub message: String,
 }
@@ -84,7 +84,7 @@ pub struct StateView {
     /// Id of the stored image metadata document.
     pub image_id: Option<String>,
     /// `processing`, `completed`, `failed` or `cancelled`.
-    pub status: String,
+    pub status: ProcessingStatus,
     /// Whether the metadata was stored.
     pub metadata_stored: bool,
     /// Whether the similarity search ran to completion.
@@ -93,31 +93,13 @@ pub struct StateView {
     pub error: Option<String>,
 }
 
-/// The seed's status string for a phase.
-pub fn seed_status(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Pending | Phase::Processing => "processing",
-        Phase::Completed => "completed",
-        Phase::Failed => "failed",
-        Phase::Cancelled => "cancelled",
-    }
-}
-
 impl StateView {
     /// The state as Temporal tells it, for a workflow whose ImageJob is gone.
     pub fn of_snapshot(snapshot: &WorkflowSnapshot) -> Self {
         let state = snapshot.state.clone().unwrap_or_default();
-        let status = match snapshot.execution {
-            ExecutionStatus::Running => "processing",
-            ExecutionStatus::Completed => "completed",
-            ExecutionStatus::Cancelled => "cancelled",
-            ExecutionStatus::Failed | ExecutionStatus::Terminated | ExecutionStatus::TimedOut => {
-                "failed"
-            }
-        };
         Self {
             image_id: state.image_id,
-            status: status.to_owned(),
+            status: snapshot.execution.processing_status(),
             metadata_stored: state.metadata_stored,
             similarity_search_completed: state.similarity_search_completed,
             error: state.error.or_else(|| snapshot.failure.clone()),
@@ -129,7 +111,7 @@ impl StateView {
         let status = job.status.clone().unwrap_or_default();
         Self {
             image_id: status.image_id,
-            status: seed_status(status.phase).to_owned(),
+            status: status.phase.processing_status(),
             metadata_stored: status.metadata_stored,
             similarity_search_completed: status.similarity_search_completed,
             error: status.error,
@@ -190,12 +172,21 @@ pub struct ListQuery {
     #[serde(rename = "continue")]
     #[param(rename = "continue")]
     pub continue_token: Option<String>,
-    /// Only workflows in this seed status (`processing`, `completed`, `failed`, `cancelled`).
-    #[param(pattern = "^(processing|completed|failed|cancelled)$")]
-    pub status: Option<String>,
+    /// Only workflows in this status.
+    pub status: Option<ProcessingStatus>,
     /// `oldest` first (the default) or `newest` first.
-    #[param(pattern = "^(oldest|newest)$")]
-    pub order: Option<String>,
+    pub order: Option<ListOrder>,
+}
+
+/// The order of a list.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ListOrder {
+    /// Oldest first.
+    #[default]
+    Oldest,
+    /// Newest first.
+    Newest,
 }
 
 /// One item of the list.

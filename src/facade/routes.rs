@@ -1,21 +1,21 @@
 //! The handlers: the seed's three endpoints, cancel, delete and list.
 
 use super::{
-    FacadeState,
     auth::Caller,
     error::ApiError,
     idempotency,
     list_index::PageQuery,
     model::{
-        CancelResponse, ListQuery, ListResponse, ProcessRequest, ProcessResponse, ResultQuery,
-        ResultResponse, StateView, StatusResponse, TimelineResponse, TimelineStep, WorkflowSummary,
-        seed_status,
+        CancelResponse, ListOrder, ListQuery, ListResponse, ProcessRequest, ProcessResponse,
+        ResultQuery, ResultResponse, StateView, StatusResponse, TimelineResponse, TimelineStep,
+        WorkflowSummary,
     },
     quota::{ANONYMOUS_CLIENT, CLIENT_LABEL},
+    state::FacadeState,
 };
 use crate::{
     crd::{FINALIZER, ImageJob, RequestedStatus},
-    temporal::{ExecutionStatus, GatewayError},
+    temporal::{client::ExecutionStatus, contract::ProcessingStatus, error::TemporalError},
 };
 use axum::{
     Extension, Json,
@@ -85,14 +85,26 @@ fn field_name(path: &str, message: &str) -> String {
 fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query.map(|Query(q)| q).map_err(|e| {
         let message = e.body_text();
-        let field = message
-            .split("unknown field `")
-            .nth(1)
-            .and_then(|r| r.split('`').next())
-            .unwrap_or("query")
-            .to_owned();
-        ApiError::InvalidQuery { field, message }
+        ApiError::InvalidQuery {
+            field: query_field(&message).unwrap_or("query").to_owned(),
+            message,
+        }
     })
+}
+
+/// The parameter a query rejection is about: an unknown one, or the one whose value is wrong
+/// (axum names it before the reason: "Failed to deserialize query string: status: unknown
+/// variant ...").
+fn query_field(message: &str) -> Option<&str> {
+    if let Some(rest) = message.split("unknown field `").nth(1) {
+        return rest.split('`').next();
+    }
+    let reason = message.split_once("query string: ")?.1;
+    let (field, _) = reason.split_once(": ")?;
+    field
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        .then_some(field)
 }
 
 /// Start processing an image: creates an ImageJob; its controller starts the workflow.
@@ -155,7 +167,7 @@ pub async fn process(
     tracing::info!(name = %created.name_any(), %workflow_id, "image job created");
     let body = ProcessResponse {
         workflow_id,
-        status: "processing".into(),
+        status: ProcessingStatus::Processing,
         message: "Image processing workflow started successfully".into(),
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
@@ -259,13 +271,13 @@ pub async fn status(
 async fn from_temporal(
     state: &FacadeState,
     workflow_id: &str,
-) -> Result<crate::temporal::WorkflowSnapshot, ApiError> {
+) -> Result<crate::temporal::client::WorkflowSnapshot, ApiError> {
     if !crate::crd::is_workflow_id(workflow_id) {
         return Err(ApiError::NotFound(workflow_id.to_owned()));
     }
     match state.gateway.snapshot(workflow_id).await {
         Ok(snapshot) => Ok(snapshot),
-        Err(GatewayError::NotFound) => Err(ApiError::NotFound(workflow_id.to_owned())),
+        Err(TemporalError::NotFound) => Err(ApiError::NotFound(workflow_id.to_owned())),
         Err(e) => {
             tracing::warn!(%workflow_id, error = %e, "Temporal lookup failed");
             Err(ApiError::Unavailable("Temporal".into()))
@@ -337,7 +349,7 @@ pub async fn result(
     {
         match state.gateway.snapshot(&workflow_id).await {
             Ok(snapshot) => snapshot.similarity,
-            Err(GatewayError::NotFound) => None,
+            Err(TemporalError::NotFound) => None,
             Err(e) => {
                 tracing::warn!(%workflow_id, error = %e, "similarity results unavailable");
                 return Err(ApiError::Unavailable("Temporal".into()));
@@ -433,7 +445,7 @@ pub async fn cancel(
     let job = find(&state, &workflow_id).await?;
     let finished = |job: &ImageJob| ApiError::AlreadyFinished {
         workflow_id: workflow_id.clone(),
-        status: seed_status(job.phase()),
+        status: job.phase().processing_status(),
     };
     if job.phase().is_terminal() {
         return Err(finished(&job));
@@ -559,7 +571,7 @@ pub async fn timeline(
     let recorded = match state.gateway.timeline(&workflow_id).await {
         Ok(steps) => steps,
         // A job whose workflow has not started yet has only its creation.
-        Err(GatewayError::NotFound) => Vec::new(),
+        Err(TemporalError::NotFound) => Vec::new(),
         Err(e) => {
             tracing::warn!(%workflow_id, error = %e, "Temporal history unavailable");
             return Err(ApiError::Unavailable("Temporal".into()));
@@ -600,26 +612,9 @@ pub async fn list(
             message: format!("limit must be 1 to {MAX_PAGE}"),
         });
     }
-    if let Some(s) = params.status.as_deref()
-        && !["processing", "completed", "failed", "cancelled"].contains(&s)
-    {
-        return Err(ApiError::InvalidQuery {
-            field: "status".into(),
-            message: "status must be processing, completed, failed or cancelled".into(),
-        });
-    }
-    let newest_first = match params.order.as_deref() {
-        None | Some("oldest") => false,
-        Some("newest") => true,
-        Some(_) => {
-            return Err(ApiError::InvalidQuery {
-                field: "order".into(),
-                message: "order must be oldest or newest".into(),
-            });
-        }
-    };
+    let newest_first = params.order.unwrap_or_default() == ListOrder::Newest;
     let page = state.cache.page(&PageQuery {
-        status: params.status.as_deref(),
+        status: params.status,
         after: params.continue_token.as_deref(),
         newest_first,
         limit,

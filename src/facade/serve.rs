@@ -1,60 +1,54 @@
-//! The facade's HTTP/1 server: axum's router on hyper connections with a deadline for each
-//! request's headers, so a client that opens connections and sends nothing, or its headers a
-//! byte at a time (slowloris), holds a connection for [`HEADER_READ_TIMEOUT`] at most. axum's
-//! own `serve` sets no such deadline, and hyper's protocol-sniffing server (HTTP/1 and 2) has
-//! none before the first bytes (hyperium/hyper#3962), so connections are served as HTTP/1 by
-//! hyper directly. Request bodies get their deadline from [`super::body`].
+//! The facade as production runs it: its admin port (probes and metrics), then the API until
+//! shutdown, then the drain (see `drain`): not ready, waiting requests answered, new ones
+//! served until the drain period ends. The admin port answers until the API has stopped.
 
-use axum::Router;
-use hyper::server::conn::http1;
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-    service::TowerToHyperService,
-};
-use std::time::Duration;
+use super::{auth::Auth, drain::DrainStart, router::router, state::FacadeState};
+use crate::{admin, http, shutdown::Shutdown};
+use std::{sync::Arc, time::Duration};
 use tokio::net::TcpListener;
+use tracing::info;
 
-/// Longest a connection may take to send a request's headers, counted from the moment the
-/// server waits for them (a new connection, or an idle kept-alive one).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after a failed accept (out of file descriptors): retrying at once would spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(500);
+/// The ports the facade serves.
+pub struct Ports {
+    /// The API, the docs and the jobs page.
+    pub api: TcpListener,
+    /// Probes and metrics.
+    pub admin: TcpListener,
+}
 
-/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits for
-/// the requests in progress to be answered (idle connections are closed at once).
+/// How the facade leaves on shutdown.
+pub struct Drain {
+    /// Starts the drain the state's `draining` watches.
+    pub start: DrainStart,
+    /// How long new requests are still served once draining.
+    pub period: Duration,
+}
+
+/// Serves the facade of `state` on `ports` until `shutdown` and through its drain.
 pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    header_read_timeout: Duration,
-    shutdown: impl Future<Output = ()>,
+    state: Arc<FacadeState>,
+    auth: Auth,
+    ports: Ports,
+    drain: Drain,
+    shutdown: Shutdown,
 ) {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+    let (api_stopped, admin_stop) = tokio::sync::oneshot::channel::<()>();
+    let admin = admin::spawn(ports.admin, state.clone(), async move {
+        let _ = admin_stop.await;
+    });
+    if let Ok(addr) = ports.api.local_addr() {
+        info!(%addr, namespace = %state.namespace, "facade listening");
     }
-    drop(listener);
-    graceful.shutdown().await;
+    let drained = async move {
+        shutdown.wait().await;
+        info!(
+            period = ?drain.period,
+            "draining: not ready, waiting requests answered, new ones served until the drain ends"
+        );
+        drain.start.start();
+        tokio::time::sleep(drain.period).await;
+    };
+    http::serve(ports.api, router(state, auth), drained).await;
+    drop(api_stopped);
+    let _ = admin.await;
 }

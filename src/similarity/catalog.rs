@@ -4,7 +4,7 @@
 //! candidates re-ranked by exact cosine over their stored vectors, best 10, the image itself
 //! left out, perceptual duplicates marked.
 
-use super::{SimilarProduct, descriptor::cosine};
+use super::{descriptor::cosine, results::SimilarProduct};
 use redb::{Builder, Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::{

@@ -2,9 +2,10 @@
 //! limits, describe it, find its nearest catalogued images, then catalogue it.
 
 use super::{
-    CATALOG, Catalog, CatalogEntry, CatalogError, SimilarityResults,
+    catalog::{Catalog, CatalogEntry, CatalogError},
     descriptor::{self, CLASSICAL, Descriptor},
     model::{self, EfficientNetLite0},
+    results::{CATALOG, SimilarityResults},
 };
 use crate::fetch::{FetchError, ImageFetcher, decode_rgb};
 use std::sync::Arc;

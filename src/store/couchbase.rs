@@ -1,6 +1,6 @@
 //! The Couchbase backend (the seed's production store), through the official `couchbase` crate.
 
-use super::{ImageDocument, MetadataStore, StoreError};
+use super::metadata::{ImageDocument, MetadataStore, StoreError};
 use async_trait::async_trait;
 use couchbase::{
     authenticator::PasswordAuthenticator,

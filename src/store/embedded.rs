@@ -1,7 +1,7 @@
 //! The embedded backend: a redb file database, surviving restarts, for local use and small
 //! installs.
 
-use super::{ImageDocument, MetadataStore, StoreError};
+use super::metadata::{ImageDocument, MetadataStore, StoreError};
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, TableDefinition};
 use std::{path::Path, sync::Arc};

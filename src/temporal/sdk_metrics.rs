@@ -7,7 +7,7 @@
 //! and each process's `/metrics` relays it beside the operator's own figures, so one scrape
 //! target per pod has everything.
 
-use crate::temporal::GatewayError;
+use crate::temporal::error::TemporalError;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use temporalio_common::telemetry::{
     PrometheusExporterOptions, TelemetryOptions,
@@ -26,7 +26,7 @@ pub struct SdkMetrics {
 impl SdkMetrics {
     /// Starts the exporter on a loopback port. Names follow Prometheus conventions: durations
     /// in seconds with a `_seconds` suffix, counters with `_total`, all prefixed `temporal_`.
-    pub fn start() -> Result<Self, GatewayError> {
+    pub fn start() -> Result<Self, TemporalError> {
         let options = PrometheusExporterOptions::builder()
             .socket_addr(SocketAddr::from(([127, 0, 0, 1], 0)))
             .counters_total_suffix(true)
@@ -34,11 +34,11 @@ impl SdkMetrics {
             .unit_suffix(true)
             .build();
         let started = start_prometheus_metric_exporter(options)
-            .map_err(|e| GatewayError::Config(format!("SDK metrics exporter: {e:#}")))?;
+            .map_err(|e| TemporalError::Config(format!("SDK metrics exporter: {e:#}")))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()
-            .map_err(|e| GatewayError::Config(format!("SDK metrics relay: {e}")))?;
+            .map_err(|e| TemporalError::Config(format!("SDK metrics relay: {e}")))?;
         Ok(Self {
             meter: started.meter,
             address: started.bound_addr,

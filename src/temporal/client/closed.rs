@@ -2,12 +2,11 @@
 //! long poll already saw (decoded as `get_result` decodes it: codec, then payload or failure
 //! converter), so following a workflow to its end costs no second history read.
 
-use super::gateway::{
-    ExecutionStatus, GatewayError, WorkflowSnapshot, from_not_found, from_status,
-};
+use super::snapshot::{ExecutionStatus, WorkflowSnapshot};
+use crate::temporal::error::{TemporalError, from_not_found, from_status};
 use crate::{
     similarity::SimilarityResults,
-    temporal::{ImageProcessingResult, WorkflowState},
+    temporal::contract::{ImageProcessingResult, WorkflowState},
 };
 use std::time::SystemTime;
 use temporalio_client::errors::WorkflowGetResultError;
@@ -110,7 +109,7 @@ impl Closed {
 /// How the workflow ended, from `get_result`.
 pub(super) fn from_result(
     result: Result<ImageProcessingResult, WorkflowGetResultError>,
-) -> Result<Closed, GatewayError> {
+) -> Result<Closed, TemporalError> {
     match result {
         Ok(result) => Ok(Closed::completed(result)),
         Err(WorkflowGetResultError::Failed(error)) => Ok(Closed::failed(&error)),
@@ -121,7 +120,7 @@ pub(super) fn from_result(
         Err(WorkflowGetResultError::TimedOut) => Ok(Closed::timed_out()),
         Err(WorkflowGetResultError::NotFound(status)) => Err(from_not_found(&status)),
         Err(WorkflowGetResultError::Rpc(status)) => Err(from_status(&status)),
-        Err(other) => Err(GatewayError::Rpc(other.to_string())),
+        Err(other) => Err(TemporalError::Rpc(other.to_string())),
     }
 }
 
@@ -130,7 +129,7 @@ pub(super) fn from_result(
 pub(super) async fn from_close_event(
     event: HistoryEvent,
     converter: &DataConverter,
-) -> Option<Result<(Closed, Option<SystemTime>), GatewayError>> {
+) -> Option<Result<(Closed, Option<SystemTime>), TemporalError>> {
     let at = event.event_time.as_ref().and_then(proto_ts_to_system_time);
     let context = SerializationContextData::Workflow(WorkflowSerializationContext::new());
     let closed = match event.attributes? {
@@ -173,14 +172,14 @@ pub(super) async fn from_close_event(
     Some(
         closed
             .map(|closed| (closed, at))
-            .map_err(|e| GatewayError::Rpc(format!("decoding the workflow's close event: {e}"))),
+            .map_err(|e| TemporalError::Rpc(format!("decoding the workflow's close event: {e}"))),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::temporal::ProcessingStatus;
+    use crate::temporal::contract::ProcessingStatus;
     use temporalio_common::data_converters::TemporalSerializable;
     use temporalio_common::protos::temporal::api::{
         common::v1::Payloads,

@@ -4,12 +4,16 @@
 use super::{
     closed::{self, Closed},
     history::{HistoryStep, TimelineEntry, history_step, report_time, timeline},
+    snapshot::{ExecutionStatus, StartOutcome, WorkflowSnapshot},
 };
-use crate::similarity::SimilarityResults;
 use crate::temporal::{
-    CREDENTIALS_RECHECK, CredentialsFingerprint, ForgetCatalogImage, ImageProcessingInput,
-    ImageProcessingWorkflow, SdkMetrics, TemporalSettings, WorkflowState, connect,
-    forget_workflow_id, similarity_task_queue,
+    connection::{CREDENTIALS_RECHECK, CredentialsFingerprint, TemporalSettings, connect},
+    contract::{
+        Cancel, ForgetImages, GetStatus, ImageProcessing, ImageProcessingInput, WorkflowState,
+        forget_workflow_id, similarity_task_queue,
+    },
+    error::{TemporalError, from_not_found, from_status},
+    sdk_metrics::SdkMetrics,
 };
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -20,7 +24,7 @@ use temporalio_client::{
     WorkflowGetResultOptions, WorkflowHandle, WorkflowIdReusePolicy, WorkflowQueryOptions,
     WorkflowSignalOptions, WorkflowStartOptions,
     errors::{WorkflowInteractionError, WorkflowQueryError, WorkflowStartError},
-    tonic::{Code, Status},
+    tonic::Code,
 };
 use temporalio_common::{
     data_converters::{SerializationContextData, WorkflowSerializationContext},
@@ -32,127 +36,12 @@ use tokio::{sync::Mutex, time::Instant};
 /// Deadline of a state query: a workflow with no live worker would otherwise hang ~30 s.
 const QUERY_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Why a Temporal call failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum GatewayError {
-    /// Temporal could not be reached or did not answer in time; retrying may help.
-    #[error("Temporal unavailable: {0}")]
-    Unavailable(String),
-    /// The workflow does not exist (Temporal said so about the workflow itself).
-    #[error("workflow not found")]
-    NotFound,
-    /// The configured namespace does not exist: a configuration or server problem, never a
-    /// statement about any workflow; retrying after the namespace is fixed or created helps.
-    #[error("Temporal namespace not found: {0}")]
-    NamespaceNotFound(String),
-    /// Temporal refused our credentials (API key, client certificate) or our rights.
-    #[error("Temporal refused the credentials: {0}")]
-    Unauthorized(String),
-    /// The client is misconfigured.
-    #[error("Temporal client misconfigured: {0}")]
-    Config(String),
-    /// Temporal answered with an error.
-    #[error("Temporal error: {0}")]
-    Rpc(String),
-}
-
-impl GatewayError {
-    /// Whether the failure is Temporal not being usable as configured (unreachable, its
-    /// namespace missing, our credentials refused or unreadable) as opposed to an answer about a
-    /// workflow; it is retried with backoff.
-    pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            GatewayError::Unavailable(_)
-                | GatewayError::NamespaceNotFound(_)
-                | GatewayError::Unauthorized(_)
-                | GatewayError::Config(_)
-        )
-    }
-}
-
-/// A gRPC NotFound names what is missing in its details (`NamespaceNotFoundFailure` for the
-/// namespace, `NotFoundFailure` for an execution); only the second is about the workflow.
-pub(super) fn from_not_found(status: &Status) -> GatewayError {
-    const NAMESPACE_NOT_FOUND: &[u8] = b"errordetails.v1.NamespaceNotFoundFailure";
-    let about_namespace = status
-        .details()
-        .windows(NAMESPACE_NOT_FOUND.len())
-        .any(|w| w == NAMESPACE_NOT_FOUND);
-    if about_namespace {
-        GatewayError::NamespaceNotFound(status.message().to_owned())
-    } else {
-        GatewayError::NotFound
-    }
-}
-
-pub(super) fn from_status(status: &Status) -> GatewayError {
-    match status.code() {
-        Code::NotFound => from_not_found(status),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-            GatewayError::Unavailable(status.message().to_owned())
-        }
-        Code::Unauthenticated | Code::PermissionDenied => {
-            GatewayError::Unauthorized(format!("{:?}: {}", status.code(), status.message()))
-        }
-        _ => GatewayError::Rpc(format!("{:?}: {}", status.code(), status.message())),
-    }
-}
-
-fn from_interaction(e: WorkflowInteractionError) -> GatewayError {
+fn from_interaction(e: WorkflowInteractionError) -> TemporalError {
     match e {
         WorkflowInteractionError::NotFound(status) => from_not_found(&status),
         WorkflowInteractionError::Rpc(status) => from_status(&status),
-        other => GatewayError::Rpc(other.to_string()),
+        other => TemporalError::Rpc(other.to_string()),
     }
-}
-
-/// What starting a workflow did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StartOutcome {
-    /// Run id of the (new or existing) execution, when the server told it.
-    pub run_id: Option<String>,
-    /// The workflow id was already in use: nothing new was started.
-    pub already_started: bool,
-}
-
-/// How a workflow execution stands, in Temporal's terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExecutionStatus {
-    /// Still running.
-    Running,
-    /// Completed with a result.
-    Completed,
-    /// Failed (after its activities' retries, or by a workflow error).
-    Failed,
-    /// Cancelled.
-    Cancelled,
-    /// Terminated by someone outside our control.
-    Terminated,
-    /// Hit its execution timeout.
-    TimedOut,
-}
-
-/// Everything we know of a workflow at one moment.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WorkflowSnapshot {
-    /// Run id of the execution, when known.
-    pub run_id: Option<String>,
-    /// Temporal's status.
-    pub execution: ExecutionStatus,
-    /// When the execution started.
-    pub start_time: Option<SystemTime>,
-    /// When it closed.
-    pub close_time: Option<SystemTime>,
-    /// The workflow's own state (query while running, result or failure details once closed);
-    /// `None` when no worker answered the query.
-    pub state: Option<WorkflowState>,
-    /// Similarity results of a completed workflow.
-    pub similarity: Option<SimilarityResults>,
-    /// Why a requested similarity search was skipped.
-    pub similarity_skipped: Option<String>,
-    /// Temporal's reason for a failure, termination or timeout.
-    pub failure: Option<String>,
 }
 
 /// Most history events a timeline reads: an `ImageProcessingWorkflow` has about twenty, so a
@@ -167,21 +56,21 @@ pub trait WorkflowGateway: Send + Sync {
         &self,
         workflow_id: &str,
         input: ImageProcessingInput,
-    ) -> Result<StartOutcome, GatewayError>;
+    ) -> Result<StartOutcome, TemporalError>;
     /// Starts the removal of the images the workflow catalogued (its job was deleted): a
     /// `ForgetCatalogImage` workflow on the similarity queue, one per job (a repeat is a no-op).
-    async fn forget_catalog_image(&self, workflow_id: &str) -> Result<(), GatewayError>;
+    async fn forget_catalog_image(&self, workflow_id: &str) -> Result<(), TemporalError>;
     /// Reads the workflow's status and state.
-    async fn snapshot(&self, workflow_id: &str) -> Result<WorkflowSnapshot, GatewayError>;
+    async fn snapshot(&self, workflow_id: &str) -> Result<WorkflowSnapshot, TemporalError>;
     /// Reads only how the execution stands (one describe; no query, no result fetch).
-    async fn execution(&self, workflow_id: &str) -> Result<ExecutionStatus, GatewayError>;
+    async fn execution(&self, workflow_id: &str) -> Result<ExecutionStatus, TemporalError>;
     /// Sends the seed's `cancel` signal.
-    async fn signal_cancel(&self, workflow_id: &str) -> Result<(), GatewayError>;
+    async fn signal_cancel(&self, workflow_id: &str) -> Result<(), TemporalError>;
     /// Asks Temporal to cancel the workflow (request-cancel).
-    async fn request_cancel(&self, workflow_id: &str) -> Result<(), GatewayError>;
+    async fn request_cancel(&self, workflow_id: &str) -> Result<(), TemporalError>;
     /// Returns once the workflow has closed (a long poll on its history), with what it left;
     /// its run id and start time are not known there, its close time is the time of return.
-    async fn wait_closed(&self, workflow_id: &str) -> Result<WorkflowSnapshot, GatewayError>;
+    async fn wait_closed(&self, workflow_id: &str) -> Result<WorkflowSnapshot, TemporalError>;
     /// Follows the workflow's history with long polls (no polling) until it closes, and returns
     /// what it left, as [`WorkflowGateway::wait_closed`], decoded from the close event the poll
     /// saw (no further call), with that event's time as the close time. The first poll waits
@@ -195,11 +84,12 @@ pub trait WorkflowGateway: Send + Sync {
         workflow_id: &str,
         window: Duration,
         progressed: &(dyn Fn() + Send + Sync),
-    ) -> Result<WorkflowSnapshot, GatewayError>;
+    ) -> Result<WorkflowSnapshot, TemporalError>;
     /// The steps of the workflow so far, with the times Temporal recorded them.
-    async fn timeline(&self, workflow_id: &str) -> Result<Vec<TimelineEntry>, GatewayError>;
+    async fn timeline(&self, workflow_id: &str) -> Result<Vec<TimelineEntry>, TemporalError>;
     /// The input the workflow was started with, from the first event of its history.
-    async fn started_input(&self, workflow_id: &str) -> Result<ImageProcessingInput, GatewayError>;
+    async fn started_input(&self, workflow_id: &str)
+    -> Result<ImageProcessingInput, TemporalError>;
 }
 
 /// The gateway over a real Temporal server. It connects on first use, again after a failed
@@ -236,7 +126,7 @@ impl TemporalGateway {
         }
     }
 
-    async fn client(&self) -> Result<Client, GatewayError> {
+    async fn client(&self) -> Result<Client, TemporalError> {
         let mut connected = self.connected.lock().await;
         if let Some(current) = connected.as_mut() {
             if current.checked.elapsed() < CREDENTIALS_RECHECK {
@@ -262,33 +152,30 @@ impl TemporalGateway {
     async fn handle(
         &self,
         workflow_id: &str,
-    ) -> Result<WorkflowHandle<Client, ImageProcessingWorkflow>, GatewayError> {
+    ) -> Result<WorkflowHandle<Client, ImageProcessing>, TemporalError> {
         Ok(self
             .client()
             .await?
-            .get_workflow_handle::<ImageProcessingWorkflow>(workflow_id))
+            .get_workflow_handle::<ImageProcessing>(workflow_id))
     }
 
     /// Checks that the server answers: describing a workflow id nobody uses must come back
     /// as "not found".
-    pub async fn health(&self) -> Result<(), GatewayError> {
+    pub async fn health(&self) -> Result<(), TemporalError> {
         match self.snapshot("imagejob-operator-health-probe").await {
-            Ok(_) | Err(GatewayError::NotFound) => Ok(()),
+            Ok(_) | Err(TemporalError::NotFound) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
     async fn query_state(
         &self,
-        handle: &WorkflowHandle<Client, ImageProcessingWorkflow>,
+        handle: &WorkflowHandle<Client, ImageProcessing>,
     ) -> Option<WorkflowState> {
         let options = WorkflowQueryOptions::builder()
             .rpc_options(RpcOptions::builder().timeout(QUERY_DEADLINE).build())
             .build();
-        match handle
-            .query(ImageProcessingWorkflow::get_status, (), options)
-            .await
-        {
+        match handle.query(GetStatus, (), options).await {
             Ok(state) => Some(state),
             Err(WorkflowQueryError::Rpc(status)) if status.code() == Code::DeadlineExceeded => None,
             Err(e) => {
@@ -299,7 +186,7 @@ impl TemporalGateway {
     }
 }
 
-fn execution_status(status: WorkflowExecutionStatus) -> Result<ExecutionStatus, GatewayError> {
+fn execution_status(status: WorkflowExecutionStatus) -> Result<ExecutionStatus, TemporalError> {
     Ok(match status {
         WorkflowExecutionStatus::Running => ExecutionStatus::Running,
         WorkflowExecutionStatus::Completed => ExecutionStatus::Completed,
@@ -308,7 +195,7 @@ fn execution_status(status: WorkflowExecutionStatus) -> Result<ExecutionStatus, 
         WorkflowExecutionStatus::Terminated => ExecutionStatus::Terminated,
         WorkflowExecutionStatus::TimedOut => ExecutionStatus::TimedOut,
         other => {
-            return Err(GatewayError::Rpc(format!(
+            return Err(TemporalError::Rpc(format!(
                 "unexpected workflow status {other:?}"
             )));
         }
@@ -319,10 +206,10 @@ fn execution_status(status: WorkflowExecutionStatus) -> Result<ExecutionStatus, 
 /// it returns (`None` if the history ended without one). `progressed` is called `window` after
 /// a step was recorded, unless the workflow closed first; steps within that window share a call.
 async fn follow_steps(
-    handle: &WorkflowHandle<Client, ImageProcessingWorkflow>,
+    handle: &WorkflowHandle<Client, ImageProcessing>,
     window: Duration,
     progressed: &(dyn Fn() + Send + Sync),
-) -> Result<Option<HistoryEvent>, GatewayError> {
+) -> Result<Option<HistoryEvent>, TemporalError> {
     let options = WorkflowFetchHistoryOptions::builder()
         .skip_archival(true)
         .wait_new_event(true)
@@ -362,14 +249,14 @@ impl WorkflowGateway for TemporalGateway {
         &self,
         workflow_id: &str,
         input: ImageProcessingInput,
-    ) -> Result<StartOutcome, GatewayError> {
+    ) -> Result<StartOutcome, TemporalError> {
         let options = WorkflowStartOptions::new(self.settings.task_queue.clone(), workflow_id)
             .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
             .build();
         match self
             .client()
             .await?
-            .start_workflow(ImageProcessingWorkflow::run, input, options)
+            .start_workflow(ImageProcessing, input, options)
             .await
         {
             Ok(handle) => Ok(StartOutcome {
@@ -381,11 +268,11 @@ impl WorkflowGateway for TemporalGateway {
                 already_started: true,
             }),
             Err(WorkflowStartError::Rpc(status)) => Err(from_status(&status)),
-            Err(e) => Err(GatewayError::Rpc(e.to_string())),
+            Err(e) => Err(TemporalError::Rpc(e.to_string())),
         }
     }
 
-    async fn forget_catalog_image(&self, workflow_id: &str) -> Result<(), GatewayError> {
+    async fn forget_catalog_image(&self, workflow_id: &str) -> Result<(), TemporalError> {
         let options = WorkflowStartOptions::new(
             similarity_task_queue(&self.settings.task_queue),
             forget_workflow_id(workflow_id),
@@ -395,16 +282,16 @@ impl WorkflowGateway for TemporalGateway {
         match self
             .client()
             .await?
-            .start_workflow(ForgetCatalogImage::run, workflow_id.to_owned(), options)
+            .start_workflow(ForgetImages, workflow_id.to_owned(), options)
             .await
         {
             Ok(_) | Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(()),
             Err(WorkflowStartError::Rpc(status)) => Err(from_status(&status)),
-            Err(e) => Err(GatewayError::Rpc(e.to_string())),
+            Err(e) => Err(TemporalError::Rpc(e.to_string())),
         }
     }
 
-    async fn snapshot(&self, workflow_id: &str) -> Result<WorkflowSnapshot, GatewayError> {
+    async fn snapshot(&self, workflow_id: &str) -> Result<WorkflowSnapshot, TemporalError> {
         let handle = self.handle(workflow_id).await?;
         let description = handle
             .describe(WorkflowDescribeOptions::default())
@@ -423,7 +310,7 @@ impl WorkflowGateway for TemporalGateway {
         ))
     }
 
-    async fn execution(&self, workflow_id: &str) -> Result<ExecutionStatus, GatewayError> {
+    async fn execution(&self, workflow_id: &str) -> Result<ExecutionStatus, TemporalError> {
         let description = self
             .handle(workflow_id)
             .await?
@@ -433,19 +320,15 @@ impl WorkflowGateway for TemporalGateway {
         execution_status(description.status())
     }
 
-    async fn signal_cancel(&self, workflow_id: &str) -> Result<(), GatewayError> {
+    async fn signal_cancel(&self, workflow_id: &str) -> Result<(), TemporalError> {
         self.handle(workflow_id)
             .await?
-            .signal(
-                ImageProcessingWorkflow::cancel,
-                (),
-                WorkflowSignalOptions::default(),
-            )
+            .signal(Cancel, (), WorkflowSignalOptions::default())
             .await
             .map_err(from_interaction)
     }
 
-    async fn request_cancel(&self, workflow_id: &str) -> Result<(), GatewayError> {
+    async fn request_cancel(&self, workflow_id: &str) -> Result<(), TemporalError> {
         self.handle(workflow_id)
             .await?
             .cancel(WorkflowCancelOptions::default())
@@ -458,9 +341,9 @@ impl WorkflowGateway for TemporalGateway {
         workflow_id: &str,
         window: Duration,
         progressed: &(dyn Fn() + Send + Sync),
-    ) -> Result<WorkflowSnapshot, GatewayError> {
+    ) -> Result<WorkflowSnapshot, TemporalError> {
         let client = self.client().await?;
-        let handle = client.get_workflow_handle::<ImageProcessingWorkflow>(workflow_id);
+        let handle = client.get_workflow_handle::<ImageProcessing>(workflow_id);
         // Most workflows close within `window` of their start: their close event alone is
         // awaited first (one history read, as get_result makes); every event is followed, one
         // read per batch, only once the window passed without it.
@@ -491,7 +374,7 @@ impl WorkflowGateway for TemporalGateway {
         }
     }
 
-    async fn timeline(&self, workflow_id: &str) -> Result<Vec<TimelineEntry>, GatewayError> {
+    async fn timeline(&self, workflow_id: &str) -> Result<Vec<TimelineEntry>, TemporalError> {
         let options = WorkflowFetchHistoryOptions::builder()
             .skip_archival(true)
             .build();
@@ -509,9 +392,12 @@ impl WorkflowGateway for TemporalGateway {
         Ok(timeline(&events))
     }
 
-    async fn started_input(&self, workflow_id: &str) -> Result<ImageProcessingInput, GatewayError> {
+    async fn started_input(
+        &self,
+        workflow_id: &str,
+    ) -> Result<ImageProcessingInput, TemporalError> {
         let client = self.client().await?;
-        let handle = client.get_workflow_handle::<ImageProcessingWorkflow>(workflow_id);
+        let handle = client.get_workflow_handle::<ImageProcessing>(workflow_id);
         let options = WorkflowFetchHistoryOptions::builder()
             .skip_archival(true)
             .build();
@@ -520,7 +406,7 @@ impl WorkflowGateway for TemporalGateway {
         let Some(Attributes::WorkflowExecutionStartedEventAttributes(started)) =
             first.and_then(|event| event.attributes)
         else {
-            return Err(GatewayError::Rpc(format!(
+            return Err(TemporalError::Rpc(format!(
                 "the history of {workflow_id} does not begin with its start"
             )));
         };
@@ -530,10 +416,10 @@ impl WorkflowGateway for TemporalGateway {
             .data_converter()
             .from_payload(&context, payload.unwrap_or_default())
             .await
-            .map_err(|e| GatewayError::Rpc(format!("decoding the workflow's input: {e}")))
+            .map_err(|e| TemporalError::Rpc(format!("decoding the workflow's input: {e}")))
     }
 
-    async fn wait_closed(&self, workflow_id: &str) -> Result<WorkflowSnapshot, GatewayError> {
+    async fn wait_closed(&self, workflow_id: &str) -> Result<WorkflowSnapshot, TemporalError> {
         let handle = self.handle(workflow_id).await?;
         let closed =
             closed::from_result(handle.get_result(WorkflowGetResultOptions::default()).await)?;

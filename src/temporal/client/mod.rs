@@ -1,16 +1,11 @@
-//! The client side of Temporal, all the controller and the facade use: the connection (address,
-//! TLS, API key, payload codec), the gateway that starts, reads and cancels workflows, and
-//! history reading.
+//! The client side of Temporal, all the controller and the facade use: the gateway that starts,
+//! reads and cancels workflows (by their contract's names), and history reading.
 
 mod closed;
-mod codec;
-mod connection;
 mod gateway;
 mod history;
+mod snapshot;
 
-pub use codec::{CodecError, PayloadCipher};
-pub use connection::{CREDENTIALS_RECHECK, CredentialsFingerprint, TemporalSettings, connect};
-pub use gateway::{
-    ExecutionStatus, GatewayError, StartOutcome, TemporalGateway, WorkflowGateway, WorkflowSnapshot,
-};
+pub use gateway::{TemporalGateway, WorkflowGateway};
 pub use history::TimelineEntry;
+pub use snapshot::{ExecutionStatus, StartOutcome, WorkflowSnapshot};

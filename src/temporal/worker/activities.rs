@@ -3,7 +3,7 @@
 //! [`StoreActivities`] beside the workflows, [`SearchActivities`] on the similarity queue, which
 //! only the workers able to search poll (with the catalog backend, the catalog's owner alone).
 
-use crate::temporal::types::{
+use crate::temporal::contract::{
     SimilaritySearchInput, SimilaritySearchOutcome, StoreImageMetadataInput,
 };
 use crate::{

@@ -1,9 +1,14 @@
 //! The Temporal worker: polls the task queue and runs the workflow and its activities. The SDK's
 //! worker future is `!Send`, so it gets a thread of its own with a current-thread runtime.
 
+use super::{
+    activities::ImageActivities, forget::ForgetCatalogImage, workflow::ImageProcessingWorkflow,
+};
 use crate::temporal::{
-    CREDENTIALS_RECHECK, ForgetCatalogImage, GatewayError, ImageActivities,
-    ImageProcessingWorkflow, SdkMetrics, TemporalSettings, connect, similarity_task_queue,
+    connection::{CREDENTIALS_RECHECK, TemporalSettings, connect},
+    contract::similarity_task_queue,
+    error::TemporalError,
+    sdk_metrics::SdkMetrics,
 };
 use std::{
     sync::{
@@ -147,7 +152,7 @@ pub fn spawn_worker(
     tuning: WorkerTuning,
     version: Option<WorkerVersion>,
     metrics: Option<SdkMetrics>,
-) -> Result<WorkerHandle, GatewayError> {
+) -> Result<WorkerHandle, TemporalError> {
     let (stop, stopped) = watch::channel(false);
     let polling = Arc::new(AtomicBool::new(false));
     let flag = polling.clone();
@@ -170,7 +175,7 @@ pub fn spawn_worker(
             };
             rt.block_on(run_until_stopped(worker, stopped, flag));
         })
-        .map_err(|e| GatewayError::Config(format!("cannot start the worker thread: {e}")))?;
+        .map_err(|e| TemporalError::Config(format!("cannot start the worker thread: {e}")))?;
     Ok(WorkerHandle {
         stop,
         thread: Some(thread),

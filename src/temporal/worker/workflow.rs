@@ -6,7 +6,7 @@ use super::{
     activities::{SearchActivities, StoreActivities},
     policy::{similarity_search_options, store_metadata_options},
 };
-use crate::temporal::types::{
+use crate::temporal::contract::{
     ImageProcessingInput, ImageProcessingResult, ProcessingStatus, SimilaritySearchInput,
     SimilaritySearchOutcome, StoreImageMetadataInput, WorkflowState, similarity_task_queue,
 };
@@ -209,4 +209,49 @@ fn root_message(error: &ActivityExecutionError) -> String {
         cause = inner.cause();
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::temporal::contract::{
+        CANCEL_SIGNAL, FORGET_CATALOG_IMAGE_WORKFLOW, GET_STATUS_QUERY, IMAGE_PROCESSING_WORKFLOW,
+    };
+    use crate::temporal::worker::ForgetCatalogImage;
+    use temporalio_common::{QueryDefinition, SignalDefinition, WorkflowDefinition};
+
+    /// The contract's definitions are what clients call; the workflow code must answer to the
+    /// same names with the same types (the types are checked by these functions' bounds).
+    fn workflow<W>(definition: W) -> String
+    where
+        W: WorkflowDefinition<Input = ImageProcessingInput, Output = ImageProcessingResult>,
+    {
+        definition.name().to_owned()
+    }
+
+    fn query<Q: QueryDefinition<Input = (), Output = WorkflowState>>(definition: Q) -> String {
+        definition.name().to_owned()
+    }
+
+    fn signal<S: SignalDefinition<Input = ()>>(definition: S) -> String {
+        definition.name().to_owned()
+    }
+
+    fn forget<W: WorkflowDefinition<Input = String, Output = usize>>(definition: W) -> String {
+        definition.name().to_owned()
+    }
+
+    #[test]
+    fn the_workflow_code_answers_to_the_contracts_names_and_types() {
+        assert_eq!(
+            workflow(ImageProcessingWorkflow::run),
+            IMAGE_PROCESSING_WORKFLOW
+        );
+        assert_eq!(query(ImageProcessingWorkflow::get_status), GET_STATUS_QUERY);
+        assert_eq!(signal(ImageProcessingWorkflow::cancel), CANCEL_SIGNAL);
+        assert_eq!(
+            forget(ForgetCatalogImage::run),
+            FORGET_CATALOG_IMAGE_WORKFLOW
+        );
+    }
 }

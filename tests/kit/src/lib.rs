@@ -2,10 +2,11 @@
 //! addresses come from the environment), unique namespaces and task queues per test, an
 //! in-process worker, a local fake of Lykdat's HTTP API, child processes killed on drop, and
 //! wait-for-condition helpers.
-#![allow(dead_code)]
 
 pub mod browser;
+pub mod facade_env;
 pub mod images;
+pub mod kube_env;
 pub mod lykdat;
 pub mod tls_proxy;
 pub mod webdriver;
@@ -14,7 +15,11 @@ use imagejob_operator::{
     fetch::{AddressPolicy, FetchLimits, ImageFetcher},
     similarity::{Catalog, CatalogSearch, Describer, LykdatClient, SimilarityBackend},
     store::{EmbeddedStore, MetadataStore},
-    temporal::{ImageActivities, TemporalGateway, TemporalSettings, WorkerHandle, spawn_worker},
+    temporal::{
+        client::TemporalGateway,
+        connection::TemporalSettings,
+        worker::{ImageActivities, WorkerHandle, spawn_worker},
+    },
 };
 use std::{
     collections::BTreeMap,
@@ -324,9 +329,46 @@ pub fn kubectl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The operator binary built by cargo for the integration tests.
-pub fn operator_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_imagejob-operator")
+/// The operator binary cargo built beside the running test or benchmark (in the profile's
+/// folder, one up from the test binaries' `deps/`).
+pub fn operator_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the running test's path");
+    let profile = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary sits in <target>/<profile>/deps");
+    let bin = profile.join("imagejob-operator");
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo builds it for the tests",
+        bin.display()
+    );
+    bin
+}
+
+/// `imagejob-operator ROLE`, logging at `IJ_CHILD_LOG` (default `warn`).
+pub fn operator_command(role: &str) -> Command {
+    let mut cmd = Command::new(operator_bin());
+    cmd.arg(role).env(
+        "RUST_LOG",
+        std::env::var("IJ_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+    );
+    cmd
+}
+
+/// Whether the role serving `base` (`http://host:port`) answers its readiness probe with 200.
+pub async fn is_ready(base: &str) -> bool {
+    reqwest::get(format!("{base}/readyz"))
+        .await
+        .is_ok_and(|r| r.status() == 200)
+}
+
+/// Waits until the role serving `base` is ready.
+pub async fn until_ready(base: &str, timeout: Duration) {
+    eventually(&format!("{base} to be ready"), timeout, || async {
+        is_ready(base).await.then_some(())
+    })
+    .await
 }
 
 /// A child process killed (SIGKILL) when dropped.
@@ -342,6 +384,17 @@ impl ChildGuard {
     pub fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+
+    /// Its resident memory now, in MiB (`VmRSS`; NaN once it is gone).
+    pub fn rss_mib(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(f64::NAN)
     }
 
     /// Sends SIGTERM and waits for it to exit; returns its exit status.
@@ -372,18 +425,13 @@ impl ControllerProcess {
     /// namespaces), with `extra` environment.
     pub fn start(settings: &TemporalSettings, ns: &str, extra: &[(&str, String)]) -> Self {
         let port = free_port();
-        let mut cmd = Command::new(operator_bin());
-        cmd.arg("controller")
-            .env("TEMPORAL_HOST", &settings.host)
+        let mut cmd = operator_command("controller");
+        cmd.env("TEMPORAL_HOST", &settings.host)
             .env("TEMPORAL_PORT", settings.port.to_string())
             .env("TEMPORAL_NAMESPACE", &settings.namespace)
             .env("TEMPORAL_TASK_QUEUE", &settings.task_queue)
             .env("WATCH_NAMESPACES", ns)
-            .env("CONTROLLER_METRICS_ADDR", format!("127.0.0.1:{port}"))
-            .env(
-                "RUST_LOG",
-                std::env::var("IJ_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
-            );
+            .env("CONTROLLER_METRICS_ADDR", format!("127.0.0.1:{port}"));
         for (k, v) in extra {
             cmd.env(k, v);
         }
@@ -545,367 +593,4 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
-}
-
-/// Kubernetes helpers shared by the controller and facade tests.
-pub mod kube_env {
-    use imagejob_operator::{
-        controller,
-        crd::{ImageJob, ImageJobSpec},
-        metrics::Metrics,
-        temporal::TemporalSettings,
-    };
-    use k8s_openapi::api::{core::v1::Namespace, events::v1::Event};
-    use kube::{
-        Api, Client,
-        api::{ListParams, ObjectMeta, PostParams},
-    };
-    use std::{sync::Arc, time::Duration};
-
-    /// What most tests start from: a namespace of their own and a task queue of their own.
-    pub struct Setup {
-        /// Admin client.
-        pub client: Client,
-        /// The test's namespace.
-        pub ns: String,
-        /// ImageJobs in it.
-        pub api: Api<ImageJob>,
-        /// Temporal on the test's task queue.
-        pub settings: TemporalSettings,
-    }
-
-    impl Setup {
-        /// A fresh namespace and task queue named after `prefix`.
-        pub async fn new(prefix: &str) -> Self {
-            let client = client().await;
-            let ns = namespace(&client, prefix).await;
-            Self {
-                api: Api::namespaced(client.clone(), &ns),
-                settings: super::temporal(&super::unique(&format!("{prefix}-queue"))),
-                client,
-                ns,
-            }
-        }
-    }
-
-    /// A client from the kubeconfig `scripts/test.sh` exported.
-    pub async fn client() -> Client {
-        super::init();
-        super::stack_env("KUBECONFIG");
-        Client::try_default().await.expect("client from KUBECONFIG")
-    }
-
-    /// A fresh namespace.
-    pub async fn namespace(client: &Client, prefix: &str) -> String {
-        let name = super::unique(prefix);
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create namespace");
-        name
-    }
-
-    /// A job spec for the seed's example image.
-    pub fn spec(similarity_search: bool) -> ImageJobSpec {
-        ImageJobSpec {
-            url: "https://example.com/image.jpg".into(),
-            title: Some("Product Image".into()),
-            description: Some("Blue shirt".into()),
-            tags: vec!["clothing".into(), "shirt".into()],
-            similarity_search,
-            ttl_seconds_after_finished: None,
-            status: None,
-        }
-    }
-
-    /// Creates a job.
-    pub async fn create(api: &Api<ImageJob>, name: &str, spec: ImageJobSpec) -> ImageJob {
-        api.create(&PostParams::default(), &ImageJob::new(name, spec))
-            .await
-            .expect("create job")
-    }
-
-    /// Waits until the job satisfies `pred`, returning it.
-    pub async fn wait_job(
-        api: &Api<ImageJob>,
-        name: &str,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&ImageJob) -> bool,
-    ) -> ImageJob {
-        super::eventually(what, timeout, || async {
-            api.get_opt(name).await.ok().flatten().filter(|j| pred(j))
-        })
-        .await
-    }
-
-    /// Waits until the job is in `phase`, returning it.
-    pub async fn wait_phase(
-        api: &Api<ImageJob>,
-        name: &str,
-        phase: imagejob_operator::crd::Phase,
-    ) -> ImageJob {
-        let what = format!("{name} in phase {}", phase.as_str());
-        wait_job(api, name, &what, Duration::from_secs(60), |j| {
-            j.phase() == phase
-        })
-        .await
-    }
-
-    /// Waits until the job `name` no longer exists.
-    pub async fn wait_gone(api: &Api<ImageJob>, name: &str, timeout: Duration) {
-        super::eventually(&format!("{name} to disappear"), timeout, || async {
-            api.get_opt(name)
-                .await
-                .ok()
-                .flatten()
-                .is_none()
-                .then_some(())
-        })
-        .await
-    }
-
-    /// The name of the one job `api` lists.
-    pub async fn only_name(api: &Api<ImageJob>) -> String {
-        let list = api.list(&ListParams::default()).await.expect("list jobs");
-        assert_eq!(list.items.len(), 1, "exactly one job");
-        kube::ResourceExt::name_any(&list.items[0])
-    }
-
-    /// How many jobs `api` lists.
-    pub async fn count(api: &Api<ImageJob>) -> usize {
-        api.list(&ListParams::default())
-            .await
-            .expect("list jobs")
-            .items
-            .len()
-    }
-
-    /// Reasons of the events recorded on the object `name`.
-    pub async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<String> {
-        Api::<Event>::namespaced(client.clone(), ns)
-            .list(&ListParams::default())
-            .await
-            .expect("list events")
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .filter_map(|e| e.reason)
-            .collect()
-    }
-
-    /// A controller running in this process, watching `ns`, stopped on drop.
-    pub struct InProcessController {
-        stop: Option<tokio::sync::oneshot::Sender<()>>,
-        /// Its metrics.
-        pub metrics: Arc<Metrics>,
-    }
-
-    impl InProcessController {
-        /// Starts it.
-        pub async fn start(client: &Client, settings: &TemporalSettings, ns: &str) -> Self {
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let metrics = Arc::new(Metrics::new());
-            let gateway = Arc::new(imagejob_operator::temporal::TemporalGateway::new(
-                settings.clone(),
-            ));
-            let (_store, running) = controller::run(
-                client.clone(),
-                gateway,
-                metrics.clone(),
-                controller::Settings {
-                    namespaces: vec![ns.to_owned()],
-                    max_workflow_watches: 100,
-                    concurrency: 32,
-                    instance: Some("in-process".into()),
-                    release_after: std::time::Duration::from_secs(300),
-                },
-                imagejob_operator::kube_client::WriteFence::open(),
-                async move {
-                    let _ = stopped.await;
-                },
-            )
-            .await;
-            tokio::spawn(running);
-            Self {
-                stop: Some(stop),
-                metrics,
-            }
-        }
-    }
-
-    impl Drop for InProcessController {
-        fn drop(&mut self) {
-            if let Some(stop) = self.stop.take() {
-                let _ = stop.send(());
-            }
-        }
-    }
-}
-
-/// The facade served on a loopback port, over a real apiserver.
-pub mod facade_env {
-    use imagejob_operator::{
-        facade::{self, Auth, CreateQuota, FacadeState, JobCache, Limits, QuotaSettings},
-        metrics::Metrics,
-        temporal::{TemporalGateway, TemporalSettings},
-    };
-    use kube::{Api, Client};
-    use std::sync::Arc;
-
-    /// The token the test facades accept.
-    pub const TOKEN: &str = "test-token-0123456789";
-
-    /// A running facade.
-    pub struct TestFacade {
-        /// `http://127.0.0.1:<port>`.
-        pub base: String,
-        /// `http://127.0.0.1:<port>` of its admin port (probes and `/metrics`).
-        pub admin: String,
-        /// A client sending the accepted token.
-        pub http: reqwest::Client,
-        _stop: (
-            tokio::sync::oneshot::Sender<()>,
-            tokio::sync::oneshot::Sender<()>,
-        ),
-        /// The folder of its token file (`tokens`, holding [`TOKEN`]).
-        pub tokens: tempfile::TempDir,
-    }
-
-    impl TestFacade {
-        /// Serves the facade for namespace `ns`, with token auth, once its cache is filled.
-        pub async fn start(client: &Client, ns: &str, settings: &TemporalSettings) -> Self {
-            Self::start_with(
-                client,
-                ns,
-                settings,
-                None,
-                Limits::default(),
-                QuotaSettings::default(),
-            )
-            .await
-        }
-
-        /// The same, giving the jobs it creates this TTL after finishing.
-        pub async fn start_with_ttl(
-            client: &Client,
-            ns: &str,
-            settings: &TemporalSettings,
-            job_ttl: Option<u32>,
-        ) -> Self {
-            Self::start_with(
-                client,
-                ns,
-                settings,
-                job_ttl,
-                Limits::default(),
-                QuotaSettings::default(),
-            )
-            .await
-        }
-
-        /// The same, with a job TTL and caps of its own.
-        pub async fn start_with(
-            client: &Client,
-            ns: &str,
-            settings: &TemporalSettings,
-            job_ttl: Option<u32>,
-            limits: Limits,
-            quota: QuotaSettings,
-        ) -> Self {
-            let tokens = tempfile::tempdir().unwrap();
-            let path = tokens.path().join("tokens");
-            std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-            let auth = Auth::from_file(path).unwrap();
-            let api: Api<imagejob_operator::crd::ImageJob> = Api::namespaced(client.clone(), ns);
-            let (cache, driver) = JobCache::start(api.clone(), ns.to_owned());
-            tokio::spawn(driver);
-            super::eventually(
-                "the facade cache to fill",
-                std::time::Duration::from_secs(20),
-                || async { cache.is_ready().then_some(()) },
-            )
-            .await;
-            let state = Arc::new(FacadeState {
-                api,
-                namespace: ns.to_owned(),
-                cache,
-                gateway: Arc::new(TemporalGateway::new(settings.clone())),
-                similarity_default: false,
-                job_ttl,
-                metrics: Arc::new(Metrics::new()),
-                temporal_ui_url: Some("http://temporal-ui.invalid:8233".into()),
-                temporal_namespace: settings.namespace.clone(),
-                codec: None,
-                draining: facade::Draining::never(),
-                limits,
-                quota: CreateQuota::new(quota),
-            });
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let base = format!("http://{}", listener.local_addr().unwrap());
-            let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let admin = format!("http://{}", admin_listener.local_addr().unwrap());
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(facade::serve(
-                admin_listener,
-                facade::admin_router(state.clone()),
-                facade::HEADER_READ_TIMEOUT,
-                async move {
-                    let _ = admin_stopped.await;
-                },
-            ));
-            let app = facade::router(state, auth);
-            tokio::spawn(facade::serve(
-                listener,
-                app,
-                facade::HEADER_READ_TIMEOUT,
-                async move {
-                    let _ = stopped.await;
-                },
-            ));
-            let mut headers = reqwest::header::HeaderMap::new();
-            headers.insert(
-                reqwest::header::AUTHORIZATION,
-                format!("Bearer {TOKEN}").parse().unwrap(),
-            );
-            let http = reqwest::Client::builder()
-                .default_headers(headers)
-                .build()
-                .unwrap();
-            Self {
-                base,
-                admin,
-                http,
-                _stop: (stop, admin_stop),
-                tokens,
-            }
-        }
-
-        /// The URL of `path`.
-        pub fn url(&self, path: &str) -> String {
-            format!("{}{path}", self.base)
-        }
-
-        /// `GET path` with the accepted token, as JSON.
-        pub async fn get_json(&self, path: &str) -> serde_json::Value {
-            let response = self.http.get(self.url(path)).send().await.expect("GET");
-            response.json().await.expect("a JSON body")
-        }
-
-        /// The replica's metrics, from its admin port.
-        pub async fn metrics(&self) -> String {
-            let response = reqwest::get(format!("{}/metrics", self.admin))
-                .await
-                .expect("GET /metrics");
-            response.text().await.expect("a text body")
-        }
-    }
 }

@@ -8,7 +8,7 @@
 //! [`TemporalSettings::credentials`]).
 
 use crate::digest::sha256_hex;
-use crate::temporal::{GatewayError, PayloadCipher};
+use crate::temporal::{codec::PayloadCipher, error::TemporalError};
 use std::{fmt, path::PathBuf, time::Duration};
 use temporalio_client::tonic::Code;
 use temporalio_client::{
@@ -90,10 +90,11 @@ impl TemporalSettings {
         task_queue: String,
         api_key_file: Option<PathBuf>,
         codec: Option<PayloadCipher>,
-    ) -> Result<Self, GatewayError> {
-        let profile =
-            load_client_config_profile(LoadClientConfigProfileOptions::default(), None)
-                .map_err(|e| GatewayError::Config(format!("Temporal client configuration: {e}")))?;
+    ) -> Result<Self, TemporalError> {
+        let profile = load_client_config_profile(LoadClientConfigProfileOptions::default(), None)
+            .map_err(|e| {
+            TemporalError::Config(format!("Temporal client configuration: {e}"))
+        })?;
         Ok(Self {
             host,
             port,
@@ -154,13 +155,13 @@ impl TemporalSettings {
     }
 
     /// The SDK's connection options, credential files read now.
-    fn connection_options(&self) -> Result<ConnectionOptions, GatewayError> {
+    fn connection_options(&self) -> Result<ConnectionOptions, TemporalError> {
         let mut profile = self.profile.clone();
         profile.address = Some(self.address());
         profile.namespace = Some(self.namespace.clone());
         if let Some(path) = &self.api_key_file {
             let key = std::fs::read_to_string(path).map_err(|e| {
-                GatewayError::Config(format!(
+                TemporalError::Config(format!(
                     "cannot read the API key file {}: {e}",
                     path.display()
                 ))
@@ -168,7 +169,7 @@ impl TemporalSettings {
             profile.api_key = Some(key.trim().to_owned());
         }
         let mut options = ConnectionOptions::try_from(profile)
-            .map_err(|e| GatewayError::Config(format!("Temporal client configuration: {e}")))?;
+            .map_err(|e| TemporalError::Config(format!("Temporal client configuration: {e}")))?;
         options.identity = identity();
         options.connect_timeout = Some(Duration::from_secs(5));
         options.grpc_compression = if self.gzip {
@@ -183,7 +184,7 @@ impl TemporalSettings {
 /// This process in Temporal's histories, its usual `pid@host` form (the host is the pod name
 /// in a cluster), so a workflow's history names the very pod that ran each task.
 fn identity() -> String {
-    format!("{}@{}", std::process::id(), crate::config::hostname())
+    format!("{}@{}", std::process::id(), crate::host::hostname())
 }
 
 /// An error with its chain of causes: a TLS failure's reason (unknown issuer, certificate
@@ -207,7 +208,7 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 pub async fn connect(
     settings: &TemporalSettings,
     meter: Option<TemporalMeter>,
-) -> Result<Client, GatewayError> {
+) -> Result<Client, TemporalError> {
     let mut options = settings.connection_options()?;
     options.metrics_meter = meter;
     let connection = Connection::connect(options).await.map_err(|e| match e {
@@ -216,12 +217,12 @@ pub async fn connect(
             let answer = format!("{:?}: {}", status.code(), status.message());
             match status.code() {
                 Code::Unauthenticated | Code::PermissionDenied => {
-                    GatewayError::Unauthorized(answer)
+                    TemporalError::Unauthorized(answer)
                 }
-                _ => GatewayError::Unavailable(answer),
+                _ => TemporalError::Unavailable(answer),
             }
         }
-        other => GatewayError::Unavailable(with_causes(&other)),
+        other => TemporalError::Unavailable(with_causes(&other)),
     })?;
     let options = match &settings.codec {
         Some(codec) => ClientOptions::new(settings.namespace.clone())
@@ -229,7 +230,7 @@ pub async fn connect(
             .build(),
         None => ClientOptions::new(settings.namespace.clone()).build(),
     };
-    Client::new(connection, options).map_err(|e| GatewayError::Config(format!("{e:#}")))
+    Client::new(connection, options).map_err(|e| TemporalError::Config(format!("{e:#}")))
 }
 
 #[cfg(test)]

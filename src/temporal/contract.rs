@@ -1,8 +1,84 @@
-//! The workflow's contract with its clients: input, state (the `get_status` query) and result.
-//! Field names are the seed's, in snake_case JSON.
+//! The workflows' contract, what client and worker agree on: names (workflow types, the
+//! `get_status` query, the `cancel` signal, task queues, ids), input, state and result. Field
+//! names are the seed's, in snake_case JSON.
+//!
+//! The client calls the workflows through the definitions here; the worker's workflow code
+//! (`temporal::worker`) is checked against them by its unit tests, so neither side imports the
+//! other.
 
 use crate::similarity::SimilarityResults;
 use serde::{Deserialize, Serialize};
+use temporalio_common::{
+    HasWorkflowDefinition, QueryDefinition, SignalDefinition, WorkflowDefinition,
+};
+
+/// Type name of the seed's image processing workflow.
+pub const IMAGE_PROCESSING_WORKFLOW: &str = "ImageProcessingWorkflow";
+/// Name of the query answering the workflow's [`WorkflowState`].
+pub const GET_STATUS_QUERY: &str = "get_status";
+/// Name of the seed's cancel signal.
+pub const CANCEL_SIGNAL: &str = "cancel";
+/// Type name of the workflow removing a deleted job's images from the catalog.
+pub const FORGET_CATALOG_IMAGE_WORKFLOW: &str = "ForgetCatalogImage";
+
+/// `ImageProcessingWorkflow`, as clients start it: [`ImageProcessingInput`] in,
+/// [`ImageProcessingResult`] out.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ImageProcessing;
+
+impl WorkflowDefinition for ImageProcessing {
+    type Input = ImageProcessingInput;
+    type Output = ImageProcessingResult;
+    fn name(&self) -> &str {
+        IMAGE_PROCESSING_WORKFLOW
+    }
+}
+
+impl HasWorkflowDefinition for ImageProcessing {
+    type Run = Self;
+}
+
+/// The `get_status` query of [`ImageProcessing`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GetStatus;
+
+impl QueryDefinition for GetStatus {
+    type Workflow = ImageProcessing;
+    type Input = ();
+    type Output = WorkflowState;
+    fn name(&self) -> &str {
+        GET_STATUS_QUERY
+    }
+}
+
+/// The `cancel` signal of [`ImageProcessing`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cancel;
+
+impl SignalDefinition for Cancel {
+    type Workflow = ImageProcessing;
+    type Input = ();
+    fn name(&self) -> &str {
+        CANCEL_SIGNAL
+    }
+}
+
+/// `ForgetCatalogImage`, as the controller starts it: the deleted job's workflow id in, the
+/// number of images removed out.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForgetImages;
+
+impl WorkflowDefinition for ForgetImages {
+    type Input = String;
+    type Output = usize;
+    fn name(&self) -> &str {
+        FORGET_CATALOG_IMAGE_WORKFLOW
+    }
+}
+
+impl HasWorkflowDefinition for ForgetImages {
+    type Run = Self;
+}
 
 /// Input of `ImageProcessingWorkflow`: the seed's POST body plus the similarity switch.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -23,8 +99,11 @@ pub struct ImageProcessingInput {
     pub similarity_search: bool,
 }
 
-/// The seed's `status` values.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The seed's `status` values: the workflow's state, the REST API's `status` fields and its
+/// `?status=` filter all spell them through this type.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ProcessingStatus {
     /// Steps are running.
@@ -36,6 +115,24 @@ pub enum ProcessingStatus {
     Failed,
     /// The workflow was cancelled (signal or request-cancel).
     Cancelled,
+}
+
+impl ProcessingStatus {
+    /// The word, as JSON spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessingStatus::Processing => "processing",
+            ProcessingStatus::Completed => "completed",
+            ProcessingStatus::Failed => "failed",
+            ProcessingStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for ProcessingStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The workflow's state, answered by the `get_status` query at any time.

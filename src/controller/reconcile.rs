@@ -1,0 +1,83 @@
+//! One reconcile: claim the job (finalizer), then apply (start, follow, finish) or clean up
+//! (cancel, release); failures are retried with per-job backoff.
+
+use super::{
+    apply, claim, cleanup,
+    context::{Context, workflow_id},
+    error::{Error, Result},
+};
+use crate::crd::{FINALIZER, ImageJob};
+use kube::{
+    Api, ResourceExt,
+    runtime::{
+        controller::Action,
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+use std::{sync::Arc, time::Instant};
+use tracing::{info, instrument, warn};
+
+#[instrument(skip_all, fields(namespace = ?job.namespace(), name = %job.name_any()))]
+pub(super) async fn reconcile(job: Arc<ImageJob>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.fence.is_open() {
+        // No longer the leader: touch nothing (the controller is being stopped).
+        return Ok(Action::await_change());
+    }
+    let started = Instant::now();
+    let api: Api<ImageJob> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    // A job that is already finished without our finalizer (restored from a backup, say) has
+    // no workflow to cancel: it gets none, so a start over many such jobs writes nothing.
+    let settled = job.phase().is_terminal()
+        && job.metadata.deletion_timestamp.is_none()
+        && !job.finalizers().iter().any(|f| f == FINALIZER);
+    let result = if settled {
+        apply::apply(job, &ctx).await
+    } else {
+        async {
+            // A new job gets the finalizer here and goes on as the patch returned it.
+            let job = claim::claimed(&api, job).await?;
+            finalizer(&api, FINALIZER, job, |event| async {
+                match event {
+                    Finalizer::Apply(job) => apply::apply(job, &ctx).await,
+                    Finalizer::Cleanup(job) => cleanup::cleanup(job, &ctx).await,
+                }
+            })
+            .await
+            .map_err(|e| Error::Finalizer(Box::new(e)))
+        }
+        .await
+    };
+    ctx.metrics.reconcile_took(started.elapsed());
+    ctx.metrics.set_tracked_jobs(ctx.tracked());
+    result
+}
+
+pub(super) fn error_policy(job: Arc<ImageJob>, error: &Error, ctx: Arc<Context>) -> Action {
+    use kube::runtime::finalizer::Error as FinalizerError;
+    ctx.metrics.reconcile_failed(error.kind());
+    let uid = job.uid().unwrap_or_default();
+    let delay = match error {
+        _ if error.is_object_gone() => {
+            // Deleted under our feet: nothing to retry, nothing to remember.
+            if let Ok(id) = workflow_id(&job) {
+                ctx.forget(&job, &id);
+            }
+            ctx.metrics.set_tracked_jobs(ctx.tracked());
+            return Action::await_change();
+        }
+        Error::Finalizer(e) => match e.as_ref() {
+            FinalizerError::CleanupFailed(Error::CancelPending { retry_in, .. }) => {
+                // Not a failure: the workflow is being cancelled; look again shortly.
+                info!(namespace = ?job.namespace(), name = %job.name_any(), retry_in = ?retry_in,
+                    "waiting for the workflow to close after cancellation");
+                return Action::requeue(*retry_in);
+            }
+            _ => ctx.backoffs.next(&uid),
+        },
+        _ => ctx.backoffs.next(&uid),
+    };
+    warn!(namespace = ?job.namespace(), name = %job.name_any(), error = %error, retry_in = ?delay,
+        "reconcile failed");
+    Action::requeue(delay)
+}

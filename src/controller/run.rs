@@ -1,0 +1,96 @@
+//! One controller run: the list and watch shaped into the cache, the workflow watches, and
+//! kube-runtime's controller reconciling until shutdown.
+
+use super::metrics::SharedControllerMetrics;
+use super::{
+    backoff::Backoffs,
+    context::{Context, DeletionClock, Settings},
+    jobs::{CacheAlive, Jobs, keep_for_reconcile, trigger_fingerprint, watch},
+    namespaces,
+    reconcile::{error_policy, reconcile},
+    settled::SettledJobs,
+    watches::WorkflowWatches,
+};
+use crate::{crd::ImageJob, kube_client::WriteFence, temporal::client::WorkflowGateway};
+use futures::StreamExt;
+use kube::{
+    Api, Client,
+    runtime::{Controller, WatchStreamExt, events::Reporter, reflector},
+};
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// Runs the controller until `shutdown` resolves. The returned jobs fill once the returned
+/// future runs.
+pub async fn run(
+    client: Client,
+    gateway: Arc<dyn WorkflowGateway>,
+    metrics: SharedControllerMetrics,
+    settings: Settings,
+    fence: WriteFence,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> (Jobs, impl Future<Output = ()>) {
+    let reporter = Reporter {
+        controller: "imagejob-operator".into(),
+        instance: settings.instance.clone(),
+    };
+    let (watch_tx, watch_rx) = futures::channel::mpsc::unbounded();
+    let watch_errors = metrics.watch_errors.clone();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        gateway: gateway.clone(),
+        metrics,
+        fence,
+        reporter,
+        watches: WorkflowWatches::new(gateway, watch_tx, settings.max_workflow_watches),
+        backoffs: Backoffs::default(),
+        deletions: DeletionClock::default(),
+        settings: settings.clone(),
+    });
+    let alive = CacheAlive::count(&ctx.metrics.job_caches);
+    let (reader, writer) = reflector::store::<ImageJob>();
+    let settled = SettledJobs::new(settings.namespaces.len());
+    let events = match settings.namespaces.as_slice() {
+        [] => watch(Api::all(client), &settled, 0),
+        [ns] => watch(Api::namespaced(client, ns), &settled, 0),
+        list => {
+            let streams = list
+                .iter()
+                .enumerate()
+                .map(|(i, ns)| watch(Api::namespaced(client.clone(), ns), &settled, i))
+                .collect();
+            namespaces::merge(list.to_vec(), streams, reader.clone()).boxed()
+        }
+    };
+    let jobs = events
+        .default_backoff()
+        .modify(keep_for_reconcile)
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(trigger_fingerprint, Default::default());
+    let controller = Controller::for_stream(jobs, reader.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
+        .reconcile_on(watch_rx)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(move |outcome| {
+            // Reconcile failures are logged by `error_policy`; a failed list or watch (refused
+            // rights, an unreachable apiserver) only shows here, and is retried with backoff.
+            if let Err(kube::runtime::controller::Error::QueueError(e)) = outcome {
+                watch_errors.inc();
+                warn!(error = %e, "ImageJob list or watch failed; retrying");
+            }
+            std::future::ready(())
+        });
+    let done = async move {
+        info!("controller running");
+        controller.await;
+        info!("controller stopped");
+    };
+    let jobs = Jobs {
+        cache: reader,
+        settled,
+        _alive: alive,
+    };
+    (jobs, done)
+}

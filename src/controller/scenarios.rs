@@ -1,0 +1,367 @@
+//! Scenario tests of reconcile against the fake apiserver and the fake Temporal gateway
+//! (`crate::fixtures`): each path (claim and start, progress, completion, cancel by spec,
+//! cleanup on delete, TTL, a missing workflow, Temporal unreachable) in milliseconds. The live
+//! stack proves the same paths end to end (tests/controller.rs, tests/lifecycle.rs).
+
+use super::{
+    backoff::Backoffs,
+    context::{Context, DeletionClock, Settings},
+    metrics::ControllerMetrics,
+    reconcile::reconcile,
+    watches::WorkflowWatches,
+};
+use crate::{
+    crd::{FINALIZER, ImageJob, ImageJobSpec, ImageJobStatus, Phase},
+    fixtures::{FakeApiServer, FakeGateway, closed, running},
+    kube_client::WriteFence,
+    temporal::{client::ExecutionStatus, contract::WorkflowState, error::TemporalError},
+};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::runtime::events::Reporter;
+use std::{sync::Arc, time::Duration};
+
+const NS: &str = "team-a";
+
+/// The controller's context over the fakes.
+fn context(api: &FakeApiServer, gateway: &Arc<FakeGateway>) -> Arc<Context> {
+    let (wake, _woken) = futures::channel::mpsc::unbounded();
+    let gateway: Arc<dyn crate::temporal::client::WorkflowGateway> = gateway.clone();
+    Arc::new(Context {
+        client: api.client(),
+        gateway: gateway.clone(),
+        metrics: Arc::new(ControllerMetrics::new()),
+        fence: WriteFence::open(),
+        settings: Settings {
+            namespaces: vec![NS.into()],
+            max_workflow_watches: 10,
+            concurrency: 4,
+            instance: Some("scenario".into()),
+            release_after: Duration::from_secs(300),
+        },
+        reporter: Reporter {
+            controller: "imagejob-operator".into(),
+            instance: Some("scenario".into()),
+        },
+        watches: WorkflowWatches::new(gateway, wake, 10),
+        backoffs: Backoffs::default(),
+        deletions: DeletionClock::default(),
+    })
+}
+
+fn spec() -> ImageJobSpec {
+    ImageJobSpec {
+        url: "https://example.com/shirt.png".into(),
+        title: Some("Shirt".into()),
+        tags: vec!["shirt".into()],
+        ..Default::default()
+    }
+}
+
+/// A job as the apiserver holds it: a uid, our finalizer when `claimed`.
+fn job(name: &str, spec: ImageJobSpec, claimed: bool) -> ImageJob {
+    let mut job = ImageJob::new(name, spec);
+    job.metadata.namespace = Some(NS.into());
+    job.metadata.uid = Some(format!("uid-{name}"));
+    job.metadata.generation = Some(1);
+    if claimed {
+        job.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    }
+    job
+}
+
+fn workflow_id(job: &ImageJob) -> String {
+    job.workflow_id().expect("a uid")
+}
+
+/// Reconciles the job as the apiserver holds it now.
+async fn reconcile_now(api: &FakeApiServer, ctx: &Arc<Context>, name: &str) -> super::Result<()> {
+    let job = api.job(NS, name).expect("the job exists");
+    reconcile(Arc::new(job), ctx.clone()).await.map(|_| ())
+}
+
+/// The job `name` after the workflow was started and its first status written.
+fn started(name: &str, spec: ImageJobSpec, gateway: &FakeGateway) -> ImageJob {
+    let mut job = job(name, spec, true);
+    let id = workflow_id(&job);
+    job.status = Some(ImageJobStatus {
+        phase: Phase::Processing,
+        workflow_id: Some(id.clone()),
+        run_id: Some("run-1".into()),
+        started_spec_digest: Some(super::status::spec_digest(&job.spec)),
+        ..Default::default()
+    });
+    gateway.set(&id, Ok(running(WorkflowState::default())));
+    job
+}
+
+#[tokio::test]
+async fn a_new_job_is_claimed_then_its_workflow_started_once() {
+    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
+    let ctx = context(&api, &gateway);
+    let new = job("shirt", spec(), false);
+    api.put(&new);
+
+    reconcile_now(&api, &ctx, "shirt").await.expect("reconcile");
+
+    let held = api.job(NS, "shirt").expect("the job");
+    assert_eq!(held.metadata.finalizers, Some(vec![FINALIZER.to_owned()]));
+    assert_eq!(
+        gateway.calls(),
+        vec![format!("start {}", workflow_id(&new))]
+    );
+    assert!(
+        held.status.is_none(),
+        "nothing is written until the workflow shows a step or ends"
+    );
+}
+
+#[tokio::test]
+async fn a_running_workflow_shows_its_steps_in_the_status() {
+    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
+    let ctx = context(&api, &gateway);
+    let job = started("shirt", spec(), &gateway);
+    api.put(&job);
+    let state = WorkflowState {
+        image_id: Some("img-1".into()),
+        metadata_stored: true,
+        ..Default::default()
+    };
+    gateway.set(&workflow_id(&job), Ok(running(state)));
+
+    reconcile_now(&api, &ctx, "shirt").await.expect("reconcile");
+
+    let status = api.job(NS, "shirt").and_then(|j| j.status).expect("status");
+    assert_eq!(status.phase, Phase::Processing);
+    assert_eq!(status.image_id.as_deref(), Some("img-1"));
+    assert!(status.metadata_stored);
+    assert_eq!(
+        gateway.count("start"),
+        0,
+        "a started workflow is not started again"
+    );
+}
+
+#[tokio::test]
+async fn a_completed_workflow_completes_the_job_and_says_so_once() {
+    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
+    let ctx = context(&api, &gateway);
+    let job = started("shirt", spec(), &gateway);
+    api.put(&job);
+    let state = WorkflowState {
+        image_id: Some("img-1".into()),
+        metadata_stored: true,
+        ..Default::default()
+    };
+    gateway.set(
+        &workflow_id(&job),
+        Ok(closed(ExecutionStatus::Completed, state)),
+    );
+
+    reconcile_now(&api, &ctx, "shirt").await.expect("reconcile");
+    reconcile_now(&api, &ctx, "shirt").await.expect("again");
+
+    let done = api.job(NS, "shirt").expect("the job");
+    assert_eq!(done.phase(), Phase::Completed);
+    let succeeded = done.condition("Succeeded").expect("Succeeded");
+    assert_eq!(
+        (succeeded.status.as_str(), succeeded.reason.as_str()),
+        ("True", "Completed")
+    );
+    assert!(done.status.and_then(|s| s.completion_time).is_some());
+    assert_eq!(
+        api.event_reasons(),
+        vec!["Completed"],
+        "one event, at the end"
+    );
+}
+
+#[tokio::test]
+async fn a_job_cancelled_by_its_spec_signals_its_workflow_and_records_it() {
+    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
+    let ctx = context(&api, &gateway);
+    let cancelled = ImageJobSpec {
+        status: Some(crate::crd::RequestedStatus::Cancelled),
+        ..spec()
+    };
+    let job = started("shirt", cancelled, &gateway);
+    api.put(&job);
+
+    reconcile_now(&api, &ctx, "shirt").await.expect("reconcile");
+
+    assert_eq!(gateway.count("signal_cancel"), 1);
+    let held = api.job(NS, "shirt").expect("the job");
+    let requested = held.condition("CancelRequested").expect("CancelRequested");
+    assert_eq!(
+        (requested.status.as_str(), requested.reason.as_str()),
+        ("True", "Signalled")
+    );
+    assert_eq!(
+        held.phase(),
+        Phase::Processing,
+        "it ends when the workflow does"
+    );
+}
+
+#[tokio::test]
+async fn a_job_cancelled_before_its_workflow_started_never_starts_one() {
+    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
+    let ctx = context(&api, &gateway);
+    let cancelled = ImageJobSpec {
+        status: Some(crate::crd::RequestedStatus::Cancelled),
+        ..spec()
+    };
+    api.put(&job("shirt", cancelled, true));
+
+    reconcile_now(&api, &ctx, "shirt").await.expect("reconcile");
+
+    assert_eq!(gateway.count("start"), 0);
+    assert_eq!(
+        api.job(NS, "shirt").expect("the job").phase(),
+        Phase::Cancelled
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_running_job_is_released_only_once_its_workflow_closed() {
+    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
+    let ctx = context(&api, &gateway);
+    let mut job = started("shirt", spec(), &gateway);
+    job.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    api.put(&job);
+
+    let pending = reconcile_now(&api, &ctx, "shirt").await;
+    assert!(
+        pending.is_err(),
+        "cleanup waits for the workflow: {pending:?}"
+    );
+    assert_eq!(gateway.count("signal_cancel"), 1);
+    assert!(
+        api.job(NS, "shirt").is_some(),
+        "the finalizer holds the job"
+    );
+
+    let id = workflow_id(&job);
+    gateway.set(
+        &id,
+        Ok(closed(ExecutionStatus::Cancelled, WorkflowState::default())),
+    );
+    reconcile_now(&api, &ctx, "shirt").await.expect("cleanup");
+    assert!(
+        api.job(NS, "shirt").is_none(),
+        "released once the workflow closed"
+    );
+    assert!(api.event_reasons().contains(&"Cancelled".to_owned()));
+}
+
+#[tokio::test]
+async fn a_deleted_job_that_searched_has_its_image_forgotten() {
+    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
+    let ctx = context(&api, &gateway);
+    let searched = ImageJobSpec {
+        similarity_search: true,
+        ..spec()
+    };
+    let mut job = started("shirt", searched, &gateway);
+    let id = workflow_id(&job);
+    gateway.set(
+        &id,
+        Ok(closed(ExecutionStatus::Completed, WorkflowState::default())),
+    );
+    if let Some(status) = job.status.as_mut() {
+        status.phase = Phase::Completed;
+    }
+    job.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    api.put(&job);
+
+    reconcile_now(&api, &ctx, "shirt").await.expect("cleanup");
+
+    assert_eq!(gateway.calls(), vec![format!("forget_catalog_image {id}")]);
+    assert!(api.job(NS, "shirt").is_none());
+}
+
+#[tokio::test]
+async fn a_finished_job_past_its_ttl_is_deleted_and_one_within_it_is_not() {
+    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
+    let ctx = context(&api, &gateway);
+    for (name, finished_ago) in [("old", 120), ("young", 0)] {
+        let with_ttl = ImageJobSpec {
+            ttl_seconds_after_finished: Some(60),
+            ..spec()
+        };
+        let mut job = job(name, with_ttl, true);
+        let finished = Timestamp::now() - Duration::from_secs(finished_ago);
+        job.status = Some(ImageJobStatus {
+            phase: Phase::Completed,
+            completion_time: Some(Time(finished)),
+            ..Default::default()
+        });
+        api.put(&job);
+        reconcile_now(&api, &ctx, name).await.expect("reconcile");
+    }
+    let deleted: Vec<_> = api
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "DELETE")
+        .map(|s| s.path)
+        .collect();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert!(deleted[0].ends_with("/imagejobs/old"));
+    assert!(api.job(NS, "young").is_some());
+    assert!(
+        gateway.calls().is_empty(),
+        "a finished job costs no Temporal call"
+    );
+}
+
+#[tokio::test]
+async fn a_started_job_whose_workflow_vanished_fails_with_the_reason() {
+    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
+    let ctx = context(&api, &gateway);
+    let job = started("shirt", spec(), &gateway);
+    gateway.set(&workflow_id(&job), Err(TemporalError::NotFound));
+    api.put(&job);
+
+    reconcile_now(&api, &ctx, "shirt").await.expect("reconcile");
+
+    let failed = api.job(NS, "shirt").expect("the job");
+    assert_eq!(failed.phase(), Phase::Failed);
+    let succeeded = failed.condition("Succeeded").expect("Succeeded");
+    assert_eq!(succeeded.reason, "WorkflowNotFound");
+}
+
+#[tokio::test]
+async fn an_unreachable_temporal_leaves_the_job_waiting_not_failed() {
+    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
+    let ctx = context(&api, &gateway);
+    api.put(&job("shirt", spec(), true));
+    gateway.fail_with(Some(TemporalError::Unavailable(
+        "connection refused".into(),
+    )));
+
+    reconcile_now(&api, &ctx, "shirt")
+        .await
+        .expect("retried, not an error");
+
+    let waiting = api.job(NS, "shirt").expect("the job");
+    assert_eq!(waiting.phase(), Phase::Pending);
+    let reachable = waiting.condition("TemporalReachable").expect("condition");
+    assert_eq!(
+        (reachable.status.as_str(), reachable.reason.as_str()),
+        ("False", "TemporalUnavailable")
+    );
+    assert_eq!(api.event_reasons(), vec!["TemporalUnavailable"]);
+}
+
+#[tokio::test]
+async fn a_replica_that_lost_its_lease_touches_nothing() {
+    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
+    let ctx = context(&api, &gateway);
+    ctx.fence.close();
+    api.put(&job("shirt", spec(), false));
+
+    reconcile_now(&api, &ctx, "shirt").await.expect("reconcile");
+
+    assert!(gateway.calls().is_empty());
+    let writes = api.seen().into_iter().filter(|s| s.method != "GET").count();
+    assert_eq!(writes, 0);
+}

@@ -1,0 +1,70 @@
+//! What the gateway tells of a workflow: what a start did, how the execution stands, and
+//! everything known of it at one moment.
+
+use crate::{
+    similarity::SimilarityResults,
+    temporal::contract::{ProcessingStatus, WorkflowState},
+};
+use std::time::SystemTime;
+
+/// What starting a workflow did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartOutcome {
+    /// Run id of the (new or existing) execution, when the server told it.
+    pub run_id: Option<String>,
+    /// The workflow id was already in use: nothing new was started.
+    pub already_started: bool,
+}
+
+/// How a workflow execution stands, in Temporal's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionStatus {
+    /// Still running.
+    Running,
+    /// Completed with a result.
+    Completed,
+    /// Failed (after its activities' retries, or by a workflow error).
+    Failed,
+    /// Cancelled.
+    Cancelled,
+    /// Terminated by someone outside our control.
+    Terminated,
+    /// Hit its execution timeout.
+    TimedOut,
+}
+
+impl ExecutionStatus {
+    /// The execution in the workflow's words: terminated and timed out are `failed`.
+    pub fn processing_status(self) -> ProcessingStatus {
+        match self {
+            ExecutionStatus::Running => ProcessingStatus::Processing,
+            ExecutionStatus::Completed => ProcessingStatus::Completed,
+            ExecutionStatus::Failed | ExecutionStatus::Terminated | ExecutionStatus::TimedOut => {
+                ProcessingStatus::Failed
+            }
+            ExecutionStatus::Cancelled => ProcessingStatus::Cancelled,
+        }
+    }
+}
+
+/// Everything we know of a workflow at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowSnapshot {
+    /// Run id of the execution, when known.
+    pub run_id: Option<String>,
+    /// Temporal's status.
+    pub execution: ExecutionStatus,
+    /// When the execution started.
+    pub start_time: Option<SystemTime>,
+    /// When it closed.
+    pub close_time: Option<SystemTime>,
+    /// The workflow's own state (query while running, result or failure details once closed);
+    /// `None` when no worker answered the query.
+    pub state: Option<WorkflowState>,
+    /// Similarity results of a completed workflow.
+    pub similarity: Option<SimilarityResults>,
+    /// Why a requested similarity search was skipped.
+    pub similarity_skipped: Option<String>,
+    /// Temporal's reason for a failure, termination or timeout.
+    pub failure: Option<String>,
+}
