@@ -261,13 +261,9 @@ async fn a_wrong_temporal_namespace_is_reported_and_jobs_complete_once_it_exists
     );
 
     // Fix it: the namespace appears; nothing is restarted.
-    let created = Command::new("temporal")
-        .args(["operator", "namespace", "create", "--namespace", &namespace])
-        .arg("--address")
-        .arg(format!("{}:{}", settings.host, settings.port))
-        .status()
-        .unwrap();
-    assert!(created.success(), "temporal operator namespace create");
+    let create = ["operator", "namespace", "create", "--namespace", &namespace];
+    support::temporal_cli(&settings.address(), &create)
+        .unwrap_or_else(|e| panic!("temporal operator namespace create: {e}"));
     let _worker = TestWorker::plain(&settings);
     let job = wait_job(
         &s.api,

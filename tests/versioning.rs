@@ -55,15 +55,7 @@ fn python_worker(s: &Setup, deployment: &str, build_id: &str) -> ChildGuard {
 }
 
 fn temporal_cli(s: &Setup, args: &[&str]) -> Option<String> {
-    let out = Command::new("temporal")
-        .args(args)
-        .args(["--address", &s.settings.address()])
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    support::temporal_cli(&s.settings.address(), args).ok()
 }
 
 /// Makes `build_id` the deployment's current version, once its worker has registered it.

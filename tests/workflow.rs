@@ -131,25 +131,7 @@ fn recorded_retry_policy(
     id: &str,
     activity: &str,
 ) -> serde_json::Value {
-    let out = Command::new("temporal")
-        .args([
-            "workflow",
-            "show",
-            "--workflow-id",
-            id,
-            "--output",
-            "json",
-            "--address",
-        ])
-        .arg(format!("{}:{}", settings.host, settings.port))
-        .output()
-        .expect("temporal CLI");
-    assert!(
-        out.status.success(),
-        "temporal workflow show: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let history: serde_json::Value = serde_json::from_slice(&out.stdout).expect("history JSON");
+    let history = support::cli_history(&settings.address(), id);
     history["events"]
         .as_array()
         .expect("events")

@@ -48,6 +48,22 @@ fn context(api: &FakeApiServer, gateway: &Arc<FakeGateway>) -> Arc<Context> {
     })
 }
 
+/// The fakes and a controller context over them.
+fn fakes() -> (FakeApiServer, Arc<FakeGateway>, Arc<Context>) {
+    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
+    let ctx = context(&api, &gateway);
+    (api, gateway, ctx)
+}
+
+/// A workflow's state once its document is stored.
+fn stored() -> WorkflowState {
+    WorkflowState {
+        image_id: Some("img-1".into()),
+        metadata_stored: true,
+        ..Default::default()
+    }
+}
+
 fn spec() -> ImageJobSpec {
     ImageJobSpec {
         url: "https://example.com/shirt.png".into(),
@@ -96,8 +112,7 @@ fn started(name: &str, spec: ImageJobSpec, gateway: &FakeGateway) -> ImageJob {
 
 #[tokio::test]
 async fn a_new_job_is_claimed_then_its_workflow_started_once() {
-    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
-    let ctx = context(&api, &gateway);
+    let (api, gateway, ctx) = fakes();
     let new = job("shirt", spec(), false);
     api.put(&new);
 
@@ -117,15 +132,10 @@ async fn a_new_job_is_claimed_then_its_workflow_started_once() {
 
 #[tokio::test]
 async fn a_running_workflow_shows_its_steps_in_the_status() {
-    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
-    let ctx = context(&api, &gateway);
+    let (api, gateway, ctx) = fakes();
     let job = started("shirt", spec(), &gateway);
     api.put(&job);
-    let state = WorkflowState {
-        image_id: Some("img-1".into()),
-        metadata_stored: true,
-        ..Default::default()
-    };
+    let state = stored();
     gateway.set(&workflow_id(&job), Ok(running(state)));
 
     reconcile_now(&api, &ctx, "shirt").await.expect("reconcile");
@@ -143,15 +153,10 @@ async fn a_running_workflow_shows_its_steps_in_the_status() {
 
 #[tokio::test]
 async fn a_completed_workflow_completes_the_job_and_says_so_once() {
-    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
-    let ctx = context(&api, &gateway);
+    let (api, gateway, ctx) = fakes();
     let job = started("shirt", spec(), &gateway);
     api.put(&job);
-    let state = WorkflowState {
-        image_id: Some("img-1".into()),
-        metadata_stored: true,
-        ..Default::default()
-    };
+    let state = stored();
     gateway.set(
         &workflow_id(&job),
         Ok(closed(ExecutionStatus::Completed, state)),
@@ -177,8 +182,7 @@ async fn a_completed_workflow_completes_the_job_and_says_so_once() {
 
 #[tokio::test]
 async fn a_job_cancelled_by_its_spec_signals_its_workflow_and_records_it() {
-    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
-    let ctx = context(&api, &gateway);
+    let (api, gateway, ctx) = fakes();
     let cancelled = ImageJobSpec {
         status: Some(crate::crd::RequestedStatus::Cancelled),
         ..spec()
@@ -204,8 +208,7 @@ async fn a_job_cancelled_by_its_spec_signals_its_workflow_and_records_it() {
 
 #[tokio::test]
 async fn a_job_cancelled_before_its_workflow_started_never_starts_one() {
-    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
-    let ctx = context(&api, &gateway);
+    let (api, gateway, ctx) = fakes();
     let cancelled = ImageJobSpec {
         status: Some(crate::crd::RequestedStatus::Cancelled),
         ..spec()
@@ -223,8 +226,7 @@ async fn a_job_cancelled_before_its_workflow_started_never_starts_one() {
 
 #[tokio::test]
 async fn a_deleted_running_job_is_released_only_once_its_workflow_closed() {
-    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
-    let ctx = context(&api, &gateway);
+    let (api, gateway, ctx) = fakes();
     let mut job = started("shirt", spec(), &gateway);
     job.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
     api.put(&job);
@@ -255,8 +257,7 @@ async fn a_deleted_running_job_is_released_only_once_its_workflow_closed() {
 
 #[tokio::test]
 async fn a_deleted_job_that_searched_has_its_image_forgotten() {
-    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
-    let ctx = context(&api, &gateway);
+    let (api, gateway, ctx) = fakes();
     let searched = ImageJobSpec {
         similarity_search: true,
         ..spec()
@@ -281,8 +282,7 @@ async fn a_deleted_job_that_searched_has_its_image_forgotten() {
 
 #[tokio::test]
 async fn a_finished_job_past_its_ttl_is_deleted_and_one_within_it_is_not() {
-    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
-    let ctx = context(&api, &gateway);
+    let (api, gateway, ctx) = fakes();
     for (name, finished_ago) in [("old", 120), ("young", 0)] {
         let with_ttl = ImageJobSpec {
             ttl_seconds_after_finished: Some(60),
@@ -315,8 +315,7 @@ async fn a_finished_job_past_its_ttl_is_deleted_and_one_within_it_is_not() {
 
 #[tokio::test]
 async fn a_started_job_whose_workflow_vanished_fails_with_the_reason() {
-    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
-    let ctx = context(&api, &gateway);
+    let (api, gateway, ctx) = fakes();
     let job = started("shirt", spec(), &gateway);
     gateway.set(&workflow_id(&job), Err(TemporalError::NotFound));
     api.put(&job);
@@ -331,8 +330,7 @@ async fn a_started_job_whose_workflow_vanished_fails_with_the_reason() {
 
 #[tokio::test]
 async fn an_unreachable_temporal_leaves_the_job_waiting_not_failed() {
-    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
-    let ctx = context(&api, &gateway);
+    let (api, gateway, ctx) = fakes();
     api.put(&job("shirt", spec(), true));
     gateway.fail_with(Some(TemporalError::Unavailable(
         "connection refused".into(),
@@ -354,8 +352,7 @@ async fn an_unreachable_temporal_leaves_the_job_waiting_not_failed() {
 
 #[tokio::test]
 async fn a_replica_that_lost_its_lease_touches_nothing() {
-    let (api, gateway) = (FakeApiServer::default(), Arc::new(FakeGateway::default()));
-    let ctx = context(&api, &gateway);
+    let (api, gateway, ctx) = fakes();
     ctx.fence.close();
     api.put(&job("shirt", spec(), false));
 

@@ -245,26 +245,35 @@ pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
     response.json().await.expect("a JSON body")
 }
 
+/// Runs the Temporal CLI with `args` against the server at `address`: what it printed, or
+/// what it said on stderr when it failed.
+pub fn temporal_cli(address: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("temporal")
+        .args(args)
+        .args(["--address", address])
+        .output()
+        .map_err(|e| format!("running the temporal CLI: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// A workflow's history as the Temporal CLI prints it raw (`temporal workflow show --output
 /// json`): payloads as base64, nothing decoded.
 pub fn cli_history(address: &str, workflow_id: &str) -> serde_json::Value {
-    let out = Command::new("temporal")
-        .args([
-            "workflow",
-            "show",
-            "--output",
-            "json",
-            "--workflow-id",
-            workflow_id,
-        ])
-        .args(["--address", address])
-        .output()
-        .expect("run the temporal CLI");
-    assert!(
-        out.status.success(),
-        "temporal workflow show {workflow_id} failed"
-    );
-    serde_json::from_slice(&out.stdout).expect("history JSON")
+    let args = [
+        "workflow",
+        "show",
+        "--output",
+        "json",
+        "--workflow-id",
+        workflow_id,
+    ];
+    let text = temporal_cli(address, &args)
+        .unwrap_or_else(|e| panic!("temporal workflow show {workflow_id}: {e}"));
+    serde_json::from_str(&text).expect("history JSON")
 }
 
 /// The holder of the Lease `name`, when one holds it (an empty holder is none).
@@ -292,18 +301,10 @@ pub fn values_file(values: &serde_json::Value) -> tempfile::NamedTempFile {
 /// How many executions the Temporal at `address` has under this workflow id (its
 /// visibility, which lags a moment behind a start).
 pub fn executions(address: &str, workflow_id: &str) -> usize {
-    let out = Command::new("temporal")
-        .args(["workflow", "list", "--output", "json", "--query"])
-        .arg(format!("WorkflowId = '{workflow_id}'"))
-        .args(["--address", address])
-        .output()
-        .expect("temporal CLI");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let query = format!("WorkflowId = '{workflow_id}'");
+    let args = ["workflow", "list", "--output", "json", "--query", &query];
+    let text =
+        temporal_cli(address, &args).unwrap_or_else(|e| panic!("temporal workflow list: {e}"));
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(serde_json::Value::Array(items)) => items.len(),
         _ => text
