@@ -366,8 +366,9 @@ pub enum VersioningMode {
     AutoUpgrade,
 }
 
-/// Worker capacity: task slots, pollers and the sticky workflow cache (the SDK's defaults).
-#[derive(Args, Debug, Clone, Copy, PartialEq, Eq)]
+/// Worker capacity: task slots, pollers and the sticky workflow cache (the SDK's defaults), and
+/// the similarity searches' rate.
+#[derive(Args, Debug, Clone, Copy, PartialEq)]
 pub struct WorkerTuningArgs {
     /// Workflow tasks run at once.
     #[arg(long, env = "WORKER_MAX_CONCURRENT_WORKFLOW_TASKS", default_value_t = WorkerTuning::SDK_DEFAULTS.max_concurrent_workflow_tasks as u32, value_parser = clap::value_parser!(u32).range(2..))]
@@ -384,6 +385,19 @@ pub struct WorkerTuningArgs {
     /// Workflows kept in memory between tasks (sticky execution); 0 replays each task.
     #[arg(long, env = "WORKER_MAX_CACHED_WORKFLOWS", default_value_t = WorkerTuning::SDK_DEFAULTS.max_cached_workflows as u32)]
     pub max_cached_workflows: u32,
+    /// Most similarity searches started per second across every worker of the similarity
+    /// queue (Temporal's task-queue rate limit; Lykdat's quota is per key and per second).
+    /// Unset: no limit.
+    #[arg(long, env = "SIMILARITY_SEARCHES_PER_SECOND", value_parser = positive_rate)]
+    pub similarity_searches_per_second: Option<f64>,
+}
+
+/// A rate above zero.
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("{text:?} is not a rate above zero")),
+    }
 }
 
 impl WorkerTuningArgs {
@@ -395,6 +409,7 @@ impl WorkerTuningArgs {
             workflow_pollers: self.workflow_pollers as usize,
             activity_pollers: self.activity_pollers as usize,
             max_cached_workflows: self.max_cached_workflows as usize,
+            similarity_searches_per_second: self.similarity_searches_per_second,
         }
     }
 }

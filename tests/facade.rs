@@ -459,6 +459,100 @@ async fn delete_cancels_a_running_job() {
     assert_eq!(workflow.execution, ExecutionStatus::Cancelled);
 }
 
+/// Filters and bulk actions on the real stack: jobs posted with labels and tags, the list
+/// filtered by each, and a bulk cancel by label selector that cancels the running jobs of one
+/// team the way a single cancel does (they end `cancelled`) and leaves the other team's.
+#[tokio::test]
+async fn the_list_filters_by_label_and_tag_and_a_bulk_cancel_ends_what_it_took() {
+    let (s, facade) = setup("bulk").await;
+    let fake = FakeLykdat::start(vec![Reply::ok(&[]).after(Duration::from_secs(120))]).await;
+    let _worker = TestWorker::with_lykdat(&s.settings, &fake.base_url, Duration::from_secs(150));
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let mut ids = std::collections::BTreeMap::new();
+    for (team, tag) in [("a", "shirt"), ("a", "shoe"), ("b", "shirt")] {
+        let mut body = valid();
+        body["similarity_search"] = json!(true);
+        body["labels"] = json!({"team": team});
+        body["tags"] = json!([tag]);
+        let (status, accepted) = post(&facade, &body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+        let id = accepted["workflow_id"].as_str().unwrap().to_owned();
+        ids.insert(id, (team, tag));
+    }
+    let listed = |query: &'static str| {
+        let facade = &facade;
+        async move {
+            let page = facade.get_json(&format!("/images/workflows?{query}")).await;
+            let mut found: Vec<String> = page["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .map(|i| i["workflow_id"].as_str().unwrap().to_owned())
+                .collect();
+            found.sort();
+            found
+        }
+    };
+    let expected = |keep: &dyn Fn(&str, &str) -> bool| -> Vec<String> {
+        ids.iter()
+            .filter(|(_, (team, tag))| keep(team, tag))
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    eventually("all three listed", Duration::from_secs(20), || async {
+        (listed("limit=10").await.len() == 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        listed("label_selector=team%3Da").await,
+        expected(&|team, _| team == "a")
+    );
+    assert_eq!(
+        listed("tag=shirt").await,
+        expected(&|_, tag| tag == "shirt")
+    );
+    assert_eq!(
+        listed("tag=shirt&label_selector=team!%3Da").await,
+        expected(&|team, tag| team == "b" && tag == "shirt")
+    );
+    eventually("the searches to run", Duration::from_secs(60), || async {
+        (fake.requests().len() == 3).then_some(())
+    })
+    .await;
+
+    let response = facade
+        .http
+        .post(facade.url("/images/workflows/cancel?label_selector=team%3Da"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let done: Value = response.json().await.unwrap();
+    assert_eq!(done["count"], 2, "{done}");
+    let gateway = support::gateway(&s.settings);
+    for (id, (team, _)) in &ids {
+        let snapshot = gateway.snapshot(id).await.unwrap();
+        if *team == "a" {
+            let ended = gateway.wait_closed(id).await.unwrap();
+            assert_eq!(ended.execution, ExecutionStatus::Cancelled, "{id}");
+        } else {
+            assert_eq!(
+                snapshot.execution,
+                ExecutionStatus::Running,
+                "{id} was left running"
+            );
+        }
+    }
+    eventually(
+        "the cancelled jobs to show it",
+        Duration::from_secs(30),
+        || async {
+            (listed("status=cancelled").await == expected(&|team, _| team == "a")).then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn fifty_concurrent_posts_make_fifty_jobs_that_all_complete_and_list_in_pages() {
     let (s, facade) = setup("fifty").await;

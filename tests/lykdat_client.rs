@@ -60,12 +60,7 @@ async fn rate_limit_and_server_errors_are_retryable() {
 
 #[tokio::test]
 async fn malformed_json_is_an_error() {
-    let fake = FakeLykdat::start(vec![Reply::Status(
-        200,
-        "<html>oops</html>".into(),
-        Duration::ZERO,
-    )])
-    .await;
+    let fake = FakeLykdat::start(vec![Reply::raw(200, "<html>oops</html>")]).await;
     let client = support::lykdat_client(&fake.base_url, Some("k"), Duration::from_secs(5));
     let err = client
         .global_search("https://example.com/a.jpg")

@@ -4,12 +4,14 @@
 use imagejob_testkit as support;
 
 use async_trait::async_trait;
+use futures::future::join_all;
 use imagejob_operator::{
     store::{ImageDocument, MetadataStore, StoreError},
     temporal::{
         client::{ExecutionStatus, TemporalGateway, WorkflowGateway, WorkflowSnapshot},
         connection::TemporalSettings,
         contract::{ImageProcessingInput, ProcessingStatus},
+        worker::WorkerTuning,
     },
 };
 use std::{
@@ -18,7 +20,7 @@ use std::{
         Arc,
         atomic::{AtomicU32, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 use support::{
     ChildGuard, TestWorker, eventually,
@@ -240,6 +242,83 @@ async fn similarity_500_then_200_is_retried_with_the_seed_policy() {
     assert_eq!(policy["maximumInterval"], "20s");
     assert_eq!(policy["backoffCoefficient"], 2.0);
     assert_eq!(policy["maximumAttempts"], 3);
+}
+
+#[tokio::test]
+async fn a_429_waits_as_long_as_lykdats_retry_after_says() {
+    let (settings, gateway, id) = setup();
+    let fake = FakeLykdat::start(vec![
+        Reply::error(429, "slow down").retry_after("6"),
+        Reply::ok(&[("a", 0.9)]),
+    ])
+    .await;
+    let _worker = TestWorker::with_lykdat(&settings, &fake.base_url, Duration::from_secs(10));
+    gateway.start(&id, input(true)).await.unwrap();
+    let snap = finish(&gateway, &id).await;
+    assert_eq!(snap.execution, ExecutionStatus::Completed);
+    let arrivals = fake.arrivals();
+    assert_eq!(arrivals.len(), 2, "one 429, then the search");
+    let waited = arrivals[1] - arrivals[0];
+    assert!(
+        waited >= Duration::from_secs(6),
+        "the retry came {waited:?} after the 429: Retry-After said 6 s (the policy alone waits 2 s)"
+    );
+}
+
+/// The most requests that arrived within any one second.
+fn busiest_second(arrivals: &[Instant]) -> usize {
+    let mut busiest = 0;
+    let mut first = 0;
+    for (last, at) in arrivals.iter().enumerate() {
+        while *at - arrivals[first] >= Duration::from_secs(1) {
+            first += 1;
+        }
+        busiest = busiest.max(last + 1 - first);
+    }
+    busiest
+}
+
+/// Lykdat's quota is per key and per second: with the similarity queue limited to `RATE`
+/// searches a second, 200 jobs started at once reach Lykdat at that pace (without it, 100
+/// activity slots send them within a second or two), and every one completes.
+#[tokio::test]
+async fn similarity_searches_keep_to_the_rate_limit_under_200_jobs_at_once() {
+    const JOBS: usize = 200;
+    const RATE: f64 = 10.0;
+    let (settings, gateway, _) = setup();
+    let fake = FakeLykdat::start(vec![Reply::ok(&[("a", 0.9)])]).await;
+    let tuning = WorkerTuning {
+        similarity_searches_per_second: Some(RATE),
+        ..WorkerTuning::default()
+    };
+    let _worker =
+        TestWorker::with_lykdat_tuned(&settings, &fake.base_url, Duration::from_secs(10), tuning);
+    let ids: Vec<String> = (0..JOBS)
+        .map(|_| format!("image-processing-{}", uuid::Uuid::new_v4()))
+        .collect();
+    for started in join_all(ids.iter().map(|id| gateway.start(id, input(true)))).await {
+        started.expect("start");
+    }
+    for closed in join_all(ids.iter().map(|id| gateway.wait_closed(id))).await {
+        assert_eq!(
+            closed.expect("closed").execution,
+            ExecutionStatus::Completed
+        );
+    }
+    let arrivals = fake.arrivals();
+    assert_eq!(arrivals.len(), JOBS, "one search a job");
+    let busiest = busiest_second(&arrivals);
+    assert!(
+        busiest as f64 <= RATE * 2.0,
+        "{busiest} searches within one second, the limit is {RATE}/s"
+    );
+    let span = arrivals[JOBS - 1] - arrivals[0];
+    let least = Duration::from_secs_f64(JOBS as f64 / RATE * 0.8);
+    assert!(
+        span >= least,
+        "{JOBS} searches arrived within {span:?}: at {RATE}/s they take about {:?}",
+        Duration::from_secs_f64(JOBS as f64 / RATE)
+    );
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! workflow id to job, and a change signal that wakes result waiters (no polling).
 
 use super::{
+    filter::JobFilter,
     in_flight::InFlight,
     list_index::{ListIndex, PageQuery, name_in},
 };
@@ -281,11 +282,18 @@ impl JobCache {
     /// starts. The next page is decided from the index, before jobs it names that are not in
     /// the store yet (just created here, their watch event still on its way) are left out, so
     /// a short page still says that more follow.
-    pub fn page(&self, query: &PageQuery) -> Page {
+    pub fn page(&self, query: &PageQuery, filter: &JobFilter) -> Page {
+        let kept = |key: &str| {
+            !filter.needs_job()
+                || self
+                    .store
+                    .get(&ObjectRef::new(name_in(key)).within(&self.namespace))
+                    .is_some_and(|job| filter.matches(&job))
+        };
         let mut keys = self
             .list_order
             .read()
-            .map(|order| order.page(query))
+            .map(|order| order.page(query, kept))
             .unwrap_or_default();
         let next =
             (query.limit > 0 && keys.len() > query.limit).then(|| keys[query.limit - 1].clone());
@@ -380,12 +388,13 @@ mod tests {
         let mut seen = Vec::new();
         let mut after = None;
         for _ in 0..5 {
-            let page = cache.page(&PageQuery {
+            let query = PageQuery {
                 status: None,
                 after: after.as_deref(),
                 newest_first: true,
                 limit: 1,
-            });
+            };
+            let page = cache.page(&query, &JobFilter::default());
             seen.extend(page.jobs.iter().map(|j| j.name_any()));
             after = page.next;
             if after.is_none() {

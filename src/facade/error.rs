@@ -130,6 +130,11 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
+    /// The machine-readable code of the JSON body.
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::InvalidField { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),

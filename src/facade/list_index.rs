@@ -81,9 +81,9 @@ impl ListIndex {
         }
     }
 
-    /// Up to `limit + 1` keys of the page: one more than asked, so the caller knows whether
-    /// another page follows.
-    pub fn page(&self, query: &PageQuery) -> Vec<String> {
+    /// Up to `limit + 1` keys of the page, of the jobs `keep` takes: one more than asked, so
+    /// the caller knows whether another page follows.
+    pub fn page(&self, query: &PageQuery, keep: impl Fn(&str) -> bool) -> Vec<String> {
         let PageQuery {
             status,
             after,
@@ -99,10 +99,12 @@ impl ListIndex {
         let bound = after.map_or(Bound::Unbounded, Bound::Excluded);
         if newest_first {
             let range = set.range::<str, _>((Bound::Unbounded, bound));
-            range.rev().take(take).map(|k| k.to_string()).collect()
+            let kept = range.rev().filter(|k| keep(k));
+            kept.take(take).map(|k| k.to_string()).collect()
         } else {
             let range = set.range::<str, _>((bound, Bound::Unbounded));
-            range.take(take).map(|k| k.to_string()).collect()
+            let kept = range.filter(|k| keep(k));
+            kept.take(take).map(|k| k.to_string()).collect()
         }
     }
 }
@@ -154,22 +156,30 @@ mod tests {
         ] {
             index.upsert(&job(name, second, phase));
         }
-        assert_eq!(names(index.page(&q(None, None, false, 2))), ["a", "b", "c"]);
-        let second_page = index.page(&q(
-            None,
-            Some(&sort_key(&job("b", 2, Phase::Failed))),
-            false,
-            2,
-        ));
-        assert_eq!(names(second_page), ["c", "d"]);
-        assert_eq!(names(index.page(&q(None, None, true, 1))), ["d", "c"]);
         assert_eq!(
-            names(index.page(&q(Some(ProcessingStatus::Completed), None, false, 5))),
+            names(index.page(&q(None, None, false, 2), |_| true)),
+            ["a", "b", "c"]
+        );
+        let after_b = sort_key(&job("b", 2, Phase::Failed));
+        let second_page = index.page(&q(None, Some(&after_b), false, 2), |_| true);
+        assert_eq!(names(second_page), ["c", "d"]);
+        assert_eq!(
+            names(index.page(&q(None, None, true, 1), |_| true)),
+            ["d", "c"]
+        );
+        assert_eq!(
+            names(index.page(
+                &q(Some(ProcessingStatus::Completed), None, false, 5),
+                |_| true
+            )),
             ["c", "d"]
         );
         assert!(
             index
-                .page(&q(Some(ProcessingStatus::Cancelled), None, false, 5))
+                .page(
+                    &q(Some(ProcessingStatus::Cancelled), None, false, 5),
+                    |_| true
+                )
                 .is_empty()
         );
     }
@@ -181,19 +191,28 @@ mod tests {
         index.upsert(&job("a", 1, Phase::Completed));
         assert!(
             index
-                .page(&q(Some(ProcessingStatus::Processing), None, false, 5))
+                .page(
+                    &q(Some(ProcessingStatus::Processing), None, false, 5),
+                    |_| true
+                )
                 .is_empty()
         );
-        assert_eq!(names(index.page(&q(None, None, false, 5))), ["a"]);
+        assert_eq!(names(index.page(&q(None, None, false, 5), |_| true)), ["a"]);
         assert_eq!(
-            names(index.page(&q(Some(ProcessingStatus::Completed), None, false, 5))),
+            names(index.page(
+                &q(Some(ProcessingStatus::Completed), None, false, 5),
+                |_| true
+            )),
             ["a"]
         );
         index.remove("a");
-        assert!(index.page(&q(None, None, false, 5)).is_empty());
+        assert!(index.page(&q(None, None, false, 5), |_| true).is_empty());
         assert!(
             index
-                .page(&q(Some(ProcessingStatus::Completed), None, false, 5))
+                .page(
+                    &q(Some(ProcessingStatus::Completed), None, false, 5),
+                    |_| true
+                )
                 .is_empty()
         );
     }

@@ -2,14 +2,17 @@
 //! auth, JSON errors, `/openapi.json`, an interactive explorer at `/docs` and the jobs page at
 //! `/ui/`.
 
+mod actions;
 mod auth;
 mod body;
+mod bulk;
 mod cache;
 mod codec_server;
 mod docs;
 mod drain;
 mod error;
 mod events;
+mod filter;
 mod idempotency;
 mod in_flight;
 mod limits;

@@ -1,7 +1,10 @@
 //! Request and response bodies of the REST API (the seed's shapes), and request validation with
 //! the CRD's limits.
 
-use super::error::ApiError;
+use super::{
+    error::ApiError,
+    filter::{FilterQuery, check_user_labels, is_operators_label},
+};
 use crate::{
     crd::{ImageJob, ImageJobSpec},
     similarity::SimilarityResults,
@@ -39,6 +42,10 @@ pub struct ProcessRequest {
     /// Run the similarity search; the facade's configured default when absent.
     #[serde(default)]
     pub similarity_search: Option<bool>,
+    /// Labels of the job, for `label_selector` in the list and the bulk actions (at most 16,
+    /// Kubernetes label syntax; `imagejob.dev/` and `app.kubernetes.io/` are the operator's).
+    #[serde(default)]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// One tag (documentation type of `ProcessRequest::tags` items).
@@ -51,6 +58,9 @@ impl ProcessRequest {
     /// The ImageJob spec for this request, checked against the CRD's limits (in bytes, see
     /// [`ImageJobSpec::validate`]): an error names the first field outside them.
     pub fn into_spec(self, similarity_default: bool) -> Result<ImageJobSpec, ApiError> {
+        if let Some(labels) = &self.labels {
+            check_user_labels(labels)?;
+        }
         let spec = ImageJobSpec {
             url: self.url,
             title: self.title,
@@ -160,7 +170,8 @@ pub struct ResultQuery {
     pub timeout: Option<u16>,
 }
 
-/// `GET /images/workflows` query.
+/// `GET /images/workflows` query: a page of the jobs the filters take. The bulk actions take
+/// the same query and act on the same page.
 #[derive(Deserialize, Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -176,6 +187,31 @@ pub struct ListQuery {
     pub status: Option<ProcessingStatus>,
     /// `oldest` first (the default) or `newest` first.
     pub order: Option<ListOrder>,
+    /// Only jobs with this tag (exact).
+    pub tag: Option<String>,
+    /// Only jobs whose title contains this text, in any case.
+    pub text: Option<String>,
+    /// Only jobs created at or after this time (RFC 3339).
+    pub created_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only jobs created before this time (RFC 3339).
+    pub created_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// A Kubernetes label selector, equality-based: `key=value`, `key!=value`, `key`, `!key`,
+    /// comma-separated (the labels set with `POST /images/process`).
+    pub label_selector: Option<String>,
+}
+
+impl ListQuery {
+    /// Its filters.
+    pub fn filters(&self) -> FilterQuery<'_> {
+        FilterQuery {
+            status: self.status,
+            tag: self.tag.as_deref(),
+            text: self.text.as_deref(),
+            created_after: self.created_after,
+            created_before: self.created_before,
+            label_selector: self.label_selector.as_deref(),
+        }
+    }
 }
 
 /// The order of a list.
@@ -226,6 +262,9 @@ pub struct WorkflowSummary {
     #[serde(default)]
     pub cancelling: bool,
     /// Its state.
+    /// The labels set with `POST /images/process` (the operator's own are left out).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
     pub state: StateView,
 }
 
@@ -247,9 +286,19 @@ impl WorkflowSummary {
             started_at: time(status.start_time.as_ref()),
             finished_at: time(status.completion_time.as_ref()),
             cancelling: job.spec.cancel_requested() && !job.phase().is_terminal(),
+            labels: user_labels(job),
             state: StateView::of(job),
         })
     }
+}
+
+/// A job's labels but the operator's own.
+fn user_labels(job: &ImageJob) -> std::collections::BTreeMap<String, String> {
+    job.labels()
+        .iter()
+        .filter(|(k, _)| !is_operators_label(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// `GET /images/workflows` answer.
@@ -284,6 +333,7 @@ mod tests {
             description: None,
             tags: None,
             similarity_search: None,
+            labels: None,
         }
     }
 

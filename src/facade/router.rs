@@ -4,7 +4,7 @@
 use super::{
     auth::{self, Auth},
     body::{self, BodyLimits},
-    codec_server, docs,
+    bulk, codec_server, docs,
     error::ApiError,
     events, routes,
     state::FacadeState,
@@ -50,6 +50,8 @@ pub fn router(state: Arc<FacadeState>, auth: Auth) -> Router {
             get(routes::summary).delete(routes::delete),
         )
         .route("/images/workflows", get(routes::list))
+        .route("/images/workflows/cancel", post(bulk::cancel))
+        .route("/images/workflows/delete", post(bulk::delete))
         .route("/images/events", get(events::events))
         .route_layer(middleware::from_fn_with_state(
             BodyLimits::new(BODY_LIMIT),

@@ -1,8 +1,11 @@
 //! The handlers: the seed's three endpoints, cancel, delete and list.
 
 use super::{
+    actions,
     auth::Caller,
+    cache::Page,
     error::ApiError,
+    filter::JobFilter,
     idempotency,
     list_index::PageQuery,
     model::{
@@ -14,7 +17,7 @@ use super::{
     state::FacadeState,
 };
 use crate::{
-    crd::{FINALIZER, ImageJob, RequestedStatus},
+    crd::{FINALIZER, ImageJob},
     temporal::{client::ExecutionStatus, contract::ProcessingStatus, error::TemporalError},
 };
 use axum::{
@@ -26,7 +29,7 @@ use axum::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    api::{ObjectMeta, PostParams},
 };
 use prometheus_client::metrics::gauge::Gauge;
 use serde::de::DeserializeOwned;
@@ -82,7 +85,7 @@ fn field_name(path: &str, message: &str) -> String {
     }
 }
 
-fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(super) fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query.map(|Query(q)| q).map_err(|e| {
         let message = e.body_text();
         ApiError::InvalidQuery {
@@ -126,6 +129,7 @@ pub async fn process(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: ProcessRequest = parse_json(&headers, &body)?;
+    let user_labels = request.labels.clone().unwrap_or_default();
     let mut spec = request.into_spec(state.similarity_default)?;
     let client = caller.map_or_else(|| ANONYMOUS_CLIENT.to_owned(), |c| c.client_id());
     state.quota.admit(&client, state.cache.in_flight(&client))?;
@@ -138,14 +142,16 @@ pub async fn process(
         annotations: keyed.as_ref().map(|k| k.annotations.clone()),
         namespace: Some(state.namespace.clone()),
         labels: Some(
-            [
-                (
-                    "app.kubernetes.io/created-by".to_owned(),
-                    "imagejob-facade".to_owned(),
-                ),
-                (CLIENT_LABEL.to_owned(), client),
-            ]
-            .into(),
+            user_labels
+                .into_iter()
+                .chain([
+                    (
+                        "app.kubernetes.io/created-by".to_owned(),
+                        "imagejob-facade".to_owned(),
+                    ),
+                    (CLIENT_LABEL.to_owned(), client),
+                ])
+                .collect(),
         ),
         // Set now, so the controller need not add it: one apiserver request less per job.
         finalizers: Some(vec![FINALIZER.to_owned()]),
@@ -443,55 +449,7 @@ pub async fn cancel(
     Path(workflow_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let job = find(&state, &workflow_id).await?;
-    let finished = |job: &ImageJob| ApiError::AlreadyFinished {
-        workflow_id: workflow_id.clone(),
-        status: job.phase().processing_status(),
-    };
-    if job.phase().is_terminal() {
-        return Err(finished(&job));
-    }
-    // Conditional on the job not having changed since it was read, so a job that finished in
-    // between is told as finished, not silently marked.
-    let patch = serde_json::json!({
-        "metadata": {"resourceVersion": job.resource_version()},
-        "spec": {"status": RequestedStatus::Cancelled},
-    });
-    let patched = state
-        .api
-        .patch(
-            &job.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await;
-    match patched {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => return Err(ApiError::NotFound(workflow_id)),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            let fresh = state.api.get(&job.name_any()).await?;
-            if !fresh.runs(&workflow_id) {
-                return Err(ApiError::NotFound(workflow_id));
-            }
-            if fresh.phase().is_terminal() {
-                return Err(finished(&fresh));
-            }
-            // The uid in the patch is a precondition: never another job under the same name.
-            let patch = serde_json::json!({
-                "metadata": {"uid": job.uid()},
-                "spec": {"status": RequestedStatus::Cancelled},
-            });
-            state
-                .api
-                .patch(
-                    &job.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await?;
-        }
-        Err(e) => return Err(e.into()),
-    }
-    tracing::info!(name = %job.name_any(), %workflow_id, "cancel requested");
+    actions::cancel(&state, &job, &workflow_id).await?;
     let body = CancelResponse {
         workflow_id,
         status: "cancelling".into(),
@@ -513,18 +471,7 @@ pub async fn delete(
     Path(workflow_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let job = find(&state, &workflow_id).await?;
-    match state
-        .api
-        .delete(&job.name_any(), &job.delete_exactly())
-        .await
-    {
-        Ok(_) => {}
-        // Gone, or a job of another workflow under its name now.
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
-            return Err(ApiError::NotFound(workflow_id));
-        }
-        Err(e) => return Err(e.into()),
-    }
+    actions::delete(&state, &job, &workflow_id).await?;
     let body = CancelResponse {
         workflow_id,
         status: "cancelling".into(),
@@ -594,7 +541,30 @@ pub async fn timeline(
     }))
 }
 
-/// Lists workflows in pages, oldest (default) or newest first.
+/// The page of cached jobs `params` asks for, of those `filter` (made from them) takes.
+pub(super) fn page_of(
+    state: &FacadeState,
+    params: &ListQuery,
+    filter: &JobFilter,
+) -> Result<Page, ApiError> {
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::InvalidQuery {
+            field: "limit".into(),
+            message: format!("limit must be 1 to {MAX_PAGE}"),
+        });
+    }
+    let query = PageQuery {
+        status: filter.status(),
+        after: params.continue_token.as_deref(),
+        newest_first: params.order.unwrap_or_default() == ListOrder::Newest,
+        limit,
+    };
+    Ok(state.cache.page(&query, filter))
+}
+
+/// Lists workflows in pages, oldest (default) or newest first, by status, tag, text in the
+/// title, creation time and label selector.
 #[utoipa::path(get, path = "/images/workflows", params(ListQuery),
     responses((status = 200, body = ListResponse), (status = 400, body = super::error::ErrorBody),
               (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
@@ -605,20 +575,8 @@ pub async fn list(
     params: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<ListResponse>, ApiError> {
     let params = query(params)?;
-    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::InvalidQuery {
-            field: "limit".into(),
-            message: format!("limit must be 1 to {MAX_PAGE}"),
-        });
-    }
-    let newest_first = params.order.unwrap_or_default() == ListOrder::Newest;
-    let page = state.cache.page(&PageQuery {
-        status: params.status,
-        after: params.continue_token.as_deref(),
-        newest_first,
-        limit,
-    });
+    let filter = JobFilter::new(&params.filters())?;
+    let page = page_of(&state, &params, &filter)?;
     let items = page
         .jobs
         .iter()

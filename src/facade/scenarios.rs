@@ -18,7 +18,7 @@ use axum::{
     http::{Request, StatusCode},
 };
 use http_body_util::BodyExt;
-use kube::Api;
+use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use std::{sync::Arc, time::Duration};
 use tower::ServiceExt;
@@ -298,4 +298,155 @@ async fn the_admin_router_says_ready_and_counts_the_responses() {
         text.contains("imagejob_http_requests_total{class=\"4xx\"} 1"),
         "{text}"
     );
+}
+
+/// A job as the facade creates it, with `labels`, `tags` and `title`, in `phase`.
+fn labelled(name: &str, phase: Phase, labels: &[(&str, &str)], tags: &[&str]) -> ImageJob {
+    let mut job = finished(name, phase);
+    job.spec.tags = tags.iter().map(|t| (*t).into()).collect();
+    job.spec.title = Some(format!("{name} title"));
+    job.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect(),
+    );
+    job
+}
+
+/// The names a list or bulk answer lists.
+fn names(body: &Value, field: &str) -> Vec<String> {
+    body[field]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i["name"].as_str().or(i.as_str()).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_list_filters_by_tag_text_and_label_selector() {
+    let f = facade(&[
+        labelled("a1", Phase::Processing, &[("team", "a")], &["shirt"]),
+        labelled(
+            "a2",
+            Phase::Completed,
+            &[("team", "a"), ("canary", "")],
+            &["shoe"],
+        ),
+        labelled("b1", Phase::Processing, &[("team", "b")], &["shirt"]),
+    ])
+    .await;
+    for (query, expected) in [
+        ("tag=shirt", vec!["a1", "b1"]),
+        ("text=A2%20TITLE", vec!["a2"]),
+        ("label_selector=team%3Da", vec!["a1", "a2"]),
+        ("label_selector=team%3Da,!canary", vec!["a1"]),
+        ("label_selector=team!%3Da&status=processing", vec!["b1"]),
+        ("tag=shirt&label_selector=team%3Db", vec!["b1"]),
+    ] {
+        let uri = format!("/images/workflows?{query}");
+        let (status, body) = send(&f.router, "GET", &uri, Some(TOKEN), None).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {body}");
+        assert_eq!(names(&body, "items"), expected, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn a_filtered_list_pages_with_continue() {
+    let jobs: Vec<_> = (0..5)
+        .map(|i| labelled(&format!("j{i}"), Phase::Processing, &[("team", "a")], &[]))
+        .chain([labelled("other", Phase::Processing, &[("team", "b")], &[])])
+        .collect();
+    let f = facade(&jobs).await;
+    let mut seen = Vec::new();
+    let mut uri = "/images/workflows?label_selector=team%3Da&limit=2".to_owned();
+    loop {
+        let (status, body) = send(&f.router, "GET", &uri, Some(TOKEN), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        seen.extend(names(&body, "items"));
+        match body["continue"].as_str() {
+            Some(next) => {
+                uri = format!("/images/workflows?label_selector=team%3Da&limit=2&continue={next}")
+            }
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, vec!["j0", "j1", "j2", "j3", "j4"]);
+}
+
+#[tokio::test]
+async fn a_bulk_cancel_cancels_what_the_filter_takes_and_says_which_it_skipped() {
+    let f = facade(&[
+        labelled("run1", Phase::Processing, &[("team", "a")], &[]),
+        labelled("run2", Phase::Pending, &[("team", "a")], &[]),
+        labelled("done", Phase::Completed, &[("team", "a")], &[]),
+        labelled("theirs", Phase::Processing, &[("team", "b")], &[]),
+    ])
+    .await;
+    let uri = "/images/workflows/cancel?label_selector=team%3Da";
+    let (status, body) = send(&f.router, "POST", uri, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["count"], 2, "{body}");
+    assert_eq!(body["skipped"][0]["code"], "already_finished", "{body}");
+    let cancelled = |name: &str| {
+        f.api
+            .job(NS, name)
+            .is_some_and(|j| j.spec.cancel_requested())
+    };
+    assert!(cancelled("run1") && cancelled("run2"));
+    assert!(!cancelled("done") && !cancelled("theirs"));
+}
+
+#[tokio::test]
+async fn a_bulk_delete_deletes_what_the_filter_takes() {
+    let f = facade(&[
+        labelled("old", Phase::Completed, &[], &["catalog-2025"]),
+        labelled("new", Phase::Completed, &[], &["catalog-2026"]),
+    ])
+    .await;
+    let uri = "/images/workflows/delete?tag=catalog-2025&status=completed";
+    let (status, body) = send(&f.router, "POST", uri, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["count"], 1);
+    assert!(f.api.job(NS, "old").is_none());
+    assert!(f.api.job(NS, "new").is_some());
+}
+
+#[tokio::test]
+async fn labels_given_at_creation_are_set_checked_and_listed() {
+    let f = facade(&[]).await;
+    let request = json!({"url": "https://example.com/a.png", "labels": {"team": "a"}});
+    let (status, body) = send(
+        &f.router,
+        "POST",
+        "/images/process",
+        Some(TOKEN),
+        Some(request),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let job = f.api.jobs(NS).pop().expect("the job");
+    assert_eq!(job.labels().get("team").map(String::as_str), Some("a"));
+    assert!(job.labels().contains_key(super::CLIENT_LABEL), "ours kept");
+    for bad in [
+        json!({"imagejob.dev/client": "x"}),
+        json!({"team": "not ok"}),
+    ] {
+        let request = json!({"url": "https://example.com/a.png", "labels": bad});
+        let (status, body) = send(
+            &f.router,
+            "POST",
+            "/images/process",
+            Some(TOKEN),
+            Some(request),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"]["field"], "labels");
+    }
 }

@@ -31,6 +31,8 @@ pub enum LykdatError {
         status: u16,
         /// Lykdat's message, as sent.
         message: String,
+        /// How long Lykdat asked us to wait (`Retry-After`), when it said.
+        retry_after: Option<Duration>,
     },
     /// No answer within the configured timeout.
     #[error("Lykdat did not answer within {0:?}")]
@@ -43,7 +45,34 @@ pub enum LykdatError {
     Malformed(String),
 }
 
+/// The longest `Retry-After` honoured: a longer one is taken as this (the activity's own retry
+/// policy still bounds the attempts).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// A `Retry-After` value: delta-seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].
+fn retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            (at.with_timezone(&chrono::Utc) - now)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
 impl LykdatError {
+    /// How long to wait before the next attempt, when Lykdat said (`Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            LykdatError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// Whether the same request may succeed later.
     pub fn is_retryable(&self) -> bool {
         !matches!(
@@ -166,6 +195,11 @@ impl LykdatClient {
             .await
             .map_err(|e| self.transport_error(e))?;
         let status = response.status();
+        let wait = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry_after(v, chrono::Utc::now()));
         let body = response
             .bytes()
             .await
@@ -178,7 +212,11 @@ impl LykdatClient {
         let message = error_message(&body).replace(api_key, "<redacted>");
         let status = status.as_u16();
         if status == 429 || status >= 500 {
-            Err(LykdatError::Unavailable { status, message })
+            Err(LykdatError::Unavailable {
+                status,
+                message,
+                retry_after: wait,
+            })
         } else {
             Err(LykdatError::Rejected { status, message })
         }
@@ -197,6 +235,24 @@ impl LykdatClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates_and_is_capped() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-04T12:00:00Z")
+            .expect("a time")
+            .with_timezone(&chrono::Utc);
+        assert_eq!(retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            retry_after("Fri, 04 Dec 2026 12:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            retry_after("Fri, 04 Dec 2026 11:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("86400", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(retry_after("soon", now), None);
+    }
 
     #[test]
     fn parses_the_documented_shape_and_sorts_by_score() {

@@ -5,7 +5,7 @@
 
 const PAGE = 24;
 const STATUSES = ["processing", "completed", "failed", "cancelled"];
-const state = { jobs: new Map(), next: null, filter: "", config: { auth_required: false }, token: null };
+const state = { jobs: new Map(), next: null, filter: "", tag: "", config: { auth_required: false }, token: null };
 const $ = (selector) => document.querySelector(selector);
 
 // ---- small DOM helpers -------------------------------------------------------------------
@@ -153,6 +153,7 @@ function remove(workflowId) {
 async function loadList(more) {
   const params = new URLSearchParams({ limit: PAGE, order: "newest" });
   if (state.filter) params.set("status", state.filter);
+  if (state.tag) params.set("tag", state.tag);
   if (more && state.next) params.set("continue", state.next);
   try {
     const page = await api(`/images/workflows?${params}`);
@@ -171,6 +172,7 @@ function showError(message, retry) {
 function visibleJobs() {
   return [...state.jobs.values()]
     .filter((job) => !state.filter || job.state.status === state.filter)
+    .filter((job) => !state.tag || job.tags.includes(state.tag))
     .sort((a, b) => (b.created_at || "").localeCompare(a.created_at || "") || b.name.localeCompare(a.name));
 }
 function progress(job) {
@@ -194,6 +196,7 @@ function card(job) {
 }
 function renderGallery() {
   const jobs = visibleJobs();
+  $("#cancel-shown").hidden = !jobs.some((job) => job.state.status === "processing" && !job.cancelling);
   const main = $("#main");
   if (!jobs.length) {
     main.replaceChildren(el("p", { class: "empty", text: state.filter ? `No ${state.filter} jobs.` : "No jobs yet. Submit an image with “New job”." }));
@@ -271,6 +274,28 @@ async function cancel(workflowId) {
   }
 }
 
+// Cancels every running job the filters show, page by page, as the bulk endpoint does.
+async function cancelShown() {
+  const params = new URLSearchParams({ status: "processing", limit: 500 });
+  if (state.tag) params.set("tag", state.tag);
+  let cancelled = 0;
+  try {
+    for (;;) {
+      const done = await api(`/images/workflows/cancel?${params}`, { method: "POST" });
+      cancelled += done.count;
+      for (const id of done.workflow_ids) {
+        const job = state.jobs.get(id);
+        if (job) upsert(Object.assign({}, job, { cancelling: true }));
+      }
+      if (!done.continue) break;
+      params.set("continue", done.continue);
+    }
+    notice(`${cancelled} job${cancelled === 1 ? "" : "s"} cancelling`);
+  } catch (error) {
+    notice(`Cannot cancel: ${error.message}`);
+  }
+}
+
 // ---- submitting ----------------------------------------------------------------------------
 function openSubmit() {
   $("#submit-error").hidden = true;
@@ -316,6 +341,12 @@ async function start() {
     location.hash = "#/";
     loadList();
   });
+  $("#tag-filter").addEventListener("change", (event) => {
+    state.tag = event.target.value.trim();
+    location.hash = "#/";
+    loadList();
+  });
+  $("#cancel-shown").addEventListener("click", cancelShown);
   $("#new-job").addEventListener("click", openSubmit);
   $("#submit-cancel").addEventListener("click", () => $("#submit-dialog").close());
   $("#submit-form").addEventListener("submit", submit);

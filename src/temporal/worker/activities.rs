@@ -166,27 +166,28 @@ impl SearchActivities {
         input: SimilaritySearchInput,
     ) -> Result<SimilaritySearchOutcome, ActivityError> {
         let attempt = ctx.info().attempt;
-        let result: Result<SimilarityResults, (String, bool)> = match &self.similarity {
-            SimilarityBackend::Lykdat(lykdat) => {
-                if !lykdat.is_configured() {
-                    return Ok(SimilaritySearchOutcome::Skipped {
-                        reason: LykdatError::NotConfigured.to_string(),
-                    });
+        let result: Result<SimilarityResults, (String, bool, Option<Duration>)> =
+            match &self.similarity {
+                SimilarityBackend::Lykdat(lykdat) => {
+                    if !lykdat.is_configured() {
+                        return Ok(SimilaritySearchOutcome::Skipped {
+                            reason: LykdatError::NotConfigured.to_string(),
+                        });
+                    }
+                    with_heartbeats(&ctx, lykdat.global_search(&input.image_url))
+                        .await?
+                        .map_err(|e| (e.to_string(), e.is_retryable(), e.retry_after()))
                 }
-                with_heartbeats(&ctx, lykdat.global_search(&input.image_url))
+                SimilarityBackend::Catalog(catalog) => {
+                    let about = self.about(&input).await?;
+                    with_heartbeats(
+                        &ctx,
+                        catalog.search(&input.image_id, &input.image_url, about),
+                    )
                     .await?
-                    .map_err(|e| (e.to_string(), e.is_retryable()))
-            }
-            SimilarityBackend::Catalog(catalog) => {
-                let about = self.about(&input).await?;
-                with_heartbeats(
-                    &ctx,
-                    catalog.search(&input.image_id, &input.image_url, about),
-                )
-                .await?
-                .map_err(|e| (e.to_string(), e.is_retryable()))
-            }
-        };
+                    .map_err(|e| (e.to_string(), e.is_retryable(), None))
+                }
+            };
         let backend = self.similarity.name();
         match result {
             Ok(results) => {
@@ -194,10 +195,19 @@ impl SearchActivities {
                     "similarity search done");
                 Ok(SimilaritySearchOutcome::Completed { results })
             }
-            Err((message, retryable)) => {
-                warn!(image_id = %input.image_id, backend, attempt, error = %message,
+            Err((message, retryable, wait)) => {
+                warn!(image_id = %input.image_id, backend, attempt, error = %message, retry_after = ?wait,
                     "similarity search failed");
-                Err(application_error(message, retryable))
+                match wait {
+                    // The service said when: the next attempt waits that long instead of the
+                    // policy's interval (the policy still bounds the attempts).
+                    Some(wait) if retryable => Err(ActivityError::application(
+                        ApplicationFailure::builder(message)
+                            .next_retry_delay(wait)
+                            .build(),
+                    )),
+                    _ => Err(application_error(message, retryable)),
+                }
             }
         }
     }

@@ -64,8 +64,8 @@ impl WorkerVersion {
     }
 }
 
-/// How much work one worker takes on at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How much work one worker takes on at once, and how fast the similarity queue is served.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WorkerTuning {
     /// Workflow task slots.
     pub max_concurrent_workflow_tasks: usize,
@@ -77,6 +77,9 @@ pub struct WorkerTuning {
     pub activity_pollers: usize,
     /// Sticky workflow cache size.
     pub max_cached_workflows: usize,
+    /// Most activities (searches) per second on the similarity queue, across all its workers
+    /// (enforced by the Temporal server); `None`: no limit.
+    pub similarity_searches_per_second: Option<f64>,
 }
 
 impl Default for WorkerTuning {
@@ -94,6 +97,7 @@ impl WorkerTuning {
         workflow_pollers: 5,
         activity_pollers: 5,
         max_cached_workflows: 1000,
+        similarity_searches_per_second: None,
     };
 
     fn slots(&self) -> TunerHolder {
@@ -215,7 +219,11 @@ impl WorkerSetup {
                 .register_workflow::<ForgetCatalogImage>()
                 .map_err(|e| format!("{e:#}"))?
                 .register_activities(search);
-            queues.push((queue, self.finish(builder)));
+            let mut options = self.finish(builder);
+            // Searches are rate-limited across every worker of the queue (Lykdat's quota).
+            options.max_task_queue_activities_per_second =
+                self.tuning.similarity_searches_per_second;
+            queues.push((queue, options));
         }
         Ok(queues)
     }

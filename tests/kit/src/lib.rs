@@ -18,7 +18,7 @@ use imagejob_operator::{
     temporal::{
         client::TemporalGateway,
         connection::TemporalSettings,
-        worker::{ImageActivities, WorkerHandle, spawn_worker},
+        worker::{ImageActivities, WorkerHandle, WorkerTuning, spawn_worker},
     },
 };
 use std::{
@@ -155,6 +155,7 @@ impl TestWorker {
             settings,
             |_| similarity,
             wrap,
+            WorkerTuning::default(),
         )
     }
 
@@ -163,11 +164,12 @@ impl TestWorker {
         settings: &TemporalSettings,
         similarity: impl FnOnce(&std::path::Path) -> SimilarityBackend,
         wrap: impl FnOnce(EmbeddedStore) -> Arc<dyn MetadataStore>,
+        tuning: WorkerTuning,
     ) -> Self {
         let store = EmbeddedStore::open(&dir.path().join("meta.redb")).expect("store");
         let activities = ImageActivities::new(wrap(store.clone()), similarity(dir.path()));
-        let handle = spawn_worker(settings.clone(), activities, Default::default(), None, None)
-            .expect("worker");
+        let handle =
+            spawn_worker(settings.clone(), activities, tuning, None, None).expect("worker");
         Self {
             handle: Some(handle),
             store,
@@ -177,10 +179,23 @@ impl TestWorker {
 
     /// A worker with a plain embedded store whose Lykdat client points at `base_url` (a fake).
     pub fn with_lykdat(settings: &TemporalSettings, base_url: &str, timeout: Duration) -> Self {
-        Self::start(
+        Self::with_lykdat_tuned(settings, base_url, timeout, WorkerTuning::default())
+    }
+
+    /// The same, with `tuning` (slots, pollers, the similarity queue's rate limit).
+    pub fn with_lykdat_tuned(
+        settings: &TemporalSettings,
+        base_url: &str,
+        timeout: Duration,
+        tuning: WorkerTuning,
+    ) -> Self {
+        let lykdat = lykdat_client(base_url, Some(LYKDAT_KEY), timeout);
+        Self::start_in(
+            tempfile::tempdir().expect("tempdir"),
             settings,
-            SimilarityBackend::Lykdat(lykdat_client(base_url, Some(LYKDAT_KEY), timeout)),
+            |_| SimilarityBackend::Lykdat(lykdat),
             |s| Arc::new(s),
+            tuning,
         )
     }
 
@@ -210,6 +225,7 @@ impl TestWorker {
                 ))
             },
             |s| Arc::new(s),
+            WorkerTuning::default(),
         )
     }
 }

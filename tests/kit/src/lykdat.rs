@@ -1,18 +1,27 @@
 //! A local HTTP server speaking Lykdat's documented global search shapes, answering from a
 //! script of replies, and recording what it received.
 
-use axum::{Router, extract::State, http::StatusCode, routing::post};
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-/// One scripted answer.
+/// One scripted answer: an HTTP status and body, after a delay, with a `Retry-After` header
+/// when given.
 #[derive(Clone, Debug)]
-pub enum Reply {
-    /// HTTP status and body, after an optional delay.
-    Status(u16, String, Duration),
+pub struct Reply {
+    status: u16,
+    body: String,
+    delay: Duration,
+    retry_after: Option<String>,
 }
 
 impl Reply {
@@ -38,22 +47,35 @@ impl Reply {
              "detected_item": {"name": "shirt", "category": "tops", "area": 0.4, "detection_confidence": 0.97,
                 "bounding_box": {"top": 0.1, "left": 0.2, "right": 0.8, "bottom": 0.9}},
              "similar_products": products}]}});
-        Reply::Status(200, body.to_string(), Duration::ZERO)
+        Self::raw(200, &body.to_string())
+    }
+
+    /// This status and body as they are.
+    pub fn raw(status: u16, body: &str) -> Self {
+        Reply {
+            status,
+            body: body.to_owned(),
+            delay: Duration::ZERO,
+            retry_after: None,
+        }
     }
 
     /// An error status with a JSON message.
     pub fn error(status: u16, message: &str) -> Self {
-        Reply::Status(
-            status,
-            serde_json::json!({"message": message}).to_string(),
-            Duration::ZERO,
-        )
+        Self::raw(status, &serde_json::json!({"message": message}).to_string())
     }
 
     /// This reply, after a delay.
     pub fn after(self, delay: Duration) -> Self {
-        let Reply::Status(s, b, _) = self;
-        Reply::Status(s, b, delay)
+        Reply { delay, ..self }
+    }
+
+    /// This reply with `Retry-After: <value>`.
+    pub fn retry_after(self, value: &str) -> Self {
+        Reply {
+            retry_after: Some(value.to_owned()),
+            ..self
+        }
     }
 }
 
@@ -62,6 +84,8 @@ struct Script {
     replies: VecDeque<Reply>,
     last: Option<Reply>,
     forms: Vec<Vec<(String, String)>>,
+    /// When each request arrived.
+    times: Vec<Instant>,
 }
 
 /// The running fake.
@@ -94,11 +118,17 @@ impl FakeLykdat {
     pub fn requests(&self) -> Vec<Vec<(String, String)>> {
         self.script.lock().expect("lock").forms.clone()
     }
+
+    /// When each request arrived, in order.
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.script.lock().expect("lock").times.clone()
+    }
 }
 
-async fn search(State(script): State<Arc<Mutex<Script>>>, body: String) -> (StatusCode, String) {
+async fn search(State(script): State<Arc<Mutex<Script>>>, body: String) -> Response {
     let reply = {
         let mut s = script.lock().expect("lock");
+        s.times.push(Instant::now());
         s.forms.push(
             url::form_urlencoded::parse(body.as_bytes())
                 .into_owned()
@@ -108,15 +138,17 @@ async fn search(State(script): State<Arc<Mutex<Script>>>, body: String) -> (Stat
         s.last = next.clone();
         next
     };
-    let Some(Reply::Status(status, body, delay)) = reply else {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "no scripted reply".into(),
-        );
+    let Some(reply) = reply else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "no scripted reply").into_response();
     };
-    tokio::time::sleep(delay).await;
-    (
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        body,
-    )
+    tokio::time::sleep(reply.delay).await;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, reply.body).into_response();
+    if let Some(value) = reply
+        .retry_after
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
