@@ -3,7 +3,10 @@
 
 use super::{
     error::ApiError,
-    filter::{FilterQuery, check_user_labels, is_operators_label},
+    filter::{
+        FilterQuery, LABEL_NAME_PATTERN, LABEL_VALUE_PATTERN, MAX_USER_LABELS, check_user_labels,
+        is_operators_label,
+    },
 };
 use crate::{
     crd::{ImageJob, ImageJobSpec},
@@ -42,10 +45,29 @@ pub struct ProcessRequest {
     /// Run the similarity search; the facade's configured default when absent.
     #[serde(default)]
     pub similarity_search: Option<bool>,
-    /// Labels of the job, for `label_selector` in the list and the bulk actions (at most 16,
-    /// Kubernetes label syntax; `imagejob.dev/` and `app.kubernetes.io/` are the operator's).
+    /// Labels of the job, for `label_selector` in the list and the bulk actions: at most 16,
+    /// keys and values Kubernetes label names (1 to 63 characters, alphanumerics with `-_.`
+    /// inside; keys without a prefix), values may be empty.
     #[serde(default)]
+    #[schema(schema_with = user_labels_schema)]
     pub labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// The schema of `ProcessRequest::labels`.
+fn user_labels_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::{ObjectBuilder, Type, schema::SchemaType};
+    let key = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(LABEL_NAME_PATTERN));
+    let value = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(LABEL_VALUE_PATTERN));
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .property_names(Some(key))
+        .additional_properties(Some(value))
+        .max_properties(Some(MAX_USER_LABELS))
+        .build()
 }
 
 /// One tag (documentation type of `ProcessRequest::tags` items).
@@ -197,6 +219,9 @@ pub struct ListQuery {
     pub created_before: Option<chrono::DateTime<chrono::Utc>>,
     /// A Kubernetes label selector, equality-based: `key=value`, `key!=value`, `key`, `!key`,
     /// comma-separated (the labels set with `POST /images/process`).
+    #[param(
+        pattern = r"^(!?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?|[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?(==?|!=)([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?)(,(!?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?|[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?(==?|!=)([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?))*$"
+    )]
     pub label_selector: Option<String>,
 }
 
@@ -325,6 +350,25 @@ pub struct CancelResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_openapi_document_says_the_patterns_the_facade_checks() {
+        use crate::facade::filter::LABEL_SELECTOR_PATTERN;
+        let document = serde_json::to_value(super::super::docs::openapi()).expect("JSON");
+        let list = &document["paths"]["/images/workflows"]["get"]["parameters"];
+        let selector = list
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "label_selector"))
+            .expect("the label_selector parameter");
+        assert_eq!(selector["schema"]["pattern"], LABEL_SELECTOR_PATTERN);
+        let labels = &document["components"]["schemas"]["ProcessRequest"]["properties"]["labels"];
+        assert_eq!(labels["propertyNames"]["pattern"], LABEL_NAME_PATTERN);
+        assert_eq!(
+            labels["additionalProperties"]["pattern"],
+            LABEL_VALUE_PATTERN
+        );
+        assert_eq!(labels["maxProperties"], MAX_USER_LABELS);
+    }
 
     fn request(url: &str) -> ProcessRequest {
         ProcessRequest {

@@ -90,8 +90,55 @@ pub async fn create(api: &Api<ImageJob>, name: &str, spec: ImageJobSpec) -> Imag
         .expect("create job")
 }
 
-/// Waits until the job satisfies `pred`, returning it: a watch of the one object
-/// (`kube::runtime::wait::await_condition`), so the wait ends at the event that satisfies it.
+/// How often a wait reads the job again beside its watch: a watch opened on an apiserver that
+/// is restarting can stay silent for minutes (its watch cache not yet serving), as informers
+/// resync for the same reason.
+const REREAD_EVERY: Duration = Duration::from_secs(5);
+
+/// Waits until the job `name` (or its absence) satisfies `condition`, returning what satisfied
+/// it: a watch of the one object (`kube::runtime::wait::await_condition`), so the wait ends at
+/// the event that satisfies it, with a read every [`REREAD_EVERY`] as a safety net.
+async fn until(
+    api: &Api<ImageJob>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    condition: impl Fn(Option<&ImageJob>) -> bool,
+) -> Option<ImageJob> {
+    let condition = &condition;
+    let watched = async {
+        match await_condition(api.clone(), name, move |job: Option<&ImageJob>| {
+            condition(job)
+        })
+        .await
+        {
+            Ok(job) => job,
+            // A broken watch (the apiserver went away): the reads go on.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let reread = async {
+        loop {
+            tokio::time::sleep(REREAD_EVERY).await;
+            if let Ok(job) = api.get_opt(name).await
+                && condition(job.as_ref())
+            {
+                return job;
+            }
+        }
+    };
+    let either = async {
+        tokio::select! {
+            job = watched => job,
+            job = reread => job,
+        }
+    };
+    tokio::time::timeout(timeout, either)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// Waits until the job satisfies `pred`, returning it.
 pub async fn wait_job(
     api: &Api<ImageJob>,
     name: &str,
@@ -99,13 +146,9 @@ pub async fn wait_job(
     timeout: Duration,
     pred: impl Fn(&ImageJob) -> bool,
 ) -> ImageJob {
-    let condition = move |job: Option<&ImageJob>| job.is_some_and(&pred);
-    match tokio::time::timeout(timeout, await_condition(api.clone(), name, condition)).await {
-        Ok(Ok(Some(job))) => job,
-        Ok(Ok(None)) => panic!("{name} is gone while waiting for {what}"),
-        Ok(Err(e)) => panic!("watching {name} for {what}: {e}"),
-        Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
-    }
+    until(api, name, what, timeout, |job| job.is_some_and(&pred))
+        .await
+        .unwrap_or_else(|| panic!("{name} satisfied the wait for {what} without existing"))
 }
 
 /// Waits until the job is in `phase`, returning it.
@@ -119,12 +162,8 @@ pub async fn wait_phase(api: &Api<ImageJob>, name: &str, phase: Phase) -> ImageJ
 
 /// Waits until the job `name` no longer exists.
 pub async fn wait_gone(api: &Api<ImageJob>, name: &str, timeout: Duration) {
-    let gone = await_condition(api.clone(), name, |job: Option<&ImageJob>| job.is_none());
-    match tokio::time::timeout(timeout, gone).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => panic!("watching {name} until it is gone: {e}"),
-        Err(_) => panic!("timed out after {timeout:?} waiting for {name} to disappear"),
-    }
+    let what = format!("{name} to disappear");
+    until(api, name, &what, timeout, |job| job.is_none()).await;
 }
 
 /// The name of the one job `api` lists.
