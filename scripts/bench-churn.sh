@@ -10,11 +10,8 @@ set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$IJ_ROOT"
-jobs=10000
-[ "${1:-}" != "--jobs" ] || jobs=${2:?--jobs needs a number}
-
-scripts/install-deps.sh
-scripts/image.sh >/dev/null
+jobs=$(jobs_arg 10000 "$@")
+bench_prepare
 bin="$IJ_CACHE/images/imagejob-operator"
 stack="$(mktemp -d /tmp/imagejob-bench-churn.XXXXXX)"
 cleanup() {

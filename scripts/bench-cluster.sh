@@ -9,11 +9,8 @@ set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$IJ_ROOT"
-jobs=20
-[ "${1:-}" != "--jobs" ] || jobs=${2:?--jobs needs a number}
-
-scripts/install-deps.sh
-scripts/image.sh >/dev/null
+jobs=$(jobs_arg 20 "$@")
+bench_prepare
 stack="$(mktemp -d /tmp/imagejob-bench-cluster.XXXXXX)"
 trap 'scripts/stack.sh down "$stack"' EXIT
 started=$(date +%s.%N)

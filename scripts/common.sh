@@ -32,5 +32,14 @@ pick_port() {
     echo "$other"
   fi
 }
+# Installs what a benchmark needs and builds the operator's image (its release binary).
+bench_prepare() {
+  scripts/install-deps.sh
+  scripts/image.sh >/dev/null
+}
+# jobs_arg DEFAULT [--jobs N]: N when the arguments give it, else DEFAULT.
+jobs_arg() {
+  if [ "${2:-}" = "--jobs" ]; then echo "${3:?--jobs needs a number}"; else echo "$1"; fi
+}
 step() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 fail() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }

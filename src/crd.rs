@@ -366,6 +366,16 @@ impl ImageJob {
         self.uid_key().is_some() && self.uid_key() == workflow_uid(workflow_id)
     }
 
+    /// When the job was created, in seconds since the epoch (0 for an object not from the
+    /// apiserver).
+    pub fn created_second(&self) -> i64 {
+        self.metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second())
+            .unwrap_or_default()
+    }
+
     /// Delete parameters that delete this very object only: with its uid as a precondition, a
     /// job deleted and created again under the same name (or another object there) is left
     /// alone, and the apiserver answers 409.

@@ -50,35 +50,10 @@ impl Cluster {
             .unwrap_or_else(|error| panic!("kubectl {args:?}: {error}"))
     }
 
-    /// Runs kubectl; its stdout, or its stderr when it fails.
+    /// Runs kubectl against the cluster; its stdout, or its stderr when it fails.
     fn try_kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-        let mut cmd = Command::new("kubectl");
-        cmd.args(args).env("KUBECONFIG", self.var("KUBECONFIG"));
-        let out = match stdin {
-            None => cmd.output(),
-            Some(input) => {
-                use std::io::Write;
-                let mut child = cmd
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("kubectl");
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(input.as_bytes())
-                    .unwrap();
-                child.wait_with_output()
-            }
-        }
-        .expect("kubectl runs");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        let kubeconfig = self.var("KUBECONFIG");
+        support::try_kubectl(args, stdin, &[("KUBECONFIG", kubeconfig)])
     }
 
     /// Runs a kubectl wait; when it fails, panics with what the node and the namespace's pods

@@ -6,7 +6,6 @@ use imagejob_testkit as support;
 use imagejob_operator::crd::{ImageJob, ImageJobSpec, crd_yaml};
 use kube::{Api, Client, api::PostParams};
 use serde_json::json;
-use std::process::Command;
 
 #[test]
 fn committed_crd_matches_the_rust_types() {
@@ -43,25 +42,11 @@ async fn create_raw(api: &Api<ImageJob>, spec: serde_json::Value) -> Result<(), 
 fn kubectl_create(namespace: &str, spec: serde_json::Value) -> (bool, String) {
     let object = json!({"apiVersion": "imagejob.dev/v1alpha1", "kind": "ImageJob",
         "metadata": {"generateName": "raw-"}, "spec": spec});
-    let mut child = Command::new("kubectl")
-        .args(["create", "--validate=false", "-n", namespace, "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(object.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let args = ["create", "--validate=false", "-n", namespace, "-f", "-"];
+    match support::try_kubectl(&args, Some(&object.to_string()), &[]) {
+        Ok(_) => (true, String::new()),
+        Err(stderr) => (false, stderr),
+    }
 }
 
 #[tokio::test]

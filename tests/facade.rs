@@ -821,7 +821,9 @@ async fn the_api_explorer_loads_offline_in_chromium_and_lists_every_operation() 
             "/images/workflow/{workflow_id}/result",
             "/images/workflow/{workflow_id}/status",
             "/images/workflow/{workflow_id}/timeline",
-            "/images/workflows"
+            "/images/workflows",
+            "/images/workflows/cancel",
+            "/images/workflows/delete"
         ],
         "the explorer lists every operation"
     );

@@ -62,6 +62,24 @@ async fn resource_versions(api: &Api<ImageJob>) -> BTreeMap<String, (String, Pha
         .collect()
 }
 
+/// Two replicas electing on `lease`: `ctl-a` started first and leading, then `ctl-b`; and the
+/// Leases of the test's namespace.
+async fn leader_and_standby(
+    s: &Setup,
+    lease: &str,
+    timing: [&str; 3],
+) -> (ControllerProcess, ControllerProcess, Api<Lease>) {
+    let a = ControllerProcess::start(&s.settings, &s.ns, &election(lease, &s.ns, "ctl-a", timing));
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
+    let first = eventually("a leader", JOB_WAIT, || {
+        support::lease_holder(&leases, lease)
+    })
+    .await;
+    assert_eq!(first, "ctl-a");
+    let b = ControllerProcess::start(&s.settings, &s.ns, &election(lease, &s.ns, "ctl-b", timing));
+    (a, b, leases)
+}
+
 #[tokio::test]
 async fn a_paused_leader_makes_no_write_after_waking_and_finished_jobs_stay_finished() {
     let s = Setup::new("fence").await;
@@ -74,22 +92,7 @@ async fn a_paused_leader_makes_no_write_after_waking_and_finished_jobs_stay_fini
     let _worker = TestWorker::with_lykdat(&s.settings, &fake.base_url, Duration::from_secs(60));
     let lease = support::unique("lease");
     let timing = ["3", "2", "0.5"];
-    let a = ControllerProcess::start(
-        &s.settings,
-        &s.ns,
-        &election(&lease, &s.ns, "ctl-a", timing),
-    );
-    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
-    let first = eventually("a leader", JOB_WAIT, || {
-        support::lease_holder(&leases, &lease)
-    })
-    .await;
-    assert_eq!(first, "ctl-a");
-    let _b = ControllerProcess::start(
-        &s.settings,
-        &s.ns,
-        &election(&lease, &s.ns, "ctl-b", timing),
-    );
+    let (a, _b, leases) = leader_and_standby(&s, &lease, timing).await;
 
     let names: Vec<String> = (0..6).map(|i| format!("job-{i}")).collect();
     for name in &names {
@@ -156,22 +159,7 @@ async fn a_leader_stopped_gracefully_hands_over_at_once() {
     let lease = support::unique("lease");
     // A long lease: without the release a takeover would wait 15 s.
     let timing = ["15", "10", "2"];
-    let mut a = ControllerProcess::start(
-        &s.settings,
-        &s.ns,
-        &election(&lease, &s.ns, "ctl-a", timing),
-    );
-    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
-    let first = eventually("a leader", JOB_WAIT, || {
-        support::lease_holder(&leases, &lease)
-    })
-    .await;
-    assert_eq!(first, "ctl-a");
-    let b = ControllerProcess::start(
-        &s.settings,
-        &s.ns,
-        &election(&lease, &s.ns, "ctl-b", timing),
-    );
+    let (mut a, b, leases) = leader_and_standby(&s, &lease, timing).await;
     eventually("ctl-b to stand by", JOB_WAIT, || async {
         (b.gauge("imagejob_leader").await? == 0.0).then_some(())
     })

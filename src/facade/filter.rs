@@ -103,12 +103,7 @@ impl JobFilter {
 
     /// Whether `job` passes (its status aside: the list index sorts by it).
     pub fn matches(&self, job: &ImageJob) -> bool {
-        let created = job
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second())
-            .unwrap_or_default();
+        let created = job.created_second();
         self.tag
             .as_ref()
             .is_none_or(|tag| job.spec.tags.iter().any(|t| t == tag))

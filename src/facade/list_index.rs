@@ -12,12 +12,7 @@ use std::{
 /// Creation time then name: a stable order in which new jobs come last. The name follows the
 /// last `/`, so a key names its job.
 pub fn sort_key(job: &ImageJob) -> String {
-    let created = job
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| t.0.as_second())
-        .unwrap_or_default();
+    let created = job.created_second();
     format!("{created:020}/{}", job.name_any())
 }
 

@@ -109,6 +109,25 @@ async fn send(
     )
 }
 
+/// Posts `request` to `/images/process` with the token; the status and the answer.
+async fn post(f: &Facade, request: Value) -> (StatusCode, Value) {
+    send(
+        &f.router,
+        "POST",
+        "/images/process",
+        Some(TOKEN),
+        Some(request),
+    )
+    .await
+}
+
+/// Posts `request` to `/images/process`, which must accept it; its answer.
+async fn accepted(f: &Facade, request: Value) -> Value {
+    let (status, body) = post(f, request).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    body
+}
+
 fn finished(name: &str, phase: Phase) -> ImageJob {
     let mut job = ImageJob::new(
         name,
@@ -142,7 +161,7 @@ async fn no_token_is_401_and_an_unknown_one_403_both_as_json() {
 async fn a_post_with_a_bad_url_is_422_naming_the_field_and_creates_nothing() {
     let f = facade(&[]).await;
     let bad = json!({"url": "ftp://example.com/a.png"});
-    let (status, body) = send(&f.router, "POST", "/images/process", Some(TOKEN), Some(bad)).await;
+    let (status, body) = post(&f, bad).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["field"], "url");
     assert!(f.api.seen().iter().all(|s| s.method != "POST"));
@@ -168,15 +187,7 @@ async fn an_unknown_field_is_refused_naming_it() {
 async fn a_post_creates_one_imagejob_and_answers_202_with_its_workflow_id() {
     let f = facade(&[]).await;
     let request = json!({"url": "https://example.com/a.png", "title": "A", "tags": ["x"]});
-    let (status, body) = send(
-        &f.router,
-        "POST",
-        "/images/process",
-        Some(TOKEN),
-        Some(request),
-    )
-    .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let body = accepted(&f, request).await;
     assert_eq!(body["status"], "processing");
     let id = body["workflow_id"].as_str().expect("a workflow id");
     let jobs = f.api.jobs(NS);
@@ -421,15 +432,7 @@ async fn a_bulk_delete_deletes_what_the_filter_takes() {
 async fn labels_given_at_creation_are_set_checked_and_listed() {
     let f = facade(&[]).await;
     let request = json!({"url": "https://example.com/a.png", "labels": {"team": "a"}});
-    let (status, body) = send(
-        &f.router,
-        "POST",
-        "/images/process",
-        Some(TOKEN),
-        Some(request),
-    )
-    .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    accepted(&f, request).await;
     let job = f.api.jobs(NS).pop().expect("the job");
     assert_eq!(job.labels().get("team").map(String::as_str), Some("a"));
     assert!(job.labels().contains_key(super::CLIENT_LABEL), "ours kept");
@@ -438,14 +441,7 @@ async fn labels_given_at_creation_are_set_checked_and_listed() {
         json!({"team": "not ok"}),
     ] {
         let request = json!({"url": "https://example.com/a.png", "labels": bad});
-        let (status, body) = send(
-            &f.router,
-            "POST",
-            "/images/process",
-            Some(TOKEN),
-            Some(request),
-        )
-        .await;
+        let (status, body) = post(&f, request).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert_eq!(body["error"]["field"], "labels");
     }

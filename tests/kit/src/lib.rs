@@ -333,17 +333,41 @@ pub fn executions(address: &str, workflow_id: &str) -> usize {
 /// Runs `kubectl` with `args` against the stack (its `KUBECONFIG`), failing the test with
 /// kubectl's words when it fails; what it printed.
 pub fn kubectl(args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .args(args)
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    try_kubectl(args, None, &[]).unwrap_or_else(|e| panic!("kubectl {}: {e}", args.join(" ")))
+}
+
+/// Runs `kubectl` with `args`, `input` on its stdin and `env` set: what it printed, or what it
+/// said on stderr when it failed.
+pub fn try_kubectl(
+    args: &[&str],
+    input: Option<&str>,
+    env: &[(&str, &str)],
+) -> Result<String, String> {
+    use std::{io::Write, process::Stdio};
+    let mut cmd = Command::new("kubectl");
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("running kubectl: {e}"))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(|e| format!("writing to kubectl: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for kubectl: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 /// The operator binary cargo built beside the running test or benchmark (in the profile's
