@@ -82,7 +82,7 @@ fn screenshots() -> std::path::PathBuf {
 }
 
 #[tokio::test]
-async fn the_jobs_page_submits_shows_products_cancels_and_keeps_user_text_as_text() {
+async fn the_jobs_page_submits_shows_products_filters_cancels_and_keeps_user_text_as_text() {
     let s = Setup::new("ui").await;
     let pictures = picture_server().await;
     let slow_search = Reply::ok(&[]).after(Duration::from_secs(120));
@@ -256,6 +256,41 @@ async fn the_jobs_page_submits_shows_products_cancels_and_keeps_user_text_as_tex
             WAIT,
         )
         .await;
+
+    // Filter by tag, then cancel every running job shown: only the tagged ones end cancelled.
+    let slow_job = |tag: &str| {
+        json!({"url": format!("{pictures}/img/slow-{tag}.svg"), "title": format!("Slow {tag}"),
+        "tags": [tag], "similarity_search": true})
+    };
+    let mut tagged = Vec::new();
+    for _ in 0..2 {
+        tagged.push(post_job(&facade, slow_job("bulk")).await);
+    }
+    let other = post_job(&facade, slow_job("keep")).await;
+    for id in tagged.iter().chain([&other]) {
+        let shown = format!(r#"{}[data-status="processing"]"#, card(id));
+        browser.wait_for(&shown, WAIT).await;
+    }
+    let filter = browser.wait_for("#tag-filter", WAIT).await;
+    browser.type_into(&filter, "bulk\u{E007}").await;
+    let hidden = format!("return document.querySelector('{}') === null", card(&other));
+    browser
+        .wait_until("only the tagged jobs shown", &hidden, WAIT)
+        .await;
+    browser.click_on("#cancel-shown", WAIT).await;
+    for id in &tagged {
+        let cancelled = format!(r#"{}[data-status="cancelled"]"#, card(id));
+        browser.wait_for(&cancelled, WAIT).await;
+    }
+    browser
+        .run(
+            "const f = document.querySelector('#tag-filter'); f.value = ''; \
+             f.dispatchEvent(new Event('change')); return true",
+            vec![],
+        )
+        .await;
+    let untouched = format!(r#"{}[data-status="processing"]"#, card(&other));
+    browser.wait_for(&untouched, WAIT).await;
 
     // User text renders as text: no element, no script, no dialog.
     let xss = post_job(
