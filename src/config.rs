@@ -392,6 +392,26 @@ pub struct WorkerTuningArgs {
     pub similarity_searches_per_second: Option<f64>,
 }
 
+/// `ns=weight,...`: each weight a number above zero.
+fn fairness_weights(text: &str) -> Result<std::collections::BTreeMap<String, f32>, String> {
+    text.split(',')
+        .filter(|part| !part.trim().is_empty())
+        .map(|part| {
+            let (ns, weight) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not ns=weight"))?;
+            let weight: f32 = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("{part:?}: the weight is not a number"))?;
+            if !(weight.is_finite() && weight > 0.0) {
+                return Err(format!("{part:?}: the weight must be above zero"));
+            }
+            Ok((ns.trim().to_owned(), weight))
+        })
+        .collect()
+}
+
 /// A rate above zero.
 fn positive_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
@@ -574,6 +594,11 @@ pub struct ControllerArgs {
     /// `imagejob.dev/release-without-cancel` releases one at once.
     #[arg(long, env = "CANCEL_ON_DELETE_TIMEOUT_SECS", default_value_t = 300)]
     pub cancel_on_delete_timeout_secs: u64,
+    /// Fairness weights of namespaces in Temporal's task queues, `ns=weight` comma-separated
+    /// (`team-a=2,batch=0.5`): a namespace's jobs get dispatch turns in proportion to its weight
+    /// (1 when not listed), so one namespace's backlog does not make the others wait.
+    #[arg(long, env = "FAIRNESS_WEIGHTS", value_parser = fairness_weights, default_value = "")]
+    pub fairness_weights: std::collections::BTreeMap<String, f32>,
     /// Once the watched jobs have fallen to a quarter of their peak, and that peak was at least
     /// this many, the controller is rebuilt so its caches give their memory back (0: never).
     #[arg(long, env = "CACHE_REBUILD_MIN_PEAK", default_value_t = 2048)]

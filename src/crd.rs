@@ -139,6 +139,11 @@ pub struct ImageJobSpec {
     /// within a few seconds, and the job ends `Cancelled` with the workflow's final state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<RequestedStatus>,
+    /// Priority of the job's workflow in Temporal's task queues: 1 (first) to 5 (last); 3 when
+    /// unset. Jobs of different namespaces also take turns (fairness), whatever their priority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 5))]
+    pub priority: Option<u8>,
 }
 
 /// Set to `Cancelled` to cancel the job and keep its record (as Tekton's `spec.status`): the
@@ -170,6 +175,12 @@ impl ImageJobSpec {
         let rest = url.split_once("://").map_or("", |(_, rest)| rest);
         if !scheme_ok || rest.is_empty() || url.contains(URL_FORBIDDEN) {
             return Err(InvalidField::new("url", "url must be an http or https URL"));
+        }
+        if self.priority.is_some_and(|p| !(1..=5).contains(&p)) {
+            return Err(InvalidField::new(
+                "priority",
+                "priority must be 1 (first) to 5 (last)",
+            ));
         }
         if self.title.as_ref().is_some_and(|t| t.len() > MAX_TITLE_LEN) {
             return Err(InvalidField::new(

@@ -7,7 +7,10 @@
 use crate::{
     crd::ImageJob,
     temporal::{
-        client::{ExecutionStatus, StartOutcome, TimelineEntry, WorkflowGateway, WorkflowSnapshot},
+        client::{
+            Dispatch, ExecutionStatus, StartOutcome, TimelineEntry, WorkflowGateway,
+            WorkflowSnapshot,
+        },
         contract::{ImageProcessingInput, WorkflowState},
         error::TemporalError,
     },
@@ -432,6 +435,7 @@ pub struct FakeGateway {
     workflows: Mutex<HashMap<String, Result<WorkflowSnapshot, TemporalError>>>,
     inputs: Mutex<HashMap<String, ImageProcessingInput>>,
     calls: Mutex<Vec<String>>,
+    dispatches: Mutex<HashMap<String, Dispatch>>,
     /// Every call fails with this when set.
     down: Mutex<Option<TemporalError>>,
 }
@@ -440,6 +444,11 @@ impl FakeGateway {
     /// What reads of workflow `id` answer from now on.
     pub fn set(&self, id: &str, snapshot: Result<WorkflowSnapshot, TemporalError>) {
         lock(&self.workflows).insert(id.to_owned(), snapshot);
+    }
+
+    /// How the workflow `id` was started to be dispatched.
+    pub fn dispatch_of(&self, id: &str) -> Option<Dispatch> {
+        lock(&self.dispatches).get(id).cloned()
     }
 
     /// Makes every call fail with `error` (`None`: answer again).
@@ -505,12 +514,14 @@ pub fn closed(execution: ExecutionStatus, state: WorkflowState) -> WorkflowSnaps
 
 #[async_trait]
 impl WorkflowGateway for FakeGateway {
-    async fn start(
+    async fn start_dispatched(
         &self,
         workflow_id: &str,
         input: ImageProcessingInput,
+        dispatch: Dispatch,
     ) -> Result<StartOutcome, TemporalError> {
         self.call("start", workflow_id)?;
+        lock(&self.dispatches).insert(workflow_id.to_owned(), dispatch);
         let already_started = lock(&self.workflows).contains_key(workflow_id);
         if !already_started {
             self.set(workflow_id, Ok(running(WorkflowState::default())));

@@ -146,6 +146,7 @@ pub async fn controller(
             concurrency: args.reconcile_concurrency,
             instance: Some(identity),
             release_after: Duration::from_secs(args.cancel_on_delete_timeout_secs),
+            fairness_weights: args.fairness_weights.clone(),
         },
         fence,
         held: HeldJobs::default(),

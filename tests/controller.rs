@@ -196,6 +196,33 @@ async fn a_title_within_the_schemas_characters_but_over_its_bytes_fails_without_
     assert!(!reasons.is_empty());
 }
 
+/// A job's priority and its namespace reach Temporal as the workflow's priority and fairness
+/// key (as the server records them: `temporal workflow describe`).
+#[tokio::test]
+async fn a_jobs_priority_and_namespace_reach_temporal_as_its_workflows_dispatch() {
+    let s = setup("priority").await;
+    let _worker = TestWorker::plain(&s.settings);
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let mut spec = kube_env::spec(false);
+    spec.priority = Some(1);
+    let created = create(&s.api, "urgent", spec).await;
+    wait_phase(&s.api, "urgent", Phase::Completed).await;
+    let workflow_id = created.workflow_id().expect("a uid");
+    let args = [
+        "workflow",
+        "describe",
+        "--output",
+        "json",
+        "--workflow-id",
+        &workflow_id,
+    ];
+    let described = support::temporal_cli(&s.settings.address(), &args).expect("describe");
+    let described: serde_json::Value = serde_json::from_str(&described).expect("JSON");
+    let priority = &described["workflowExecutionInfo"]["priority"];
+    assert_eq!(priority["priorityKey"], 1, "{described}");
+    assert_eq!(priority["fairnessKey"], s.ns.as_str(), "{described}");
+}
+
 #[tokio::test]
 async fn a_controller_killed_right_after_starting_a_workflow_never_starts_a_second() {
     let s = setup("crash").await;

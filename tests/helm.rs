@@ -273,15 +273,24 @@ fn the_plain_manifests_namespace_enforces_the_restricted_pod_security_standard()
 #[test]
 fn every_optional_part_renders() {
     let objects = render(&json!({
-        "controller": {"watchNamespaces": ["team-a", "team-b"]},
+        "controller": {"watchNamespaces": ["team-a", "team-b"],
+                       "fairnessWeights": {"team-a": 2, "team-b": 0.5}},
         "worker": {"autoscaling": {"enabled": true}, "lykdat": {"existingSecret": "lykdat"},
-                   "metadataStore": {"backend": "couchbase"}},
+                   "metadataStore": {"backend": "couchbase"},
+                   "similarity": {"searchesPerSecond": 5}},
         "facade": {"ingress": {"enabled": true, "className": "nginx", "tls": [{"hosts": ["imagejobs.example.com"], "secretName": "tls"}]},
                    "jobNamespace": "jobs"},
         "serviceMonitor": {"enabled": true},
         "nodeSelector": {"pool": "ops"}, "tolerations": [{"key": "ops", "operator": "Exists"}],
         "podDisruptionBudget": {"enabled": true},
     }));
+    let controller = env_of(&objects, "controller");
+    assert_eq!(
+        controller["FAIRNESS_WEIGHTS"]["value"],
+        "team-a=2,team-b=0.5"
+    );
+    let worker = env_of(&objects, "worker");
+    assert_eq!(worker["SIMILARITY_SEARCHES_PER_SECOND"]["value"], "5");
     // One budget per role, over exactly that role's pods.
     for role in ["controller", "facade", "worker"] {
         let budget = &objects[&format!("PodDisruptionBudget/imagejob-operator-{role}")];

@@ -10,7 +10,10 @@ use super::{
 };
 use crate::{
     crd::{CONDITION_SPEC_APPLIED, FIELD_MANAGER, ImageJob, ImageJobStatus, Phase},
-    temporal::{client::WorkflowSnapshot, error::TemporalError},
+    temporal::{
+        client::{Dispatch, WorkflowSnapshot},
+        error::TemporalError,
+    },
 };
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
@@ -202,7 +205,7 @@ async fn observe(
     if current.run_id.is_none() && may_start && !ctx.watches.is_watched(id) {
         let outcome = ctx
             .gateway
-            .start(id, status::workflow_input(&job.spec))
+            .start_dispatched(id, status::workflow_input(&job.spec), dispatch(job, ctx))
             .await?;
         match outcome.run_id {
             Some(run_id) if !outcome.already_started => {
@@ -215,6 +218,17 @@ async fn observe(
     }
     let snapshot = ctx.gateway.snapshot(id).await?;
     Ok(Observed::Now(Box::new(snapshot)))
+}
+
+/// How the job's workflow is dispatched: its priority, and its namespace as the fairness key
+/// (weighted as configured), so a namespace with a backlog does not hold the others back.
+fn dispatch(job: &ImageJob, ctx: &Context) -> Dispatch {
+    let namespace = job.namespace().unwrap_or_default();
+    Dispatch {
+        priority: job.spec.priority.map(u32::from),
+        fairness_weight: ctx.settings.fairness_weights.get(&namespace).copied(),
+        fairness_key: Some(namespace),
+    }
 }
 
 /// Writes the status by server-side apply when it changed; returns whether it wrote.

@@ -33,6 +33,8 @@ pub struct Settings {
     /// How long a deleted job waits for its workflow to be cancelled before it is released
     /// anyway (with a Warning event).
     pub release_after: Duration,
+    /// Fairness weight of each namespace's jobs in Temporal's task queues (1 when absent).
+    pub fairness_weights: std::collections::BTreeMap<String, f32>,
 }
 
 /// What every reconcile shares.

@@ -37,6 +37,7 @@ fn context(api: &FakeApiServer, gateway: &Arc<FakeGateway>) -> Arc<Context> {
             concurrency: 4,
             instance: Some("scenario".into()),
             release_after: Duration::from_secs(300),
+            fairness_weights: [("team-a".to_owned(), 2.0)].into(),
         },
         reporter: Reporter {
             controller: "imagejob-operator".into(),
@@ -361,4 +362,34 @@ async fn a_replica_that_lost_its_lease_touches_nothing() {
     assert!(gateway.calls().is_empty());
     let writes = api.seen().into_iter().filter(|s| s.method != "GET").count();
     assert_eq!(writes, 0);
+}
+
+#[tokio::test]
+async fn a_workflow_is_dispatched_by_its_jobs_priority_and_namespace() {
+    let (api, gateway, ctx) = fakes();
+    let urgent = ImageJobSpec {
+        priority: Some(1),
+        ..spec()
+    };
+    let new = job("urgent", urgent, true);
+    api.put(&new);
+
+    reconcile_now(&api, &ctx, "urgent")
+        .await
+        .expect("reconcile");
+
+    let dispatch = gateway
+        .dispatch_of(&workflow_id(&new))
+        .expect("started with a dispatch");
+    assert_eq!(dispatch.priority, Some(1));
+    assert_eq!(
+        dispatch.fairness_key.as_deref(),
+        Some(NS),
+        "the namespace is the key"
+    );
+    assert_eq!(
+        dispatch.fairness_weight,
+        Some(2.0),
+        "the namespace's configured weight"
+    );
 }

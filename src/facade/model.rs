@@ -45,6 +45,10 @@ pub struct ProcessRequest {
     /// Run the similarity search; the facade's configured default when absent.
     #[serde(default)]
     pub similarity_search: Option<bool>,
+    /// Priority of the job's workflow: 1 (first) to 5 (last); 3 when absent.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 5)]
+    pub priority: Option<u8>,
     /// Labels of the job, for `label_selector` in the list and the bulk actions: at most 16,
     /// keys and values Kubernetes label names (1 to 63 characters, alphanumerics with `-_.`
     /// inside; keys without a prefix), values may be empty.
@@ -91,6 +95,7 @@ impl ProcessRequest {
             similarity_search: self.similarity_search.unwrap_or(similarity_default),
             ttl_seconds_after_finished: None,
             status: None,
+            priority: self.priority,
         };
         spec.validate()
             .map_err(|e| ApiError::field_error(e.field, e.message))?;
@@ -378,6 +383,7 @@ mod tests {
             tags: None,
             similarity_search: None,
             labels: None,
+            priority: None,
         }
     }
 

@@ -4,7 +4,7 @@
 use super::{
     closed::{self, Closed},
     history::{HistoryStep, TimelineEntry, history_step, report_time, timeline},
-    snapshot::{ExecutionStatus, StartOutcome, WorkflowSnapshot},
+    snapshot::{Dispatch, ExecutionStatus, StartOutcome, WorkflowSnapshot},
 };
 use crate::temporal::{
     connection::{CREDENTIALS_RECHECK, CredentialsFingerprint, TemporalSettings, connect},
@@ -56,6 +56,17 @@ pub trait WorkflowGateway: Send + Sync {
         &self,
         workflow_id: &str,
         input: ImageProcessingInput,
+    ) -> Result<StartOutcome, TemporalError> {
+        self.start_dispatched(workflow_id, input, Dispatch::default())
+            .await
+    }
+    /// [`WorkflowGateway::start`], its tasks dispatched by `dispatch`: a priority, and a
+    /// fairness key with its weight.
+    async fn start_dispatched(
+        &self,
+        workflow_id: &str,
+        input: ImageProcessingInput,
+        dispatch: Dispatch,
     ) -> Result<StartOutcome, TemporalError>;
     /// Starts the removal of the images the workflow catalogued (its job was deleted): a
     /// `ForgetCatalogImage` workflow on the similarity queue, one per job (a repeat is a no-op).
@@ -245,13 +256,15 @@ async fn follow_steps(
 
 #[async_trait]
 impl WorkflowGateway for TemporalGateway {
-    async fn start(
+    async fn start_dispatched(
         &self,
         workflow_id: &str,
         input: ImageProcessingInput,
+        dispatch: Dispatch,
     ) -> Result<StartOutcome, TemporalError> {
         let options = WorkflowStartOptions::new(self.settings.task_queue.clone(), workflow_id)
             .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+            .priority(dispatch.priority())
             .build();
         match self
             .client()

@@ -8,4 +8,4 @@ mod snapshot;
 
 pub use gateway::{TemporalGateway, WorkflowGateway};
 pub use history::TimelineEntry;
-pub use snapshot::{ExecutionStatus, StartOutcome, WorkflowSnapshot};
+pub use snapshot::{Dispatch, ExecutionStatus, StartOutcome, WorkflowSnapshot};

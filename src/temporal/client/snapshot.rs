@@ -16,6 +16,30 @@ pub struct StartOutcome {
     pub already_started: bool,
 }
 
+/// How Temporal dispatches a workflow's tasks (workflow and activity tasks alike): a priority
+/// (1 first, 5 last; the server's default 3 when unset), and a fairness key with its weight, so
+/// a key with a backlog does not make the others wait behind it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Dispatch {
+    /// Priority, 1 (first) to 5 (last).
+    pub priority: Option<u32>,
+    /// Fairness key: tasks of different keys are dispatched in turn, by weight.
+    pub fairness_key: Option<String>,
+    /// The key's weight (1 when unset).
+    pub fairness_weight: Option<f32>,
+}
+
+impl Dispatch {
+    /// As the client sends it.
+    pub fn priority(&self) -> temporalio_common::Priority {
+        temporalio_common::Priority::builder()
+            .maybe_priority_key(self.priority)
+            .maybe_fairness_key(self.fairness_key.clone())
+            .maybe_fairness_weight(self.fairness_weight)
+            .build()
+    }
+}
+
 /// How a workflow execution stands, in Temporal's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecutionStatus {

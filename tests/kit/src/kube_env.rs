@@ -78,8 +78,7 @@ pub fn spec(similarity_search: bool) -> ImageJobSpec {
         description: Some("Blue shirt".into()),
         tags: vec!["clothing".into(), "shirt".into()],
         similarity_search,
-        ttl_seconds_after_finished: None,
-        status: None,
+        ..Default::default()
     }
 }
 
@@ -220,6 +219,7 @@ impl InProcessController {
                 concurrency: 32,
                 instance: Some("in-process".into()),
                 release_after: Duration::from_secs(300),
+                fairness_weights: Default::default(),
             },
             fence: WriteFence::open(),
             held: HeldJobs::default(),
