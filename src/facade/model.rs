@@ -45,16 +45,30 @@ pub struct ProcessRequest {
     /// Run the similarity search; the facade's configured default when absent.
     #[serde(default)]
     pub similarity_search: Option<bool>,
-    /// Priority of the job's workflow: 1 (first) to 5 (last); 3 when absent.
+    /// Priority of the job's workflow: 1 (first) to 5 (last); 3 when absent. A JSON number
+    /// with no fraction (`5` or `5.0`, as JSON Schema counts integers).
     #[serde(default)]
-    #[schema(minimum = 1, maximum = 5)]
-    pub priority: Option<u8>,
+    #[schema(value_type = Option<u8>, minimum = 1, maximum = 5)]
+    pub priority: Option<serde_json::Number>,
     /// Labels of the job, for `label_selector` in the list and the bulk actions: at most 16,
     /// keys and values Kubernetes label names (1 to 63 characters, alphanumerics with `-_.`
     /// inside; keys without a prefix), values may be empty.
     #[serde(default)]
     #[schema(schema_with = user_labels_schema)]
     pub labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A priority as the request gave it: an integer from 1 to 5, written with or without `.0`.
+fn priority_of(number: &serde_json::Number) -> Result<u8, ApiError> {
+    let value = number.as_f64().unwrap_or(f64::NAN);
+    if value.fract() == 0.0 && (1.0..=5.0).contains(&value) {
+        Ok(value as u8)
+    } else {
+        Err(ApiError::field_error(
+            "priority",
+            format!("priority must be an integer from 1 (first) to 5 (last), not {number}"),
+        ))
+    }
 }
 
 /// The schema of `ProcessRequest::labels`.
@@ -95,7 +109,7 @@ impl ProcessRequest {
             similarity_search: self.similarity_search.unwrap_or(similarity_default),
             ttl_seconds_after_finished: None,
             status: None,
-            priority: self.priority,
+            priority: self.priority.as_ref().map(priority_of).transpose()?,
         };
         spec.validate()
             .map_err(|e| ApiError::field_error(e.field, e.message))?;
@@ -355,6 +369,16 @@ pub struct CancelResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_priority_is_an_integer_from_1_to_5_with_or_without_a_fraction_of_zero() {
+        let number = |text: &str| serde_json::from_str::<serde_json::Number>(text).unwrap();
+        assert_eq!(priority_of(&number("1")).ok(), Some(1));
+        assert_eq!(priority_of(&number("5.0")).ok(), Some(5));
+        for bad in ["0", "6", "2.5", "-1", "1e3"] {
+            assert!(priority_of(&number(bad)).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_openapi_document_says_the_patterns_the_facade_checks() {
