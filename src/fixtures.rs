@@ -11,7 +11,7 @@ use crate::{
             Dispatch, ExecutionStatus, StartOutcome, TimelineEntry, WorkflowGateway,
             WorkflowSnapshot,
         },
-        contract::{ImageProcessingInput, WorkflowState},
+        contract::{ImageProcessingInput, ProcessingStatus, WorkflowState},
         error::TemporalError,
     },
 };
@@ -583,5 +583,28 @@ impl WorkflowGateway for FakeGateway {
             .get(workflow_id)
             .cloned()
             .ok_or(TemporalError::NotFound)
+    }
+
+    /// Resumes the workflow as a new run, `<run_id>-resumed`, running with the state it had.
+    async fn resume(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        _request_id: &str,
+    ) -> Result<String, TemporalError> {
+        self.call("resume", workflow_id)?;
+        let before = self.read(workflow_id)?;
+        let resumed = format!("{run_id}-resumed");
+        let mut state = before.state.unwrap_or_default();
+        state.status = ProcessingStatus::Processing;
+        state.error = None;
+        self.set(
+            workflow_id,
+            Ok(WorkflowSnapshot {
+                run_id: Some(resumed.clone()),
+                ..running(state)
+            }),
+        );
+        Ok(resumed)
     }
 }

@@ -723,3 +723,124 @@ async fn a_watch_too_old_for_a_restarted_apiserver_lists_again_and_goes_on() {
         "the relist holds every job: {relisted:?}"
     );
 }
+
+/// The embedded store, counting the documents written.
+struct CountingStore {
+    inner: imagejob_operator::store::EmbeddedStore,
+    writes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait]
+impl MetadataStore for CountingStore {
+    async fn upsert(&self, doc: &ImageDocument) -> Result<(), StoreError> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.upsert(doc).await
+    }
+    async fn get(&self, id: &str) -> Result<Option<ImageDocument>, StoreError> {
+        self.inner.get(id).await
+    }
+}
+
+/// Retry from the failed step, the kubectl way: a job whose search failed (Lykdat refused the
+/// key) is retried by raising `spec.retry`; the same workflow resumes at the search, the stored
+/// document is not written again, the attempt that failed is kept in the status; a raise on the
+/// completed job is refused with an event and changes nothing.
+#[tokio::test]
+async fn a_failed_search_retried_by_spec_resumes_at_the_search_and_stores_the_document_once() {
+    let s = setup("retry").await;
+    let fake = FakeLykdat::start(vec![
+        Reply::error(401, "invalid api key"),
+        Reply::ok(&[("Blue Oxford", 0.93)]),
+    ])
+    .await;
+    let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lykdat = support::lykdat_client(
+        &fake.base_url,
+        Some(support::LYKDAT_KEY),
+        Duration::from_secs(10),
+    );
+    let counted = writes.clone();
+    let _worker = TestWorker::start(
+        &s.settings,
+        imagejob_operator::similarity::SimilarityBackend::Lykdat(lykdat),
+        move |inner| {
+            Arc::new(CountingStore {
+                inner,
+                writes: counted,
+            })
+        },
+    );
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    create(&s.api, "shirt", kube_env::spec(true)).await;
+    let failed = wait_phase(&s.api, "shirt", Phase::Failed).await;
+    let failed = failed.status.expect("status");
+    assert!(failed.metadata_stored, "{failed:?}");
+    assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    support::kubectl(&[
+        "patch",
+        "ij",
+        "shirt",
+        "-n",
+        &s.ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"retry":1}}"#,
+    ]);
+    let done = wait_phase(&s.api, "shirt", Phase::Completed).await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(status.workflow_id, failed.workflow_id, "the same workflow");
+    assert_ne!(status.run_id, failed.run_id, "a new run of it");
+    assert_eq!(status.image_id, failed.image_id, "the stored document's id");
+    assert_eq!(
+        writes.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the document is not written again"
+    );
+    assert_eq!(fake.requests().len(), 2, "the search ran again, once");
+    let similarity = status.similarity.clone().expect("similarity");
+    assert_eq!(similarity.top_matches[0].name, "Blue Oxford");
+    assert_eq!((status.attempt(), status.observed_retry), (2, Some(1)));
+    let first = &status.earlier_attempts()[0];
+    assert_eq!((first.attempt, first.phase), (1, Phase::Failed));
+    assert_eq!(first.run_id, failed.run_id);
+    assert!(
+        first
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("invalid api key"),
+        "{first:?}"
+    );
+    let history = support::cli_history(&s.settings.address(), &failed.workflow_id.clone().unwrap());
+    assert!(
+        history
+            .to_string()
+            .contains("WORKFLOW_TASK_FAILED_CAUSE_RESET_WORKFLOW"),
+        "the new run is Temporal's reset of the failed one"
+    );
+
+    // The job completed: a further raise is refused, once, and nothing runs.
+    support::kubectl(&[
+        "patch",
+        "ij",
+        "shirt",
+        "-n",
+        &s.ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"retry":2}}"#,
+    ]);
+    let refused = wait_job(&s.api, "shirt", "the retry refused", JOB_WAIT, |job| {
+        job.status.as_ref().and_then(|s| s.observed_retry) == Some(2)
+    })
+    .await;
+    assert_eq!(refused.phase(), Phase::Completed);
+    let reasons = kube_env::event_reasons(&s.client, &s.ns, "shirt").await;
+    assert!(reasons.contains(&"Retrying".to_owned()), "{reasons:?}");
+    assert!(reasons.contains(&"RetryRefused".to_owned()), "{reasons:?}");
+    assert_eq!(fake.requests().len(), 2);
+}

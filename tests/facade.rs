@@ -459,6 +459,89 @@ async fn delete_cancels_a_running_job() {
     assert_eq!(workflow.execution, ExecutionStatus::Cancelled);
 }
 
+/// Retry through the facade: a job cancelled during its search is retried by `POST .../retry`;
+/// the same workflow resumes at the search (the document stays, the image id too) and completes;
+/// its status lists both attempts; a retry of the completed job is a 409 naming why.
+#[tokio::test]
+async fn a_job_cancelled_mid_search_is_retried_by_post_and_completes_with_both_attempts() {
+    let (s, facade) = setup("retry").await;
+    let fake = FakeLykdat::start(vec![
+        Reply::ok(&[]).after(Duration::from_secs(120)),
+        Reply::ok(&[("Blue Oxford", 0.93)]),
+    ])
+    .await;
+    let _worker = TestWorker::with_lykdat(&s.settings, &fake.base_url, Duration::from_secs(150));
+    let _controller = InProcessController::start(&s.client, &s.settings, &s.ns).await;
+    let mut body = valid();
+    body["similarity_search"] = json!(true);
+    let (_, accepted) = post(&facade, &body).await;
+    let workflow_id = accepted["workflow_id"].as_str().unwrap().to_owned();
+    let path = |action: &str| facade.url(&format!("/images/workflow/{workflow_id}/{action}"));
+    eventually(
+        "the similarity search to run",
+        Duration::from_secs(60),
+        || async { (!fake.requests().is_empty()).then_some(()) },
+    )
+    .await;
+    let r = facade.http.post(path("cancel")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let status_path = format!("/images/workflow/{workflow_id}/status");
+    let cancelled = eventually(
+        "the job to end cancelled",
+        Duration::from_secs(60),
+        || async {
+            let status = facade.get_json(&status_path).await;
+            (status["state"]["status"] == "cancelled").then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(cancelled["state"]["metadata_stored"], true, "{cancelled}");
+
+    let r = facade.http.post(path("retry")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let retried: Value = r.json().await.unwrap();
+    assert_eq!(
+        (retried["attempt"].as_u64(), retried["status"].as_str()),
+        (Some(2), Some("retrying"))
+    );
+    let done = eventually(
+        "the retried job to complete",
+        Duration::from_secs(60),
+        || async {
+            let status = facade.get_json(&status_path).await;
+            (status["state"]["status"] == "completed").then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(
+        done["state"]["image_id"], cancelled["state"]["image_id"],
+        "{done}"
+    );
+    assert_eq!(done["state"]["similarity_search_completed"], true, "{done}");
+    let attempts = done["attempts"].as_array().expect("attempts");
+    let outcomes: Vec<_> = attempts
+        .iter()
+        .map(|a| (a["attempt"].as_u64(), a["status"].as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [(Some(1), Some("cancelled")), (Some(2), Some("completed"))],
+        "{done}"
+    );
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["started_at"].is_string() && a["finished_at"].is_string()),
+        "{done}"
+    );
+    assert_eq!(fake.requests().len(), 2, "the search ran again, once");
+
+    let r = facade.http.post(path("retry")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let refused: Value = r.json().await.unwrap();
+    assert_eq!(refused["error"]["code"], "not_retryable", "{refused}");
+}
+
 /// Filters and bulk actions on the real stack: jobs posted with labels and tags, the list
 /// filtered by each, and a bulk cancel by label selector that cancels the running jobs of one
 /// team the way a single cancel does (they end `cancelled`) and leaves the other team's.
@@ -819,6 +902,7 @@ async fn the_api_explorer_loads_offline_in_chromium_and_lists_every_operation() 
             "/images/workflow/{workflow_id}",
             "/images/workflow/{workflow_id}/cancel",
             "/images/workflow/{workflow_id}/result",
+            "/images/workflow/{workflow_id}/retry",
             "/images/workflow/{workflow_id}/status",
             "/images/workflow/{workflow_id}/timeline",
             "/images/workflows",

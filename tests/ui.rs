@@ -256,6 +256,15 @@ async fn the_jobs_page_submits_shows_products_filters_cancels_and_keeps_user_tex
             WAIT,
         )
         .await;
+    // Retry from the page: the cancelled job runs again (its search, slow again).
+    let cancelled = format!(r#"{}[data-status="cancelled"] button.retry"#, card(&slow));
+    browser.click_on(&cancelled, WAIT).await;
+    browser
+        .wait_for(
+            &format!(r#"{}[data-status="processing"]"#, card(&slow)),
+            WAIT,
+        )
+        .await;
 
     // Filter by tag, then cancel every running job shown: only the tagged ones end cancelled.
     let slow_job = |tag: &str| {

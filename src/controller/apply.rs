@@ -5,7 +5,7 @@ use super::{
     cancel,
     context::{Context, workflow_id},
     error::{Error, Result},
-    status,
+    retry, status,
     watches::Started,
 };
 use crate::{
@@ -39,11 +39,14 @@ const POLLED_RESYNC: Duration = Duration::from_secs(5);
 /// busy or absent workers is seen started. Under load most jobs wait in Temporal's queue for
 /// seconds and then run in well under one: with 2 s here, jobs at 32 in flight got 1.5 status
 /// writes each on average (1.0 at 4 in flight).
-const FIRST_WRITE_AFTER: Duration = Duration::from_secs(10);
+pub(super) const FIRST_WRITE_AFTER: Duration = Duration::from_secs(10);
 
 pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
     let uid = job.uid().ok_or(Error::MissingUid)?;
     let id = workflow_id(&job)?;
+    if job.retry_pending() {
+        return retry::retry(job, ctx).await;
+    }
     if job.phase().is_terminal() {
         // A watch may still report the close it saw after the job was finished from a read.
         ctx.watches.forget(&id);
@@ -236,7 +239,7 @@ fn dispatch(job: &ImageJob, ctx: &Context) -> Dispatch {
 /// The write is conditional on the resourceVersion the decision was made from, so it can never
 /// land on a job that changed since, such as one a newer leader already finished: on a conflict
 /// the job is read again, and a job that is terminal by then is left as it is.
-async fn write_status(
+pub(super) async fn write_status(
     job: &ImageJob,
     current: &ImageJobStatus,
     desired: &ImageJobStatus,
@@ -318,7 +321,7 @@ async fn announce(job: &ImageJob, status: &ImageJobStatus, ctx: &Context) {
     }
 }
 
-fn requeue_for_ttl(job: &ImageJob, status: &ImageJobStatus) -> Action {
+pub(super) fn requeue_for_ttl(job: &ImageJob, status: &ImageJobStatus) -> Action {
     let mut finished = job.clone();
     finished.status = Some(status.clone());
     match status::ttl_deadline(&finished) {

@@ -88,11 +88,15 @@ pub(super) fn trigger_fingerprint(job: &ImageJob) -> Option<u64> {
 
 /// What the cache keeps of a job: what [`ImageJob::trim_for_cache`] keeps and, of a finished
 /// job, only what its reconcile reads (metadata, phase, completion time, TTL, and whether it
-/// searched: its cleanup then removes its image from the catalog). The finished jobs
+/// searched: its cleanup then removes its image from the catalog), unless it is to be retried. The finished jobs
 /// cached are those with a TTL or being deleted (the others are [settled](SettledJobs)), and no
 /// write is ever made from a finished job's cached status.
 pub(super) fn keep_for_reconcile(job: &mut ImageJob) {
     job.trim_for_cache();
+    if job.retry_pending() {
+        // Its retry reads and records the whole status.
+        return;
+    }
     if let Some(status) = job.status.as_mut().filter(|s| s.phase.is_terminal()) {
         *status = ImageJobStatus {
             phase: status.phase,
@@ -153,6 +157,18 @@ mod tests {
         assert_eq!(
             status::ttl_deadline(&cached),
             status::ttl_deadline(&job(Phase::Completed))
+        );
+    }
+
+    #[test]
+    fn a_finished_job_to_be_retried_is_cached_whole() {
+        let mut retried = job(Phase::Failed);
+        retried.spec.retry = Some(1);
+        let mut cached = retried.clone();
+        keep_for_reconcile(&mut cached);
+        assert_eq!(
+            (&cached.spec, &cached.status),
+            (&retried.spec, &retried.status)
         );
     }
 

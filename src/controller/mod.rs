@@ -3,7 +3,7 @@
 //!
 //! Its files, bottom up: [`error`] and the pure [`status`] mapping; the per-job bookkeeping
 //! (`backoff`, `watches`, `settled`) and the [`context`] every reconcile shares; the steps
-//! (`claim`, `apply`, `cancel`, `cleanup`) and `reconcile` calling them; the cache (`jobs`,
+//! (`claim`, `apply`, `cancel`, `retry`, `cleanup`) and `reconcile` calling them; the cache (`jobs`,
 //! `namespaces`) and one controller `run`; leader election (`leader`) and the `lifecycle` that
 //! runs, stops and rebuilds the controller (`compaction`) as leadership and memory require.
 
@@ -22,6 +22,7 @@ mod lifecycle;
 mod metrics;
 mod namespaces;
 mod reconcile;
+mod retry;
 mod run;
 #[cfg(test)]
 mod scenarios;

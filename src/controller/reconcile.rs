@@ -27,10 +27,12 @@ pub(super) async fn reconcile(job: Arc<ImageJob>, ctx: Arc<Context>) -> Result<A
     let api: Api<ImageJob> =
         Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     // A job that is already finished without our finalizer (restored from a backup, say) has
-    // no workflow to cancel: it gets none, so a start over many such jobs writes nothing.
+    // no workflow to cancel: it gets none, so a start over many such jobs writes nothing; unless
+    // it is to be retried (its workflow runs again).
     let settled = job.phase().is_terminal()
         && job.metadata.deletion_timestamp.is_none()
-        && !job.finalizers().iter().any(|f| f == FINALIZER);
+        && !job.finalizers().iter().any(|f| f == FINALIZER)
+        && !job.retry_pending();
     let result = if settled {
         apply::apply(job, &ctx).await
     } else {

@@ -393,3 +393,80 @@ async fn a_workflow_is_dispatched_by_its_jobs_priority_and_namespace() {
         "the namespace's configured weight"
     );
 }
+
+/// A job whose workflow failed after storing its document, as its status says.
+fn failed(name: &str, gateway: &FakeGateway) -> ImageJob {
+    let mut job = started(name, spec(), gateway);
+    let state = WorkflowState {
+        error: Some("invalid api key".into()),
+        ..stored()
+    };
+    gateway.set(
+        &workflow_id(&job),
+        Ok(closed(ExecutionStatus::Failed, state)),
+    );
+    let status = job.status.as_mut().expect("a status");
+    status.phase = Phase::Failed;
+    status.image_id = Some("img-1".into());
+    status.metadata_stored = true;
+    status.error = Some("invalid api key".into());
+    job
+}
+
+#[tokio::test]
+async fn a_raised_retry_resumes_a_failed_job_once_and_records_the_attempt() {
+    let (api, gateway, ctx) = fakes();
+    let mut job = failed("shirt", &gateway);
+    job.spec.retry = Some(1);
+    api.put(&job);
+
+    reconcile_now(&api, &ctx, "shirt").await.expect("reconcile");
+    reconcile_now(&api, &ctx, "shirt").await.expect("again");
+
+    assert_eq!(gateway.count("resume"), 1, "one raise, one resume");
+    let resumed = api.job(NS, "shirt").expect("the job");
+    let status = resumed.status.clone().expect("a status");
+    assert_eq!(status.phase, Phase::Processing);
+    assert_eq!(status.run_id.as_deref(), Some("run-1-resumed"));
+    assert_eq!(status.observed_retry, Some(1));
+    assert_eq!(status.attempt(), 2);
+    let first = &status.earlier_attempts()[0];
+    assert_eq!(
+        (first.phase, first.error.as_deref()),
+        (Phase::Failed, Some("invalid api key"))
+    );
+    assert_eq!(
+        status.image_id.as_deref(),
+        Some("img-1"),
+        "what completed stays"
+    );
+    assert_eq!(api.event_reasons(), vec!["Retrying"]);
+
+    // The resumed run completes: the job completes, its attempts kept.
+    gateway.set(
+        &workflow_id(&resumed),
+        Ok(closed(ExecutionStatus::Completed, stored())),
+    );
+    reconcile_now(&api, &ctx, "shirt").await.expect("reconcile");
+    let done = api.job(NS, "shirt").expect("the job");
+    assert_eq!(done.phase(), Phase::Completed);
+    assert_eq!(done.status.expect("status").earlier_attempts().len(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_of_a_completed_job_is_refused_once_and_changes_nothing() {
+    let (api, gateway, ctx) = fakes();
+    let mut job = started("shirt", spec(), &gateway);
+    job.status.as_mut().expect("status").phase = Phase::Completed;
+    job.spec.retry = Some(1);
+    api.put(&job);
+
+    reconcile_now(&api, &ctx, "shirt").await.expect("reconcile");
+    reconcile_now(&api, &ctx, "shirt").await.expect("again");
+
+    assert_eq!(gateway.count("resume"), 0);
+    let held = api.job(NS, "shirt").expect("the job");
+    assert_eq!(held.phase(), Phase::Completed);
+    assert_eq!(held.status.expect("status").observed_retry, Some(1));
+    assert_eq!(api.event_reasons(), vec!["RetryRefused"], "refused once");
+}

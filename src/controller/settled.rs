@@ -105,12 +105,14 @@ impl SettledJobs {
     }
 }
 
-/// The uid and phase of a settled job: finished, no TTL after finishing, not being deleted.
+/// The uid and phase of a settled job: finished, no TTL after finishing, not being deleted, no
+/// retry asked for.
 fn settled(job: &ImageJob) -> Option<(Uuid, Phase)> {
     let phase = job.phase();
     let settled = phase.is_terminal()
         && job.spec.ttl_seconds_after_finished.is_none()
-        && job.metadata.deletion_timestamp.is_none();
+        && job.metadata.deletion_timestamp.is_none()
+        && !job.retry_pending();
     settled
         .then(|| job.uid_key().map(|uid| (uid, phase)))
         .flatten()
@@ -175,8 +177,13 @@ mod tests {
         // Job 1 finishes; job 5 is created finished (restored from a backup, say).
         events.push(Event::Apply(job(1, Phase::Cancelled)));
         events.push(Event::Apply(job(5, Phase::Completed)));
+        // Job 6 failed and is to be retried: it comes back.
+        events.push(Event::Apply(job(6, Phase::Failed)));
+        let mut retried = job(6, Phase::Failed);
+        retried.spec.retry = Some(1);
+        events.push(Event::Apply(retried));
         let cached = feed(&settled, events);
-        assert_eq!(cached, ["job-3", "job-4"]);
+        assert_eq!(cached, ["job-3", "job-4", "job-6"]);
         let counts = settled.phase_counts();
         assert_eq!(counts.get(&Phase::Completed), Some(&2));
         assert_eq!(counts.get(&Phase::Cancelled), Some(&1));

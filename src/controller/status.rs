@@ -274,7 +274,7 @@ fn succeeded_condition(
 }
 
 /// Sets a condition; `lastTransitionTime` only moves when its status changes.
-fn set_condition(
+pub(super) fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
     status: &str,

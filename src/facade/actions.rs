@@ -68,6 +68,60 @@ pub async fn cancel(
     Ok(())
 }
 
+/// Asks for `job` to be retried: raises `spec.retry` (and clears a `spec.status: Cancelled`) on
+/// a failed or cancelled job; returns the number of the attempt the retry starts. A retry
+/// already asked for and not yet acted on is not asked again.
+pub async fn retry(
+    state: &FacadeState,
+    job: &ImageJob,
+    workflow_id: &str,
+) -> Result<u32, ApiError> {
+    let not_retryable = |job: &ImageJob| ApiError::NotRetryable {
+        workflow_id: workflow_id.to_owned(),
+        status: job.phase().processing_status(),
+    };
+    let attempt = |job: &ImageJob| job.status.as_ref().map_or(1, |s| s.attempt());
+    if job.retry_pending() {
+        return Ok(attempt(job).saturating_add(1));
+    }
+    if !job.retryable() {
+        return Err(not_retryable(job));
+    }
+    // Conditional on the job not having changed since it was read: a retry acted on in between
+    // is not asked for twice.
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": job.resource_version()},
+        "spec": {"retry": job.spec.retry.unwrap_or(0) + 1, "status": null},
+    });
+    let patched = state
+        .api
+        .patch(
+            &job.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await;
+    match patched {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            return Err(ApiError::NotFound(workflow_id.to_owned()));
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let fresh = state.api.get(&job.name_any()).await?;
+            if !fresh.runs(workflow_id) {
+                return Err(ApiError::NotFound(workflow_id.to_owned()));
+            }
+            if fresh.retry_pending() {
+                return Ok(attempt(&fresh).saturating_add(1));
+            }
+            return Err(not_retryable(&fresh));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(name = %job.name_any(), %workflow_id, "retry requested");
+    Ok(attempt(job).saturating_add(1))
+}
+
 /// Deletes `job`; the controller cancels its running workflow first. Its status and result
 /// stay readable from Temporal.
 pub async fn delete(

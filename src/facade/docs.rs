@@ -16,9 +16,10 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 #[derive(OpenApi)]
 #[openapi(
     info(title = "imagejob-operator facade", description = "The image-processing REST API over ImageJobs."),
-    paths(routes::process, routes::status, routes::result, routes::cancel, routes::delete, routes::list, routes::timeline, routes::summary, bulk::cancel, bulk::delete, events::events),
+    paths(routes::process, routes::status, routes::result, routes::cancel, routes::retry, routes::delete, routes::list, routes::timeline, routes::summary, bulk::cancel, bulk::delete, events::events),
     components(schemas(model::ProcessRequest, model::Tag, model::ProcessResponse, model::StatusResponse, model::StateView,
         model::ResultResponse, model::ListResponse, model::WorkflowSummary, model::CancelResponse,
+        model::RetryResponse, model::AttemptView,
         model::TimelineResponse, model::TimelineStep, model::ListOrder, bulk::BulkResponse, bulk::Skipped,
         error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth)

@@ -83,6 +83,14 @@ pub enum ApiError {
         /// How it ended.
         status: ProcessingStatus,
     },
+    /// Only a failed or cancelled job whose workflow started can be retried.
+    #[error("workflow {workflow_id} is {status}; only a failed or cancelled job can be retried")]
+    NotRetryable {
+        /// The workflow.
+        workflow_id: String,
+        /// Where it stands.
+        status: ProcessingStatus,
+    },
     /// A dependency (apiserver, Temporal) cannot be reached.
     #[error("{0} unavailable")]
     Unavailable(String),
@@ -158,6 +166,7 @@ impl ApiError {
             ApiError::TooManyJobs { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_jobs"),
             ApiError::IdempotencyKeyReused => (StatusCode::CONFLICT, "idempotency_key_reused"),
             ApiError::AlreadyFinished { .. } => (StatusCode::CONFLICT, "already_finished"),
+            ApiError::NotRetryable { .. } => (StatusCode::CONFLICT, "not_retryable"),
         }
     }
 

@@ -110,6 +110,7 @@ impl ProcessRequest {
             ttl_seconds_after_finished: None,
             status: None,
             priority: self.priority.as_ref().map(priority_of).transpose()?,
+            retry: None,
         };
         spec.validate()
             .map_err(|e| ApiError::field_error(e.field, e.message))?;
@@ -170,6 +171,44 @@ impl StateView {
     }
 }
 
+/// One attempt of a job: its first run, then one per retry.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
+pub struct AttemptView {
+    /// 1 for the first run, 2 for the first retry, and so on.
+    pub attempt: u32,
+    /// `processing` for the current attempt until it ends, then how it ended.
+    pub status: ProcessingStatus,
+    /// When it started (RFC 3339).
+    pub started_at: Option<String>,
+    /// When it ended (RFC 3339).
+    pub finished_at: Option<String>,
+    /// Why it failed or was cancelled, in words.
+    pub error: Option<String>,
+}
+
+impl AttemptView {
+    /// Every attempt of `job`, the first first; the last is the current one.
+    pub fn all_of(job: &ImageJob) -> Vec<Self> {
+        let status = job.status.clone().unwrap_or_default();
+        let rfc3339 = |t: &Option<Time>| t.as_ref().map(|t| t.0.to_string());
+        let earlier = status.earlier_attempts().iter().map(|a| AttemptView {
+            attempt: a.attempt,
+            status: a.phase.processing_status(),
+            started_at: rfc3339(&a.start_time),
+            finished_at: rfc3339(&a.completion_time),
+            error: a.error.clone(),
+        });
+        let current = AttemptView {
+            attempt: status.attempt(),
+            status: status.phase.processing_status(),
+            started_at: rfc3339(&status.start_time),
+            finished_at: rfc3339(&status.completion_time),
+            error: status.error.clone(),
+        };
+        earlier.chain(std::iter::once(current)).collect()
+    }
+}
+
 /// `GET /images/workflow/{workflow_id}/status` answer.
 #[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct StatusResponse {
@@ -177,6 +216,9 @@ pub struct StatusResponse {
     pub workflow_id: String,
     /// Its state.
     pub state: StateView,
+    /// Its attempts, the first first; the last is the current one. Empty when the job is gone
+    /// (`job_deleted`).
+    pub attempts: Vec<AttemptView>,
     /// True when no ImageJob exists for the workflow any more (deleted, or its TTL ran out):
     /// the state comes from Temporal, for as long as Temporal retains the workflow.
     pub job_deleted: bool,
@@ -361,6 +403,19 @@ pub struct CancelResponse {
     /// The workflow id.
     pub workflow_id: String,
     /// `cancelling`.
+    pub status: String,
+    /// Human-readable confirmation.
+    pub message: String,
+}
+
+/// `202 Accepted` answer of `POST /images/workflow/{workflow_id}/retry`.
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
+pub struct RetryResponse {
+    /// The workflow id (a retry resumes the same workflow).
+    pub workflow_id: String,
+    /// The number of the attempt the retry starts.
+    pub attempt: u32,
+    /// `retrying`.
     pub status: String,
     /// Human-readable confirmation.
     pub message: String,

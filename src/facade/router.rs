@@ -49,6 +49,7 @@ pub fn router(state: Arc<FacadeState>, auth: Auth) -> Router {
             "/images/workflow/{workflow_id}",
             get(routes::summary).delete(routes::delete),
         )
+        .route("/images/workflow/{workflow_id}/retry", post(routes::retry))
         .route("/images/workflows", get(routes::list))
         .route("/images/workflows/cancel", post(bulk::cancel))
         .route("/images/workflows/delete", post(bulk::delete))

@@ -9,9 +9,9 @@ use super::{
     idempotency,
     list_index::PageQuery,
     model::{
-        CancelResponse, ListOrder, ListQuery, ListResponse, ProcessRequest, ProcessResponse,
-        ResultQuery, ResultResponse, StateView, StatusResponse, TimelineResponse, TimelineStep,
-        WorkflowSummary,
+        AttemptView, CancelResponse, ListOrder, ListQuery, ListResponse, ProcessRequest,
+        ProcessResponse, ResultQuery, ResultResponse, RetryResponse, StateView, StatusResponse,
+        TimelineResponse, TimelineStep, WorkflowSummary,
     },
     quota::{ANONYMOUS_CLIENT, CLIENT_LABEL},
     state::FacadeState,
@@ -257,16 +257,17 @@ pub async fn status(
     State(state): State<Arc<FacadeState>>,
     Path(workflow_id): Path<String>,
 ) -> Result<Json<StatusResponse>, ApiError> {
-    let (view, job_deleted) = match find(&state, &workflow_id).await {
-        Ok(job) => (StateView::of(&job), false),
+    let (view, attempts, job_deleted) = match find(&state, &workflow_id).await {
+        Ok(job) => (StateView::of(&job), AttemptView::all_of(&job), false),
         Err(ApiError::NotFound(_)) => {
             let snapshot = from_temporal(&state, &workflow_id).await?;
-            (StateView::of_snapshot(&snapshot), true)
+            (StateView::of_snapshot(&snapshot), Vec::new(), true)
         }
         Err(e) => return Err(e),
     };
     Ok(Json(StatusResponse {
         state: view,
+        attempts,
         workflow_id,
         job_deleted,
     }))
@@ -454,6 +455,32 @@ pub async fn cancel(
         workflow_id,
         status: "cancelling".into(),
         message: "Image processing workflow is being cancelled; its record is kept".into(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Retries a failed or cancelled job from the step that did not finish: raises the ImageJob's
+/// `spec.retry`; the controller resumes the same workflow (Temporal's reset: a stored document
+/// is not written again) and records the attempt that ended. Asking again while the retry is
+/// pending is harmless; a job that is processing or completed answers 409.
+#[utoipa::path(post, path = "/images/workflow/{workflow_id}/retry",
+    params(("workflow_id" = String, Path, description = "Workflow id")),
+    responses((status = 202, body = RetryResponse), (status = 404, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody, description = "the job is processing or completed"),
+              (status = 401, body = super::error::ErrorBody, description = "missing bearer token"),
+              (status = 403, body = super::error::ErrorBody, description = "token not accepted")),
+    security(("bearer" = [])))]
+pub async fn retry(
+    State(state): State<Arc<FacadeState>>,
+    Path(workflow_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = find(&state, &workflow_id).await?;
+    let attempt = actions::retry(&state, &job, &workflow_id).await?;
+    let body = RetryResponse {
+        workflow_id,
+        attempt,
+        status: "retrying".into(),
+        message: format!("attempt {attempt} resumes from the step that did not finish"),
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }

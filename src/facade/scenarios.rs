@@ -268,6 +268,46 @@ async fn cancelling_a_finished_job_is_409_with_how_it_ended() {
 }
 
 #[tokio::test]
+async fn a_retry_raises_spec_retry_of_a_failed_or_cancelled_job_only() {
+    let mut failed = finished("failed", Phase::Failed);
+    failed.status.as_mut().expect("status").run_id = Some("run-1".into());
+    let mut cancelled = finished("cancelled", Phase::Cancelled);
+    cancelled.status.as_mut().expect("status").run_id = Some("run-1".into());
+    cancelled.spec.status = Some(crate::crd::RequestedStatus::Cancelled);
+    let done = finished("done", Phase::Completed);
+    let f = facade(&[failed.clone(), cancelled.clone(), done.clone()]).await;
+    let retry = |job: &ImageJob| format!("/images/workflow/{}/retry", job.workflow_id().unwrap());
+
+    let (status, body) = send(&f.router, "POST", &retry(&failed), Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(
+        (body["attempt"].as_u64(), body["status"].as_str()),
+        (Some(2), Some("retrying"))
+    );
+    assert_eq!(f.api.job(NS, "failed").and_then(|j| j.spec.retry), Some(1));
+
+    let (status, body) = send(&f.router, "POST", &retry(&cancelled), Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let held = f.api.job(NS, "cancelled").expect("the job");
+    assert_eq!(
+        (held.spec.retry, held.spec.status),
+        (Some(1), None),
+        "the cancel is lifted"
+    );
+
+    let (status, body) = send(&f.router, "POST", &retry(&done), Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "not_retryable");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is completed")),
+        "{body}"
+    );
+    assert_eq!(f.api.job(NS, "done").and_then(|j| j.spec.retry), None);
+}
+
+#[tokio::test]
 async fn an_unknown_route_is_404_and_a_wrong_method_405_both_as_json() {
     let f = facade(&[]).await;
     let (status, body) = send(&f.router, "GET", "/nowhere", Some(TOKEN), None).await;

@@ -36,7 +36,9 @@ function age(iso) {
   if (seconds < 86400) return `${Math.floor(seconds / 3600)}h ago`;
   return `${Math.floor(seconds / 86400)}d ago`;
 }
-const shownStatus = (job) => job.cancelling ? "cancelling" : job.state.status;
+const shownStatus = (job) => job.cancelling ? "cancelling" : job.retrying ? "retrying" : job.state.status;
+// A failed or cancelled job can be retried from the step that did not finish.
+const retryable = (job) => (job.state.status === "failed" || job.state.status === "cancelled") && !job.retrying;
 function badge(job) {
   const status = shownStatus(job);
   return el("span", { class: `badge ${status}`, text: status });
@@ -192,7 +194,8 @@ function card(job) {
       el("div", { class: "meta" }, badge(job), el("span", { text: age(job.created_at) })),
       el("div", { class: "meta progress", text: progress(job) }),
       job.tags.length ? el("ul", { class: "tags" }, job.tags.map((t) => el("li", { text: t }))) : null,
-      running ? el("button", { type: "button", class: "danger cancel", onclick: () => cancel(job.workflow_id), text: "Cancel" }) : null));
+      running ? el("button", { type: "button", class: "danger cancel", onclick: () => cancel(job.workflow_id), text: "Cancel" }) : null,
+      retryable(job) ? el("button", { type: "button", class: "retry", onclick: () => retry(job.workflow_id), text: "Retry" }) : null));
 }
 function renderGallery() {
   const jobs = visibleJobs();
@@ -244,6 +247,7 @@ async function renderJob(workflowId) {
         el("dt", { text: "Image id" }), el("dd", { text: job.state.image_id || "—" }),
         el("dt", { text: "Workflow" }), el("dd", {}, temporal ? el("a", { href: temporal, class: "temporal-link", rel: "noopener noreferrer", target: "_blank", text: workflowId }) : workflowId)),
       running ? el("button", { type: "button", class: "danger cancel", onclick: () => cancel(workflowId), text: "Cancel job" }) : null,
+      retryable(job) ? el("button", { type: "button", class: "retry", onclick: () => retry(workflowId), text: "Retry from the failed step" }) : null,
       el("h2", { text: "Steps" }),
       el("ol", { class: "timeline" }, (timeline?.steps || []).map((step) =>
         el("li", { "data-step": step.step }, el("span", { text: step.step.replaceAll("_", " ") }),
@@ -271,6 +275,18 @@ async function cancel(workflowId) {
     if (job) upsert(Object.assign({}, job, { cancelling: true }));
   } catch (error) {
     notice(`Cannot cancel: ${error.message}`);
+  }
+}
+
+async function retry(workflowId) {
+  try {
+    const done = await api(`/images/workflow/${encodeURIComponent(workflowId)}/retry`, { method: "POST" });
+    // Unless the job's new state already arrived on the event stream.
+    const job = state.jobs.get(workflowId);
+    if (job && retryable(job)) upsert(Object.assign({}, job, { retrying: true }));
+    notice(`Attempt ${done.attempt} started`);
+  } catch (error) {
+    notice(`Cannot retry: ${error.message}`);
   }
 }
 

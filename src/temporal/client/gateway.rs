@@ -4,6 +4,7 @@
 use super::{
     closed::{self, Closed},
     history::{HistoryStep, TimelineEntry, history_step, report_time, timeline},
+    resume::resume_point,
     snapshot::{Dispatch, ExecutionStatus, StartOutcome, WorkflowSnapshot},
 };
 use crate::temporal::{
@@ -24,11 +25,16 @@ use temporalio_client::{
     WorkflowGetResultOptions, WorkflowHandle, WorkflowIdReusePolicy, WorkflowQueryOptions,
     WorkflowSignalOptions, WorkflowStartOptions,
     errors::{WorkflowInteractionError, WorkflowQueryError, WorkflowStartError},
-    tonic::Code,
+    tonic::{Code, IntoRequest},
 };
 use temporalio_common::{
     data_converters::{SerializationContextData, WorkflowSerializationContext},
-    protos::temporal::api::history::v1::{HistoryEvent, history_event::Attributes},
+    protos::temporal::api::{
+        common::v1::WorkflowExecution,
+        enums::v1::ResetReapplyExcludeType,
+        history::v1::{HistoryEvent, history_event::Attributes},
+        workflowservice::v1::ResetWorkflowExecutionRequest,
+    },
     telemetry::metrics::TemporalMeter,
 };
 use tokio::{sync::Mutex, time::Instant};
@@ -101,6 +107,18 @@ pub trait WorkflowGateway: Send + Sync {
     /// The input the workflow was started with, from the first event of its history.
     async fn started_input(&self, workflow_id: &str)
     -> Result<ImageProcessingInput, TemporalError>;
+    /// Resumes the failed or cancelled run `run_id` from the step that did not finish (see
+    /// [`super::resume`]): Temporal resets it to the workflow task that scheduled that step,
+    /// signals after it not reapplied, and a new run of the same workflow id goes on from
+    /// there; its id is returned. `request_id` makes a repeat of the same request a no-op, and a
+    /// run that is no longer the workflow's current one (it was resumed already) is not reset
+    /// again: the current run's id is returned.
+    async fn resume(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        request_id: &str,
+    ) -> Result<String, TemporalError>;
 }
 
 /// The gateway over a real Temporal server. It connects on first use, again after a failed
@@ -430,6 +448,65 @@ impl WorkflowGateway for TemporalGateway {
             .from_payload(&context, payload.unwrap_or_default())
             .await
             .map_err(|e| TemporalError::Rpc(format!("decoding the workflow's input: {e}")))
+    }
+
+    async fn resume(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        request_id: &str,
+    ) -> Result<String, TemporalError> {
+        let client = self.client().await?;
+        let handle = client.get_workflow_handle::<ImageProcessing>(workflow_id);
+        let current = handle
+            .describe(WorkflowDescribeOptions::default())
+            .await
+            .map_err(from_interaction)?;
+        if current.run_id() != run_id {
+            return Ok(current.run_id().to_owned());
+        }
+        let history = WorkflowFetchHistoryOptions::builder()
+            .skip_archival(true)
+            .build();
+        let events: Vec<_> = handle
+            .fetch_history(history)
+            .take(TIMELINE_EVENTS)
+            .collect()
+            .await;
+        let events = events
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(from_interaction)?;
+        let point = resume_point(&events).ok_or_else(|| {
+            TemporalError::Rpc(format!(
+                "{workflow_id} has no completed step to resume from"
+            ))
+        })?;
+        let request = ResetWorkflowExecutionRequest {
+            namespace: client.namespace(),
+            workflow_execution: Some(WorkflowExecution {
+                workflow_id: workflow_id.to_owned(),
+                run_id: run_id.to_owned(),
+            }),
+            reason: "retry from the step that did not finish".into(),
+            workflow_task_finish_event_id: point,
+            request_id: request_id.to_owned(),
+            reset_reapply_exclude_types: [
+                ResetReapplyExcludeType::Signal,
+                ResetReapplyExcludeType::Update,
+                ResetReapplyExcludeType::Nexus,
+            ]
+            .map(i32::from)
+            .to_vec(),
+            ..Default::default()
+        };
+        let reset = client
+            .connection()
+            .workflow_service()
+            .reset_workflow_execution(request.into_request())
+            .await
+            .map_err(|status| from_status(&status))?;
+        Ok(reset.into_inner().run_id)
     }
 
     async fn wait_closed(&self, workflow_id: &str) -> Result<WorkflowSnapshot, TemporalError> {

@@ -1,9 +1,10 @@
 //! The client side of Temporal, all the controller and the facade use: the gateway that starts,
-//! reads and cancels workflows (by their contract's names), and history reading.
+//! reads, cancels and resumes workflows (by their contract's names), and history reading.
 
 mod closed;
 mod gateway;
 mod history;
+mod resume;
 mod snapshot;
 
 pub use gateway::{TemporalGateway, WorkflowGateway};
