@@ -3,8 +3,8 @@
 //!
 //! Its files, bottom up: [`error`] and the pure [`status`] mapping; the per-job bookkeeping
 //! (`backoff`, `watches`, `settled`) and the [`context`] every reconcile shares; the steps
-//! (`claim`, `apply`, `cancel`, `retry`, `cleanup`) and `reconcile` calling them; the cache (`jobs`,
-//! `namespaces`) and one controller `run`; leader election (`leader`) and the `lifecycle` that
+//! (`claim`, `apply`, `cancel`, `retry`, `cleanup`, over the status `write`) and `reconcile`
+//! calling them; the cache (`jobs`, `namespaces`) and one controller `run`; leader election (`leader`) and the `lifecycle` that
 //! runs, stops and rebuilds the controller (`compaction`) as leadership and memory require.
 
 mod admin;
@@ -29,6 +29,7 @@ mod scenarios;
 mod settled;
 pub mod status;
 mod watches;
+mod write;
 
 pub use admin::ControllerAdmin;
 pub use context::{Context, Settings, workflow_id};

@@ -5,11 +5,11 @@
 //! event. Each raise is acted on once: `observedRetry` records it with the same write.
 
 use super::{
-    apply::{FIRST_WRITE_AFTER, requeue_for_ttl, write_status},
     context::{Context, workflow_id},
     error::Result,
     status,
     watches::Started,
+    write::{FIRST_WRITE_AFTER, requeue_for_ttl, write_status},
 };
 use crate::{
     crd::{
