@@ -603,9 +603,56 @@ pub struct ControllerArgs {
     /// this many, the controller is rebuilt so its caches give their memory back (0: never).
     #[arg(long, env = "CACHE_REBUILD_MIN_PEAK", default_value_t = 2048)]
     pub cache_rebuild_min_peak: usize,
+    /// The operator's completion notification sink: every job's end is POSTed there as a
+    /// CloudEvent. None when unset.
+    #[arg(long, env = "NOTIFY_SINK_URL", hide_env_values = true, value_parser = sink_url)]
+    pub notify_sink_url: Option<reqwest::Url>,
+    /// Hosts a job's own sink (`spec.notify.sink`) may name, comma-separated: exact names or IP
+    /// addresses, or `*.example.com` for any subdomain. Empty: no job sink is allowed.
+    #[arg(long, env = "NOTIFY_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub notify_allowed_hosts: Vec<String>,
+    /// Key of the notifications' HMAC-SHA256 signature (header `X-ImageJob-Signature`); from a
+    /// Secret. Notifications are sent unsigned without it.
+    #[arg(long, env = "NOTIFY_SIGNING_KEY", hide_env_values = true)]
+    pub notify_signing_key: Option<String>,
+    /// Deadline of one notification delivery attempt, in seconds.
+    #[arg(long, env = "NOTIFY_TIMEOUT_SECS", default_value_t = 5)]
+    pub notify_timeout_secs: u64,
+    /// Delivery attempts of a notification before it is given up (backoff from 1 s, doubling,
+    /// at most 5 minutes apart).
+    #[arg(long, env = "NOTIFY_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub notify_max_attempts: u32,
+}
+
+/// An http(s) URL.
+fn sink_url(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text).map_err(|_| "not a URL".to_owned())?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        _ => Err("not an http or https URL".to_owned()),
+    }
 }
 
 impl ControllerArgs {
+    /// The notification settings; `None` when neither an operator sink nor a job sink's host is
+    /// configured (no job can have a notification).
+    pub fn notify_settings(&self) -> Option<crate::notify::NotifySettings> {
+        let allowed: Vec<String> = (self.notify_allowed_hosts.iter())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .collect();
+        if self.notify_sink_url.is_none() && allowed.is_empty() {
+            return None;
+        }
+        Some(crate::notify::NotifySettings {
+            operator_sink: self.notify_sink_url.clone(),
+            allowed_hosts: allowed,
+            signing_key: (self.notify_signing_key.as_ref()).map(|k| k.as_bytes().to_vec()),
+            timeout: Duration::from_secs(self.notify_timeout_secs.max(1)),
+            max_failures: self.notify_max_attempts,
+        })
+    }
+
     /// The Lease settings, checked against client-go's invariants.
     pub fn lease_settings(&self, identity: String) -> Result<LeaseSettings, ConfigError> {
         let seconds = |name: &'static str, value: f64| {

@@ -41,6 +41,11 @@ pub const CONDITION_CANCEL_REQUESTED: &str = "CancelRequested";
 /// keeps the spec it started with), True again when the edit is undone.
 pub const CONDITION_SPEC_APPLIED: &str = "SpecApplied";
 
+/// Condition type of a finished job's completion notifications: True once every sink accepted
+/// them, False while one fails (`Retrying`) or once one was given up (`SinkFailed`) or not sent
+/// (`SinkNotAllowed`).
+pub const CONDITION_NOTIFIED: &str = "Notified";
+
 /// The characters an image URL may not contain: ASCII whitespace, spelled out in its schema
 /// pattern (`\s` means other sets in the apiserver's Go regexps and in JSON Schema's).
 pub const URL_FORBIDDEN: [char; 6] = ['\t', '\n', '\u{b}', '\u{c}', '\r', ' '];
@@ -149,8 +154,21 @@ pub struct ImageJobSpec {
     /// on a job that is running or completed is refused with a `RetryRefused` event. Remove
     /// `status: Cancelled` in the same edit to retry a job cancelled that way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
-    pub retry: Option<i64>,
+    pub retry: Option<u32>,
+    /// Where to send this job's completion notification (a CloudEvent), beside the operator's
+    /// own sink: only to hosts the operator's allow-list (`NOTIFY_ALLOWED_HOSTS`) permits.
+    // Boxed: see `ImageJobStatus::similarity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Box<NotifySpec>>,
+}
+
+/// A job's own completion notification.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NotifySpec {
+    /// http(s) URL the CloudEvent is POSTed to.
+    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\t\n\v\f\r ]+$"))]
+    pub sink: String,
 }
 
 /// Set to `Cancelled` to cancel the job and keep its record (as Tekton's `spec.status`): the
@@ -162,26 +180,40 @@ pub enum RequestedStatus {
     Cancelled,
 }
 
+/// Checks that `url`, the value of `field`, is an http(s) URL of at most [`MAX_URL_LEN`] bytes.
+fn check_url(field: &str, url: &str) -> Result<(), InvalidField> {
+    if url.is_empty() {
+        return Err(InvalidField::new(
+            field,
+            format!("{field} must not be empty"),
+        ));
+    }
+    if url.len() > MAX_URL_LEN {
+        return Err(InvalidField::new(
+            field,
+            format!("{field} longer than {MAX_URL_LEN} bytes"),
+        ));
+    }
+    let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    if !scheme_ok || rest.is_empty() || url.contains(URL_FORBIDDEN) {
+        return Err(InvalidField::new(
+            field,
+            format!("{field} must be an http or https URL"),
+        ));
+    }
+    Ok(())
+}
+
 impl ImageJobSpec {
     /// Checks the limits every job must meet, naming the first field outside them. The CRD
     /// schema says the same with `maxLength`, which an apiserver counts in characters: a field
     /// of multi-byte characters can pass the schema and still be refused here, by the facade
     /// before it creates the job and by the controller before it starts a workflow.
     pub fn validate(&self) -> Result<(), InvalidField> {
-        let url = self.url.as_str();
-        if url.is_empty() {
-            return Err(InvalidField::new("url", "url must not be empty"));
-        }
-        if url.len() > MAX_URL_LEN {
-            return Err(InvalidField::new(
-                "url",
-                format!("url longer than {MAX_URL_LEN} bytes"),
-            ));
-        }
-        let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
-        let rest = url.split_once("://").map_or("", |(_, rest)| rest);
-        if !scheme_ok || rest.is_empty() || url.contains(URL_FORBIDDEN) {
-            return Err(InvalidField::new("url", "url must be an http or https URL"));
+        check_url("url", &self.url)?;
+        if let Some(notify) = &self.notify {
+            check_url("notify.sink", &notify.sink)?;
         }
         if self.priority.is_some_and(|p| !(1..=5).contains(&p)) {
             return Err(InvalidField::new(
@@ -328,13 +360,64 @@ pub struct ImageJobStatus {
     pub similarity: Option<Box<SimilaritySummary>>,
     /// The last `spec.retry` the controller acted on (retried, or refused the retry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_retry: Option<i64>,
+    pub observed_retry: Option<u32>,
     /// The job's earlier attempts, oldest first: each retry records here how the attempt
     /// before it ended. The current attempt (number `attempts.len() + 1`) is the rest of the
     /// status.
     // Boxed: an empty list costs a cached job 8 bytes instead of 24 (see `similarity`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Box<Vec<Attempt>>>,
+    /// The outbox of the job's completion notifications: one entry per sink, written with the
+    /// status that finished the job and updated as each is delivered (so a controller that
+    /// restarts before a delivery makes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<Box<Vec<Notification>>>,
+}
+
+/// The delivery of one completion notification.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    /// Which sink: the operator's or the job's own (`spec.notify.sink`).
+    pub sink: NotificationSink,
+    /// The CloudEvent's `id`: the same on every delivery attempt, so a receiver can drop repeats.
+    pub event_id: String,
+    /// Where the delivery stands.
+    pub state: DeliveryState,
+    /// Failed delivery attempts so far.
+    #[serde(default)]
+    pub failures: u32,
+    /// The last failure, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When the next attempt is due (while `Pending` after a failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_time: Option<Time>,
+    /// When the sink accepted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_time: Option<Time>,
+}
+
+/// Which sink a notification goes to.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum NotificationSink {
+    /// The operator's (`NOTIFY_SINK_URL`).
+    Operator,
+    /// The job's own (`spec.notify.sink`).
+    Job,
+}
+
+/// Where a notification's delivery stands.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum DeliveryState {
+    /// Not delivered yet; attempted again at `nextAttemptTime`.
+    Pending,
+    /// The sink accepted it (2xx).
+    Delivered,
+    /// Given up: the sink kept failing (`NOTIFY_MAX_ATTEMPTS`) or refused it for good (a 4xx).
+    Failed,
+    /// Not sent: the job's sink is not on the operator's allow-list.
+    Refused,
 }
 
 /// One finished attempt of a job that was retried.
@@ -363,6 +446,11 @@ impl ImageJobStatus {
     /// The job's earlier attempts, oldest first.
     pub fn earlier_attempts(&self) -> &[Attempt] {
         self.attempts.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// The deliveries of the job's completion notifications (its outbox).
+    pub fn deliveries(&self) -> &[Notification] {
+        self.notifications.as_deref().map_or(&[], Vec::as_slice)
     }
 
     /// The number of the current attempt: 1 until the job is retried.
@@ -471,6 +559,20 @@ impl ImageJob {
     pub fn retry_pending(&self) -> bool {
         let observed = self.status.as_ref().and_then(|s| s.observed_retry);
         self.spec.retry.unwrap_or(0) > observed.unwrap_or(0)
+    }
+
+    /// Whether a completion notification of the job is still to be delivered.
+    pub fn notification_pending(&self) -> bool {
+        let notifications = self
+            .status
+            .as_ref()
+            .and_then(|s| s.notifications.as_deref());
+        notifications.is_some_and(|n| n.iter().any(|n| n.state == DeliveryState::Pending))
+    }
+
+    /// Whether a finished job still needs the controller: a retry or a notification is due.
+    pub fn has_work_after_finish(&self) -> bool {
+        self.retry_pending() || self.notification_pending()
     }
 
     /// Whether the job can be retried: it failed or was cancelled after its workflow started.

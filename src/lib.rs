@@ -16,7 +16,7 @@ pub mod config;
 pub mod controller;
 /// The `ImageJob` custom resource.
 pub mod crd;
-/// SHA-256 digests in hex.
+/// SHA-256 digests and HMAC-SHA256 signatures in hex.
 pub mod digest;
 /// REST facade: the seed's endpoints over ImageJobs.
 pub mod facade;
@@ -37,6 +37,8 @@ pub mod kube_client;
 pub mod list_watch;
 /// What every role's metrics share: registry, process figures, apiserver requests, the SDK's.
 pub mod metrics;
+/// Completion notifications: a job's end as a signed CloudEvent to the configured sinks.
+pub mod notify;
 /// The worker's admin role: ready while polling and Temporal answers; its metrics.
 pub mod probes;
 /// The composition root: each role built from its configuration.

@@ -10,6 +10,7 @@ use crate::{
     facade::{self, Auth, Draining, FacadeMetrics, FacadeState, JobCache},
     kube_client::{self, WriteFence},
     metrics::Exposition,
+    notify::Notifier,
     probes::{WorkerAdmin, WorkerReadiness},
     shutdown::Shutdown,
     similarity::SimilarityBackend,
@@ -147,6 +148,7 @@ pub async fn controller(
             instance: Some(identity),
             release_after: Duration::from_secs(args.cancel_on_delete_timeout_secs),
             fairness_weights: args.fairness_weights.clone(),
+            notifier: notifier(args)?,
         },
         fence,
         held: HeldJobs::default(),
@@ -157,6 +159,18 @@ pub async fn controller(
         .with_context(|| format!("binding the metrics address {}", args.metrics_addr))?;
     lifecycle.serve(lease, admin, shutdown).await;
     Ok(())
+}
+
+/// The sender of completion notifications, when any sink is configured.
+fn notifier(args: &ControllerArgs) -> anyhow::Result<Option<Arc<Notifier>>> {
+    let Some(settings) = args.notify_settings() else {
+        return Ok(None);
+    };
+    if settings.signing_key.is_none() {
+        warn!("NOTIFY_SIGNING_KEY is not set: completion notifications are sent unsigned");
+    }
+    let notifier = Notifier::new(settings).context("building the notification client")?;
+    Ok(Some(Arc::new(notifier)))
 }
 
 /// A gateway whose Temporal requests are counted by the SDK, relayed in `exposition`.

@@ -274,7 +274,10 @@ fn the_plain_manifests_namespace_enforces_the_restricted_pod_security_standard()
 fn every_optional_part_renders() {
     let objects = render(&json!({
         "controller": {"watchNamespaces": ["team-a", "team-b"],
-                       "fairnessWeights": {"team-a": 2, "team-b": 0.5}},
+                       "fairnessWeights": {"team-a": 2, "team-b": 0.5},
+                       "notifications": {"sinkUrl": "https://ops.example/hook",
+                                         "allowedHosts": ["hooks.example", "*.team.example"],
+                                         "signingKeySecret": "notify"}},
         "worker": {"autoscaling": {"enabled": true}, "lykdat": {"existingSecret": "lykdat"},
                    "metadataStore": {"backend": "couchbase"},
                    "similarity": {"searchesPerSecond": 5}},
@@ -288,6 +291,19 @@ fn every_optional_part_renders() {
     assert_eq!(
         controller["FAIRNESS_WEIGHTS"]["value"],
         "team-a=2,team-b=0.5"
+    );
+    assert_eq!(
+        controller["NOTIFY_SINK_URL"]["value"],
+        "https://ops.example/hook"
+    );
+    assert_eq!(
+        controller["NOTIFY_ALLOWED_HOSTS"]["value"],
+        "hooks.example,*.team.example"
+    );
+    assert_eq!(
+        controller["NOTIFY_SIGNING_KEY"]["valueFrom"]["secretKeyRef"],
+        json!({"name": "notify", "key": "signing-key"}),
+        "the key comes from the Secret, never a value"
     );
     let worker = env_of(&objects, "worker");
     assert_eq!(worker["SIMILARITY_SEARCHES_PER_SECOND"]["value"], "5");

@@ -43,6 +43,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("temporal, top", &["temporal::client", "temporal::worker"]),
     ("kubernetes", &["kube_client", "list_watch", "metrics"]),
+    ("notifications", &["notify"]),
     ("roles", &["controller", "facade", "admin", "probes"]),
     ("configuration", &["config"]),
     ("composition", &["run"]),

@@ -5,7 +5,7 @@ use super::{
     cancel,
     context::{Context, workflow_id},
     error::{Error, Result},
-    retry, status,
+    notify, retry, status,
     watches::Started,
     write::{FIRST_WRITE_AFTER, requeue_for_ttl, until, write_status},
 };
@@ -40,6 +40,9 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
     if job.phase().is_terminal() {
         // A watch may still report the close it saw after the job was finished from a read.
         ctx.watches.forget(&id);
+        if let Some(later) = notify::deliver_due(&job, ctx).await? {
+            return Ok(later);
+        }
         return expire(&job, ctx).await;
     }
     let current = job.status.clone().unwrap_or_default();
@@ -50,7 +53,8 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
         && let Err(invalid) = job.spec.validate()
     {
         // Within the schema (an apiserver counts characters), outside the limits in bytes.
-        let desired = status::invalid_spec(&job, &invalid, &now);
+        let mut desired = status::invalid_spec(&job, &invalid, &now);
+        notify::outbox(&job, &current, &mut desired, ctx);
         if write_status(&job, &current, &desired, ctx).await? {
             announce(&job, &desired, ctx).await;
         }
@@ -114,6 +118,7 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
         None
     };
     ctx.backoffs.reset(&uid);
+    notify::outbox(&job, &current, &mut desired, ctx);
     if write_status(&job, &current, &desired, ctx).await? {
         if desired.phase != current.phase {
             announce(&job, &desired, ctx).await;

@@ -35,6 +35,8 @@ pub struct Settings {
     pub release_after: Duration,
     /// Fairness weight of each namespace's jobs in Temporal's task queues (1 when absent).
     pub fairness_weights: std::collections::BTreeMap<String, f32>,
+    /// Sends the jobs' completion notifications; none are sent without it.
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
 }
 
 /// What every reconcile shares.

@@ -88,13 +88,14 @@ pub(super) fn trigger_fingerprint(job: &ImageJob) -> Option<u64> {
 
 /// What the cache keeps of a job: what [`ImageJob::trim_for_cache`] keeps and, of a finished
 /// job, only what its reconcile reads (metadata, phase, completion time, TTL, and whether it
-/// searched: its cleanup then removes its image from the catalog), unless it is to be retried. The finished jobs
+/// searched: its cleanup then removes its image from the catalog), unless it is to be retried
+/// or has a notification to deliver. The finished jobs
 /// cached are those with a TTL or being deleted (the others are [settled](SettledJobs)), and no
 /// write is ever made from a finished job's cached status.
 pub(super) fn keep_for_reconcile(job: &mut ImageJob) {
     job.trim_for_cache();
-    if job.retry_pending() {
-        // Its retry reads and records the whole status.
+    if job.has_work_after_finish() {
+        // Its retry, or its notification's delivery, reads and records the whole status.
         return;
     }
     if let Some(status) = job.status.as_mut().filter(|s| s.phase.is_terminal()) {

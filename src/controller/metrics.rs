@@ -20,6 +20,13 @@ pub struct ErrorLabel {
     pub kind: String,
 }
 
+/// Label of the notification outcomes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `delivered`, `retried`, `failed` or `refused`.
+    pub outcome: &'static str,
+}
+
 /// Label of the jobs gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabel {
@@ -59,6 +66,8 @@ pub struct ControllerMetrics {
     pub jobs_waiting_for_temporal: Gauge,
     /// Failed lists and watches of ImageJobs (each retried with backoff).
     pub watch_errors: Counter,
+    /// Completion notification attempts, by outcome.
+    pub notifications: Family<OutcomeLabel, Counter>,
     writes_by_job: Mutex<HashMap<String, u64>>,
 }
 
@@ -91,6 +100,7 @@ impl ControllerMetrics {
             job_caches: Gauge::default(),
             jobs_waiting_for_temporal: Gauge::default(),
             watch_errors: Counter::default(),
+            notifications: Family::default(),
             writes_by_job: Mutex::new(HashMap::new()),
         };
         let registry = metrics.exposition.registry();
@@ -108,6 +118,11 @@ impl ControllerMetrics {
             "controller_cached_jobs",
             "ImageJobs in the controller's cache; the other watched ones are finished without a TTL and kept as a uid and a phase",
             metrics.cached_jobs.clone(),
+        );
+        registry.register(
+            "controller_notifications",
+            "Completion notification attempts by outcome: delivered, retried (a failed attempt to be tried again), failed (given up: the sink kept failing or refused it), refused (the job's sink is not allowed)",
+            metrics.notifications.clone(),
         );
         registry.register(
             "watch_errors",
@@ -199,6 +214,13 @@ impl ControllerMetrics {
     /// Jobs whose writes are being counted.
     pub fn tracked_jobs(&self) -> usize {
         self.writes_by_job.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Counts a notification attempt's `outcome`.
+    pub fn notification(&self, outcome: &'static str) {
+        self.notifications
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// Counts a status write of job `uid`.

@@ -3,7 +3,7 @@
 //!
 //! Its files, bottom up: [`error`] and the pure [`status`] mapping; the per-job bookkeeping
 //! (`backoff`, `watches`, `settled`) and the [`context`] every reconcile shares; the steps
-//! (`claim`, `apply`, `cancel`, `retry`, `cleanup`, over the status `write`) and `reconcile`
+//! (`claim`, `apply`, `cancel`, `retry`, `notify`, `cleanup`, over the status `write`) and `reconcile`
 //! calling them; the cache (`jobs`, `namespaces`) and one controller `run`; leader election (`leader`) and the `lifecycle` that
 //! runs, stops and rebuilds the controller (`compaction`) as leadership and memory require.
 
@@ -21,6 +21,7 @@ mod leader;
 mod lifecycle;
 mod metrics;
 mod namespaces;
+mod notify;
 mod reconcile;
 mod retry;
 mod run;

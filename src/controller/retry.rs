@@ -67,7 +67,7 @@ pub(super) async fn retry(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
 }
 
 /// The `spec.retry` value asked for.
-fn requested(job: &ImageJob) -> i64 {
+fn requested(job: &ImageJob) -> u32 {
     job.spec.retry.unwrap_or(0)
 }
 
@@ -119,7 +119,7 @@ async fn resume(
 pub(super) fn resumed(
     current: &ImageJobStatus,
     run_id: &str,
-    retry: i64,
+    retry: u32,
     now: &Time,
 ) -> ImageJobStatus {
     let ended = Attempt {
@@ -142,6 +142,8 @@ pub(super) fn resumed(
         similarity_search_completed: false,
         observed_retry: Some(retry),
         attempts: Some(Box::new(attempts)),
+        // The new attempt's end is notified anew.
+        notifications: None,
         ..current.clone()
     };
     status

@@ -38,6 +38,7 @@ fn context(api: &FakeApiServer, gateway: &Arc<FakeGateway>) -> Arc<Context> {
             instance: Some("scenario".into()),
             release_after: Duration::from_secs(300),
             fairness_weights: [("team-a".to_owned(), 2.0)].into(),
+            notifier: None,
         },
         reporter: Reporter {
             controller: "imagejob-operator".into(),

@@ -106,13 +106,13 @@ impl SettledJobs {
 }
 
 /// The uid and phase of a settled job: finished, no TTL after finishing, not being deleted, no
-/// retry asked for.
+/// retry asked for, no notification to deliver.
 fn settled(job: &ImageJob) -> Option<(Uuid, Phase)> {
     let phase = job.phase();
     let settled = phase.is_terminal()
         && job.spec.ttl_seconds_after_finished.is_none()
         && job.metadata.deletion_timestamp.is_none()
-        && !job.retry_pending();
+        && !job.has_work_after_finish();
     settled
         .then(|| job.uid_key().map(|uid| (uid, phase)))
         .flatten()

@@ -91,7 +91,7 @@ pub async fn retry(
     // is not asked for twice.
     let patch = serde_json::json!({
         "metadata": {"resourceVersion": job.resource_version()},
-        "spec": {"retry": job.spec.retry.unwrap_or(0) + 1, "status": null},
+        "spec": {"retry": job.spec.retry.unwrap_or(0).saturating_add(1), "status": null},
     });
     let patched = state
         .api

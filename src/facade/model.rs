@@ -9,7 +9,7 @@ use super::{
     },
 };
 use crate::{
-    crd::{ImageJob, ImageJobSpec},
+    crd::{ImageJob, ImageJobSpec, NotifySpec},
     similarity::SimilarityResults,
     temporal::{client::WorkflowSnapshot, contract::ProcessingStatus},
 };
@@ -50,6 +50,16 @@ pub struct ProcessRequest {
     #[serde(default)]
     #[schema(value_type = Option<u8>, minimum = 1, maximum = 5)]
     pub priority: Option<serde_json::Number>,
+    /// Where to POST the job's completion notification (a CloudEvent), beside the operator's
+    /// sink: an http(s) URL of at most 2048 bytes, delivered only when its host is on the
+    /// operator's allow-list (otherwise the job's status says it was refused).
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 2048,
+        pattern = r"^https?://[^\t\n\v\f\r ]+$"
+    )]
+    pub notify_sink: Option<String>,
     /// Labels of the job, for `label_selector` in the list and the bulk actions: at most 16,
     /// keys and values Kubernetes label names (1 to 63 characters, alphanumerics with `-_.`
     /// inside; keys without a prefix), values may be empty.
@@ -111,9 +121,17 @@ impl ProcessRequest {
             status: None,
             priority: self.priority.as_ref().map(priority_of).transpose()?,
             retry: None,
+            notify: (self.notify_sink).map(|sink| Box::new(NotifySpec { sink })),
         };
-        spec.validate()
-            .map_err(|e| ApiError::field_error(e.field, e.message))?;
+        spec.validate().map_err(|e| {
+            // The request's name of the field.
+            let field = if e.field == "notify.sink" {
+                "notify_sink".to_owned()
+            } else {
+                e.field
+            };
+            ApiError::field_error(field, e.message.replace("notify.sink", "notify_sink"))
+        })?;
         Ok(spec)
     }
 }
@@ -463,6 +481,7 @@ mod tests {
             similarity_search: None,
             labels: None,
             priority: None,
+            notify_sink: None,
         }
     }
 
@@ -498,6 +517,9 @@ mod tests {
         let mut r = request("https://e.com/a");
         r.tags = Some(vec!["ok".into(), "y".repeat(65)]);
         assert_eq!(field_of(r), "tags[1]");
+        let mut r = request("https://e.com/a");
+        r.notify_sink = Some("ftp://hooks.example/x".into());
+        assert_eq!(field_of(r), "notify_sink");
     }
 
     #[test]

@@ -220,6 +220,7 @@ impl InProcessController {
                 instance: Some("in-process".into()),
                 release_after: Duration::from_secs(300),
                 fairness_weights: Default::default(),
+                notifier: None,
             },
             fence: WriteFence::open(),
             held: HeldJobs::default(),
