@@ -2,6 +2,7 @@
 # The benchmark: starts a private real stack, runs benches/operator.rs (release build) against
 # it, prints the table and writes JSON under bench-results/. Arguments go to the harness, e.g.
 #   scripts/bench.sh --jobs 150 --reps 5 --concurrency 4,32 --rss-jobs 10000 --scale 100000 --tuning
+#   scripts/bench.sh --fairness 2000 --fairness-only
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -15,6 +16,8 @@ trap 'scripts/stack.sh down "$stack"' EXIT
 scripts/stack.sh up "$stack"
 # shellcheck disable=SC1091
 source "$stack/env"
+# The fairness phase starts a second Temporal dev server (without fairness) by this script.
+export IJ_STACK_SCRIPT="$IJ_ROOT/scripts/stack.sh"
 # The Temporal dev server's own metrics count the calls the controller makes.
 set -a
 # shellcheck disable=SC1091

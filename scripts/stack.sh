@@ -3,6 +3,8 @@
 #   etcd + kube-apiserver (1.20, built by install-deps.sh) and the Temporal dev server (with UI).
 #
 #   scripts/stack.sh up DIR [--only kube|temporal]   start; writes DIR/env and DIR/kubeconfig
+#   scripts/stack.sh up DIR --no-fairness             Temporal dispatching without fairness keys
+#                                                     (its default; the fairness benchmark's "off")
 #   scripts/stack.sh up DIR --seed-ports              Temporal on the seed's ports (gRPC 7233, UI
 #                                                     8233) when free (dev.sh); else free ports
 #   scripts/stack.sh up DIR --cluster                 the same plus a real node: controller-manager,
@@ -170,7 +172,7 @@ start_temporal() {
   start_bg temporal temporal server start-dev --ip 127.0.0.1 --port "$TEMPORAL_PORT" \
     --ui-port "$TEMPORAL_UI_PORT" --http-port "$TEMPORAL_HTTP_PORT" --metrics-port "$TEMPORAL_METRICS_PORT" \
     --db-filename "$dir/temporal.db" --log-level warn --ui-disable-news-fetch \
-    --dynamic-config-value matching.enableFairness=true
+    --dynamic-config-value "matching.enableFairness=${TEMPORAL_FAIRNESS:-true}"
   wait_for temporal 60 temporal operator cluster health --address "127.0.0.1:$TEMPORAL_PORT"
   if [ "$bind_ip" != 127.0.0.1 ]; then
     local port
@@ -187,6 +189,7 @@ up_temporal() {
     echo "TEMPORAL_UI_PORT=$(port_or_free 8233 "Temporal UI")"
     echo "TEMPORAL_HTTP_PORT=$(free_port)"
     echo "TEMPORAL_METRICS_PORT=$(free_port)"
+    echo "TEMPORAL_FAIRNESS=$fairness"
   } >"$dir/temporal.ports"
   start_temporal
   # shellcheck disable=SC1091
@@ -200,15 +203,16 @@ up_temporal() {
 }
 
 cmd=${1:-}; dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || fail "usage: $0 up|down|restart-kube-apiserver|stop-temporal|start-temporal DIR [--only kube|temporal] [--cluster]"
+[ -n "$cmd" ] && [ -n "$dir" ] || fail "usage: $0 up|down|restart-kube-apiserver|stop-temporal|start-temporal DIR [--only kube|temporal] [--cluster] [--no-fairness]"
 mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
 shift 2
-only="" cluster="" seed_ports=""
+only="" cluster="" seed_ports="" fairness=true
 while [ $# -gt 0 ]; do
   case "$1" in
     --seed-ports) seed_ports=1; shift ;;
     --only) only=${2:?--only needs kube or temporal}; shift 2 ;;
     --cluster) cluster=1; shift ;;
+    --no-fairness) fairness=false; shift ;;
     *) fail "unknown option $1" ;;
   esac
 done

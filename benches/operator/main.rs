@@ -14,12 +14,13 @@
 //! repetitions, with min and max; a warm-up is excluded.
 
 mod cpu;
+mod fairness;
 mod load;
 mod scale;
 mod tuning;
 
 use clap::Parser;
-use futures::{StreamExt, future::join_all};
+use futures::future::join_all;
 use imagejob_operator::{
     crd::{ImageJob, ImageJobSpec, ImageJobStatus, Phase},
     temporal::{
@@ -29,22 +30,21 @@ use imagejob_operator::{
     },
 };
 use imagejob_testkit::{
-    ChildGuard, eventually, free_port, kube_env::create_namespace, operator_command, until_ready,
+    ChildGuard, eventually, finished::Finished, free_port, kube_env::create_namespace,
+    operator_command, until_ready,
 };
 use kube::{
     Api, Client, ResourceExt,
     api::{ObjectMeta, Patch, PatchParams, PostParams},
-    runtime::{WatchStreamExt, watcher},
 };
 use serde_json::{Value, json};
 use std::{
-    collections::HashMap,
     path::PathBuf,
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
+    sync::Arc,
+    time::{Duration, Instant},
 };
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 /// Memory with `jobs` finished ImageJobs present, MiB.
 struct Rss {
@@ -77,6 +77,13 @@ struct Args {
     /// Compare worker settings on raw Temporal throughput.
     #[arg(long)]
     tuning: bool,
+    /// Fair sharing: one namespace's backlog of this many jobs, then another's 10, with
+    /// Temporal's fairness on and off (0: skipped).
+    #[arg(long, default_value_t = 0)]
+    fairness: usize,
+    /// Run the fairness phase alone.
+    #[arg(long, requires = "fairness")]
+    fairness_only: bool,
     /// ImageJob counts at which the controller's RSS is measured.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     rss_jobs: Vec<usize>,
@@ -187,62 +194,6 @@ async fn raw_temporal(gateway: &Arc<TemporalGateway>, n: usize, concurrency: usi
         .map(|r| r.expect("task"))
         .collect();
     summarize(started.elapsed(), latencies)
-}
-
-/// When each job (by uid) was first seen finished, fed by a watch on the namespace.
-#[derive(Clone, Default)]
-struct Finished {
-    at: Arc<Mutex<HashMap<String, (Instant, SystemTime)>>>,
-    changed: Arc<Notify>,
-}
-
-impl Finished {
-    fn watch(&self, api: Api<ImageJob>) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut jobs = std::pin::pin!(
-                watcher(api, watcher::Config::default())
-                    .default_backoff()
-                    .applied_objects()
-            );
-            while let Some(Ok(job)) = jobs.next().await {
-                if job.phase().is_terminal()
-                    && let Some(uid) = job.uid()
-                {
-                    this.at
-                        .lock()
-                        .expect("lock")
-                        .entry(uid)
-                        .or_insert_with(|| (Instant::now(), SystemTime::now()));
-                    this.changed.notify_waiters();
-                }
-            }
-        });
-    }
-
-    async fn wait_all(&self, uids: &[String]) -> Vec<Instant> {
-        loop {
-            // Registered before the check, so a finish between check and wait is not missed.
-            let mut notified = std::pin::pin!(self.changed.notified());
-            notified.as_mut().enable();
-            {
-                let at = self.at.lock().expect("lock");
-                if uids.iter().all(|u| at.contains_key(u)) {
-                    return uids.iter().map(|u| at[u].0).collect();
-                }
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
-        }
-    }
-
-    /// When the watch saw the job finished, by the wall clock.
-    fn seen_at(&self, uid: &str) -> Option<SystemTime> {
-        self.at
-            .lock()
-            .expect("lock")
-            .get(uid)
-            .map(|(_, wall)| *wall)
-    }
 }
 
 /// For each job: from Temporal closing its workflow to the watch seeing it finished (ms).
@@ -665,10 +616,20 @@ async fn main() {
     let temporal_metrics = format!("http://127.0.0.1:{}/metrics", env("TEMPORAL_METRICS_PORT"));
     let client = Client::try_default().await.expect("KUBECONFIG");
     let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let data = tempfile::tempdir().expect("tempdir");
+    let fair = if args.fairness > 0 {
+        Some(fairness::run(&client, run_id, args.fairness, &settings, data.path()).await)
+    } else {
+        None
+    };
+    if args.fairness_only {
+        let figures = fair.as_ref().map(fairness::print);
+        write_results(&args.out, &json!({"commit": commit(), "fairness": figures}));
+        return;
+    }
     let ns = format!("bench-{run_id}");
     create_namespace(&client, &ns).await;
     let api: Api<ImageJob> = Api::namespaced(client.clone(), &ns);
-    let data = tempfile::tempdir().expect("tempdir");
     let tokens = data.path().join("tokens");
     std::fs::write(&tokens, format!("{TOKEN}\n")).expect("tokens");
     let highest = args.concurrency.iter().copied().max().unwrap_or(32);
@@ -807,12 +768,7 @@ async fn main() {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let commit = commit();
 
     println!(
         "\nimagejob-operator benchmark — {cores} cores, commit {commit}, {} jobs x {} reps, concurrency {:?}",
@@ -961,13 +917,29 @@ async fn main() {
         "scale": scaled.as_ref().map(scale::Scale::json),
         "facade_load": loaded.as_ref().map(load::Load::json),
         "worker_settings": tuned.as_deref().map(tuning::json),
+        "fairness": fair.as_ref().map(fairness::print),
     });
-    std::fs::create_dir_all(&args.out).expect("results folder");
-    let path = args.out.join(format!(
+    write_results(&args.out, &result);
+}
+
+/// The checked-out commit, short.
+fn commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Writes `result` as `bench-<time>.json` in `out`.
+fn write_results(out: &std::path::Path, result: &Value) {
+    std::fs::create_dir_all(out).expect("results folder");
+    let path = out.join(format!(
         "bench-{}.json",
         chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
     ));
-    std::fs::write(&path, serde_json::to_string_pretty(&result).expect("json"))
+    std::fs::write(&path, serde_json::to_string_pretty(result).expect("json"))
         .expect("write results");
     println!("\nJSON: {}", path.display());
 }

@@ -5,6 +5,7 @@ use super::metrics::SharedControllerMetrics;
 use super::{
     backoff::Backoffs,
     error::{Error, Result},
+    fair::FairSlots,
     watches::WorkflowWatches,
 };
 use crate::{crd::ImageJob, kube_client::WriteFence, temporal::client::WorkflowGateway};
@@ -54,6 +55,7 @@ pub struct Context {
     pub(super) watches: WorkflowWatches,
     pub(super) backoffs: Backoffs,
     pub(super) deletions: DeletionClock,
+    pub(super) slots: FairSlots,
 }
 
 /// The workflow id of a job (see [`ImageJob::workflow_id`]); an error for an object without a

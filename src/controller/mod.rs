@@ -2,7 +2,8 @@
 //! ImageJob's status, cancellation on delete, TTL after finish.
 //!
 //! Its files, bottom up: [`error`] and the pure [`status`] mapping; the per-job bookkeeping
-//! (`backoff`, `watches`, `settled`) and the [`context`] every reconcile shares; the steps
+//! (`backoff`, `watches`, `settled`, the reconcile slots shared by namespace: `fair`) and the
+//! [`context`] every reconcile shares; the steps
 //! (`claim`, `apply`, `cancel`, `retry`, `notify`, `cleanup`, over the status `write`) and `reconcile`
 //! calling them; the cache (`jobs`, `namespaces`) and one controller `run`; leader election (`leader`) and the `lifecycle` that
 //! runs, stops and rebuilds the controller (`compaction`) as leadership and memory require.
@@ -16,6 +17,7 @@ mod cleanup;
 pub mod compaction;
 mod context;
 mod error;
+mod fair;
 mod jobs;
 mod leader;
 mod lifecycle;

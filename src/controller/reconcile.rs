@@ -19,13 +19,17 @@ use tracing::{info, instrument, warn};
 
 #[instrument(skip_all, fields(namespace = ?job.namespace(), name = %job.name_any()))]
 pub(super) async fn reconcile(job: Arc<ImageJob>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = job.namespace().unwrap_or_default();
+    let Some(_slot) = ctx.slots.acquire(&namespace).await else {
+        // The controller is stopping.
+        return Ok(Action::await_change());
+    };
     if !ctx.fence.is_open() {
         // No longer the leader: touch nothing (the controller is being stopped).
         return Ok(Action::await_change());
     }
     let started = Instant::now();
-    let api: Api<ImageJob> =
-        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let api: Api<ImageJob> = Api::namespaced(ctx.client.clone(), &namespace);
     // A job that is already finished without our finalizer (restored from a backup, say) has
     // no workflow to cancel: it gets none, so a start over many such jobs writes nothing; unless
     // it is to be retried (its workflow runs again).

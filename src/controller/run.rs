@@ -5,6 +5,7 @@ use super::metrics::SharedControllerMetrics;
 use super::{
     backoff::Backoffs,
     context::{Context, DeletionClock, Settings},
+    fair::FairSlots,
     jobs::{CacheAlive, Jobs, keep_for_reconcile, trigger_fingerprint, watch},
     namespaces,
     reconcile::{error_policy, reconcile},
@@ -35,6 +36,14 @@ pub async fn run(
         instance: settings.instance.clone(),
     };
     let (watch_tx, watch_rx) = futures::channel::mpsc::unbounded();
+    // kube-runtime runs every due reconcile at once; the fair slots bound how many proceed.
+    let slots = FairSlots::new(usize::from(settings.concurrency));
+    let closer = slots.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Reconciles still waiting for a slot end at once instead of being drained.
+        closer.close();
+    };
     let watch_errors = metrics.watch_errors.clone();
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -45,6 +54,7 @@ pub async fn run(
         watches: WorkflowWatches::new(gateway, watch_tx, settings.max_workflow_watches),
         backoffs: Backoffs::default(),
         deletions: DeletionClock::default(),
+        slots: slots.clone(),
         settings: settings.clone(),
     });
     let alive = CacheAlive::count(&ctx.metrics.job_caches);
@@ -69,7 +79,7 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(trigger_fingerprint, Default::default());
     let controller = Controller::for_stream(jobs, reader.clone())
-        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
+        .with_config(kube::runtime::controller::Config::default().concurrency(0))
         .reconcile_on(watch_rx)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

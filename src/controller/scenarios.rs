@@ -47,6 +47,7 @@ fn context(api: &FakeApiServer, gateway: &Arc<FakeGateway>) -> Arc<Context> {
         watches: WorkflowWatches::new(gateway, wake, 10),
         backoffs: Backoffs::default(),
         deletions: DeletionClock::default(),
+        slots: super::fair::FairSlots::new(4),
     })
 }
 

@@ -5,6 +5,8 @@
 
 pub mod browser;
 pub mod facade_env;
+pub mod fairness;
+pub mod finished;
 pub mod images;
 pub mod kube_env;
 pub mod lykdat;
@@ -563,8 +565,18 @@ pub struct PrivateTemporal {
 impl PrivateTemporal {
     /// Starts one for `task_queue`.
     pub fn start(task_queue: &str) -> Self {
+        Self::start_with(task_queue, &[])
+    }
+
+    /// Starts one for `task_queue` that dispatches without fairness keys (Temporal's default).
+    pub fn start_without_fairness(task_queue: &str) -> Self {
+        Self::start_with(task_queue, &["--no-fairness"])
+    }
+
+    fn start_with(task_queue: &str, options: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        stack_script(&dir, &["up", "--only", "temporal"]);
+        let args = [&["up", "--only", "temporal"], options].concat();
+        stack_script(&dir, &args);
         let env = std::fs::read_to_string(dir.path().join("env")).unwrap();
         let port = env
             .lines()
