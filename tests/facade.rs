@@ -459,6 +459,17 @@ async fn delete_cancels_a_running_job() {
     assert_eq!(workflow.execution, ExecutionStatus::Cancelled);
 }
 
+/// The job's `GET .../status` answer once its state says `wanted`.
+async fn status_once(facade: &TestFacade, workflow_id: &str, wanted: &str) -> Value {
+    let path = format!("/images/workflow/{workflow_id}/status");
+    let what = format!("{workflow_id} to be {wanted}");
+    eventually(&what, Duration::from_secs(60), || async {
+        let status = facade.get_json(&path).await;
+        (status["state"]["status"] == wanted).then_some(status)
+    })
+    .await
+}
+
 /// Retry through the facade: a job cancelled during its search is retried by `POST .../retry`;
 /// the same workflow resumes at the search (the document stays, the image id too) and completes;
 /// its status lists both attempts; a retry of the completed job is a 409 naming why.
@@ -485,16 +496,7 @@ async fn a_job_cancelled_mid_search_is_retried_by_post_and_completes_with_both_a
     .await;
     let r = facade.http.post(path("cancel")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let status_path = format!("/images/workflow/{workflow_id}/status");
-    let cancelled = eventually(
-        "the job to end cancelled",
-        Duration::from_secs(60),
-        || async {
-            let status = facade.get_json(&status_path).await;
-            (status["state"]["status"] == "cancelled").then_some(status)
-        },
-    )
-    .await;
+    let cancelled = status_once(&facade, &workflow_id, "cancelled").await;
     assert_eq!(cancelled["state"]["metadata_stored"], true, "{cancelled}");
 
     let r = facade.http.post(path("retry")).send().await.unwrap();
@@ -504,15 +506,7 @@ async fn a_job_cancelled_mid_search_is_retried_by_post_and_completes_with_both_a
         (retried["attempt"].as_u64(), retried["status"].as_str()),
         (Some(2), Some("retrying"))
     );
-    let done = eventually(
-        "the retried job to complete",
-        Duration::from_secs(60),
-        || async {
-            let status = facade.get_json(&status_path).await;
-            (status["state"]["status"] == "completed").then_some(status)
-        },
-    )
-    .await;
+    let done = status_once(&facade, &workflow_id, "completed").await;
     assert_eq!(
         done["state"]["image_id"], cancelled["state"]["image_id"],
         "{done}"

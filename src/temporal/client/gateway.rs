@@ -50,7 +50,7 @@ fn from_interaction(e: WorkflowInteractionError) -> TemporalError {
     }
 }
 
-/// Most history events a timeline reads: an `ImageProcessingWorkflow` has about twenty, so a
+/// Most history events a timeline (or a resume) reads: an `ImageProcessingWorkflow` has about twenty, so a
 /// history this long is not one to read to its end.
 const TIMELINE_EVENTS: usize = 500;
 
@@ -231,6 +231,24 @@ fn execution_status(status: WorkflowExecutionStatus) -> Result<ExecutionStatus, 
     })
 }
 
+/// The current run's history as it is now, at most [`TIMELINE_EVENTS`] events.
+async fn read_history(
+    handle: &WorkflowHandle<Client, ImageProcessing>,
+) -> Result<Vec<HistoryEvent>, TemporalError> {
+    let options = WorkflowFetchHistoryOptions::builder()
+        .skip_archival(true)
+        .build();
+    let events: Vec<_> = handle
+        .fetch_history(options)
+        .take(TIMELINE_EVENTS)
+        .collect()
+        .await;
+    events
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(from_interaction)
+}
+
 /// Follows every event of the workflow's history with long polls until its close event, which
 /// it returns (`None` if the history ended without one). `progressed` is called `window` after
 /// a step was recorded, unless the workflow closed first; steps within that window share a call.
@@ -406,20 +424,7 @@ impl WorkflowGateway for TemporalGateway {
     }
 
     async fn timeline(&self, workflow_id: &str) -> Result<Vec<TimelineEntry>, TemporalError> {
-        let options = WorkflowFetchHistoryOptions::builder()
-            .skip_archival(true)
-            .build();
-        let events: Vec<_> = self
-            .handle(workflow_id)
-            .await?
-            .fetch_history(options)
-            .take(TIMELINE_EVENTS)
-            .collect()
-            .await;
-        let events = events
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(from_interaction)?;
+        let events = read_history(&self.handle(workflow_id).await?).await?;
         Ok(timeline(&events))
     }
 
@@ -465,18 +470,7 @@ impl WorkflowGateway for TemporalGateway {
         if current.run_id() != run_id {
             return Ok(current.run_id().to_owned());
         }
-        let history = WorkflowFetchHistoryOptions::builder()
-            .skip_archival(true)
-            .build();
-        let events: Vec<_> = handle
-            .fetch_history(history)
-            .take(TIMELINE_EVENTS)
-            .collect()
-            .await;
-        let events = events
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(from_interaction)?;
+        let events = read_history(&handle).await?;
         let point = resume_point(&events).ok_or_else(|| {
             TemporalError::Rpc(format!(
                 "{workflow_id} has no completed step to resume from"
