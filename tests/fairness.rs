@@ -7,6 +7,7 @@ use imagejob_testkit as support;
 
 use imagejob_operator::crd::ImageJob;
 use kube::Api;
+use std::time::Duration;
 use support::{
     ControllerProcess, TestWorker,
     fairness::backlog_then_few,
@@ -15,6 +16,8 @@ use support::{
 
 const BACKLOG: usize = 2000;
 const FEW: usize = 10;
+/// Longest the whole run may take (about 4 minutes on this project's 2-core machine).
+const WHOLE_RUN: Duration = Duration::from_secs(900);
 
 #[tokio::test]
 async fn a_namespaces_ten_jobs_finish_long_before_anothers_backlog_of_two_thousand() {
@@ -24,7 +27,10 @@ async fn a_namespaces_ten_jobs_finish_long_before_anothers_backlog_of_two_thousa
     let _worker = TestWorker::plain(&a.settings);
     let _controller = ControllerProcess::start(&a.settings, &format!("{},{b_ns}", a.ns), &[]);
 
-    let shares = backlog_then_few(&a.api, &b, BACKLOG, FEW).await;
+    let run = backlog_then_few(&a.api, &b, BACKLOG, FEW);
+    let shares = tokio::time::timeout(WHOLE_RUN, run)
+        .await
+        .unwrap_or_else(|_| panic!("{BACKLOG} + {FEW} jobs not all finished in {WHOLE_RUN:?}"));
     println!("{shares:#?}");
     assert!(
         shares.few_last * 3 < shares.backlog_last,

@@ -110,13 +110,22 @@ async fn secured_stack(prefix: &str) -> (Setup, Pki, TlsProxy, tempfile::TempDir
 }
 
 /// Creates job `name`, waits until it reports Temporal unreachable, and returns the
-/// condition's message.
-async fn refused_job(s: &Setup, name: &str) -> String {
+/// condition's message; a wait that fails shows `operator`'s log, which says why.
+async fn refused_job(s: &Setup, operator: &Operator, name: &str) -> String {
+    use futures::FutureExt;
     create(&s.api, name, kube_env::spec(false)).await;
-    let job = wait_job(&s.api, name, "TemporalReachable=False", JOB_WAIT, |j| {
+    let wait = wait_job(&s.api, name, "TemporalReachable=False", JOB_WAIT, |j| {
         reachable(j).is_some_and(|(status, _)| status == "False")
-    })
-    .await;
+    });
+    let job = std::panic::AssertUnwindSafe(wait)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{name} never reported Temporal unreachable; the operator's log:\n{}",
+                operator.log()
+            )
+        });
     reachable(&job).map(|(_, m)| m).unwrap_or_default()
 }
 
@@ -203,7 +212,7 @@ async fn a_wrong_server_ca_is_reported_and_a_rotated_ca_file_is_picked_up() {
         ..Credentials::good(&pki)
     };
     let mut operator = Operator::start(&s, &proxy, &credentials, dir.path());
-    let message = refused_job(&s, "wrong-ca").await;
+    let message = refused_job(&s, &operator, "wrong-ca").await;
     assert!(message.contains("UnknownIssuer"), "{message}");
     operator.assert_alive();
     assert!(
@@ -225,7 +234,7 @@ async fn a_missing_client_certificate_is_reported_without_a_crash() {
         ..Credentials::good(&pki)
     };
     let mut operator = Operator::start(&s, &proxy, &credentials, dir.path());
-    let message = refused_job(&s, "no-client-cert").await;
+    let message = refused_job(&s, &operator, "no-client-cert").await;
     assert!(message.contains("client certificate required"), "{message}");
     operator.assert_alive();
     assert!(operator.log().contains("certificate"), "{}", operator.log());
@@ -239,7 +248,7 @@ async fn a_wrong_api_key_is_reported_and_a_rotated_key_file_is_picked_up() {
         ..Credentials::good(&pki)
     };
     let mut operator = Operator::start(&s, &proxy, &credentials, dir.path());
-    let message = refused_job(&s, "wrong-key").await;
+    let message = refused_job(&s, &operator, "wrong-key").await;
     assert!(message.contains("refused the credentials"), "{message}");
     assert!(message.contains("Unauthenticated"), "{message}");
     assert!(
