@@ -42,11 +42,20 @@ struct Script {
     received: Vec<Received>,
 }
 
-/// A local HTTP sink answering from a script of statuses and recording what it received.
+/// A local HTTP sink answering from a script of statuses and recording what it received;
+/// while held, it records each request and answers none until it is let go.
 #[derive(Clone)]
 struct Sink {
     base: String,
     script: Arc<Mutex<Script>>,
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+/// What the sink's handler reads.
+#[derive(Clone)]
+struct SinkState {
+    script: Arc<Mutex<Script>>,
+    open: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Sink {
@@ -57,13 +66,27 @@ impl Sink {
             retry_after,
             ..Default::default()
         }));
+        let (open, gate) = tokio::sync::watch::channel(true);
+        let state = SinkState {
+            script: script.clone(),
+            open: gate,
+        };
         let app = Router::new()
             .route("/{*path}", post(receive))
-            .with_state(script.clone());
+            .with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { base, script }
+        Self {
+            base,
+            script,
+            open: Arc::new(open),
+        }
+    }
+
+    /// Holds (false) or lets go (true) every answer.
+    fn answer(&self, open: bool) {
+        self.open.send_replace(open);
     }
 
     fn url(&self, path: &str) -> String {
@@ -78,13 +101,19 @@ impl Sink {
 }
 
 async fn receive(
-    State(script): State<Arc<Mutex<Script>>>,
+    State(state): State<SinkState>,
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> (axum::http::StatusCode, HeaderMap, &'static str) {
-    let mut script = script.lock().unwrap();
     let path = uri.path().trim_start_matches('/').to_owned();
+    state.script.lock().unwrap().received.push(Received {
+        path: path.clone(),
+        headers,
+        body: body.to_vec(),
+    });
+    let _ = state.open.clone().wait_for(|open| *open).await;
+    let mut script = state.script.lock().unwrap();
     let status = match script.statuses.get_mut(&path) {
         Some(statuses) if statuses.len() > 1 => statuses.pop_front().unwrap_or(200),
         Some(statuses) => statuses.front().copied().unwrap_or(200),
@@ -97,11 +126,6 @@ async fn receive(
             script.retry_after.to_string().parse().unwrap(),
         );
     }
-    script.received.push(Received {
-        path,
-        headers,
-        body: body.to_vec(),
-    });
     (
         axum::http::StatusCode::from_u16(status).unwrap(),
         answer,
@@ -333,4 +357,43 @@ async fn a_controller_killed_before_the_delivery_leaves_it_to_the_next_one() {
     assert_eq!(received.len(), 2, "the failed attempt, then the delivery");
     let id = |r: &Received| serde_json::from_slice::<Value>(&r.body).unwrap()["id"].clone();
     assert_eq!(id(&received[0]), id(&received[1]), "the same event");
+}
+
+/// Deliveries hold no reconcile slot: with one slot and a sink that answers nothing, every job
+/// still completes while the first deliveries wait on the sink.
+#[tokio::test]
+async fn a_sink_that_never_answers_holds_no_other_jobs_progress() {
+    let s = Setup::new("slowsink").await;
+    let sink = Sink::start("ops", &[200], 1).await;
+    sink.answer(false);
+    let _worker = TestWorker::plain(&s.settings);
+    let _ctl = ControllerProcess::start(
+        &s.settings,
+        &s.ns,
+        &[
+            ("NOTIFY_SINK_URL", sink.url("ops")),
+            ("NOTIFY_TIMEOUT_SECS", "300".into()),
+            ("RECONCILE_CONCURRENCY", "1".into()),
+        ],
+    );
+    let names = ["first", "second", "third"];
+    create(&s.api, names[0], kube_env::spec(false)).await;
+    eventually("the first delivery to reach the sink", WAIT, || async {
+        (!sink.received("ops").is_empty()).then_some(())
+    })
+    .await;
+    for name in &names[1..] {
+        create(&s.api, name, kube_env::spec(false)).await;
+    }
+    for name in names {
+        wait_phase(&s.api, name, Phase::Completed).await;
+    }
+    assert!(
+        (s.api.get("first").await.unwrap()).notification_pending(),
+        "the first delivery is still waiting on the sink"
+    );
+    sink.answer(true);
+    for name in names {
+        wait_job(&s.api, name, "its delivery", WAIT, settled).await;
+    }
 }

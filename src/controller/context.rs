@@ -56,7 +56,12 @@ pub struct Context {
     pub(super) backoffs: Backoffs,
     pub(super) deletions: DeletionClock,
     pub(super) slots: FairSlots,
+    /// Permits of the finished jobs' notification deliveries, apart from the slots.
+    pub(super) deliveries: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most notification deliveries at once (each bounded by `NOTIFY_TIMEOUT_SECS`).
+pub(super) const DELIVERIES_AT_ONCE: usize = 64;
 
 /// The workflow id of a job (see [`ImageJob::workflow_id`]); an error for an object without a
 /// uid.

@@ -5,6 +5,7 @@ use super::{
     apply, claim, cleanup,
     context::{Context, workflow_id},
     error::{Error, Result},
+    fair::Slot,
 };
 use crate::crd::{FINALIZER, ImageJob};
 use kube::{
@@ -15,12 +16,13 @@ use kube::{
     },
 };
 use std::{sync::Arc, time::Instant};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{info, instrument, warn};
 
 #[instrument(skip_all, fields(namespace = ?job.namespace(), name = %job.name_any()))]
 pub(super) async fn reconcile(job: Arc<ImageJob>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = job.namespace().unwrap_or_default();
-    let Some(_slot) = ctx.slots.acquire(&namespace).await else {
+    let Some(_turn) = turn(&job, &namespace, &ctx).await else {
         // The controller is stopping.
         return Ok(Action::await_change());
     };
@@ -57,6 +59,35 @@ pub(super) async fn reconcile(job: Arc<ImageJob>, ctx: Arc<Context>) -> Result<A
     ctx.metrics.reconcile_took(started.elapsed());
     ctx.metrics.set_tracked_jobs(ctx.tracked());
     result
+}
+
+/// What a reconcile holds while it runs: a reconcile slot, or, for a finished job with nothing
+/// left but notifications to deliver, a delivery permit, so sinks slow to answer never hold the
+/// slots the other jobs need.
+/// Both are held for their drop, which frees them.
+struct Turn {
+    _slot: Option<Slot>,
+    _delivery: Option<OwnedSemaphorePermit>,
+}
+
+/// Waits for the job's turn; `None` once the controller is stopping.
+async fn turn(job: &ImageJob, namespace: &str, ctx: &Context) -> Option<Turn> {
+    let only_delivers = job.phase().is_terminal()
+        && job.notification_pending()
+        && !job.retry_pending()
+        && job.metadata.deletion_timestamp.is_none();
+    if only_delivers {
+        let permit = ctx.deliveries.clone().acquire_owned().await.ok()?;
+        return Some(Turn {
+            _slot: None,
+            _delivery: Some(permit),
+        });
+    }
+    let slot = ctx.slots.acquire(namespace).await?;
+    Some(Turn {
+        _slot: Some(slot),
+        _delivery: None,
+    })
 }
 
 pub(super) fn error_policy(job: Arc<ImageJob>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -4,7 +4,7 @@
 use super::metrics::SharedControllerMetrics;
 use super::{
     backoff::Backoffs,
-    context::{Context, DeletionClock, Settings},
+    context::{Context, DELIVERIES_AT_ONCE, DeletionClock, Settings},
     fair::FairSlots,
     jobs::{CacheAlive, Jobs, keep_for_reconcile, trigger_fingerprint, watch},
     namespaces,
@@ -19,6 +19,7 @@ use kube::{
     runtime::{Controller, WatchStreamExt, events::Reporter, reflector},
 };
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 /// Runs the controller until `shutdown` resolves. The returned jobs fill once the returned
@@ -38,11 +39,13 @@ pub async fn run(
     let (watch_tx, watch_rx) = futures::channel::mpsc::unbounded();
     // kube-runtime runs every due reconcile at once; the fair slots bound how many proceed.
     let slots = FairSlots::new(usize::from(settings.concurrency));
-    let closer = slots.clone();
+    let deliveries = Arc::new(Semaphore::new(DELIVERIES_AT_ONCE));
+    let (closer, stopped) = (slots.clone(), deliveries.clone());
     let shutdown = async move {
         shutdown.await;
-        // Reconciles still waiting for a slot end at once instead of being drained.
+        // Reconciles still waiting for a slot or a permit end at once instead of being drained.
         closer.close();
+        stopped.close();
     };
     let watch_errors = metrics.watch_errors.clone();
     let ctx = Arc::new(Context {
@@ -55,6 +58,7 @@ pub async fn run(
         backoffs: Backoffs::default(),
         deletions: DeletionClock::default(),
         slots: slots.clone(),
+        deliveries,
         settings: settings.clone(),
     });
     let alive = CacheAlive::count(&ctx.metrics.job_caches);

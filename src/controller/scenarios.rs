@@ -48,6 +48,7 @@ fn context(api: &FakeApiServer, gateway: &Arc<FakeGateway>) -> Arc<Context> {
         backoffs: Backoffs::default(),
         deletions: DeletionClock::default(),
         slots: super::fair::FairSlots::new(4),
+        deliveries: Arc::new(tokio::sync::Semaphore::new(4)),
     })
 }
 
