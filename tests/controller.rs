@@ -839,8 +839,12 @@ async fn a_failed_search_retried_by_spec_resumes_at_the_search_and_stores_the_do
     })
     .await;
     assert_eq!(refused.phase(), Phase::Completed);
-    let reasons = kube_env::event_reasons(&s.client, &s.ns, "shirt").await;
-    assert!(reasons.contains(&"Retrying".to_owned()), "{reasons:?}");
-    assert!(reasons.contains(&"RetryRefused".to_owned()), "{reasons:?}");
+    // Each event is recorded just after the status write that made it.
+    eventually("the retry's events", Duration::from_secs(10), || async {
+        let reasons = kube_env::event_reasons(&s.client, &s.ns, "shirt").await;
+        let has = |reason: &str| reasons.iter().any(|r| r == reason);
+        (has("Retrying") && has("RetryRefused")).then_some(())
+    })
+    .await;
     assert_eq!(fake.requests().len(), 2);
 }

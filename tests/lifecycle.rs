@@ -272,11 +272,19 @@ async fn a_spec_edit_after_start_is_reported_and_not_applied() {
         "{}",
         reported.message
     );
-    let reasons = kube_env::event_reasons(&s.client, &s.ns, "edited").await;
-    assert!(
-        reasons.iter().any(|r| r == "SpecEditedAfterStart"),
-        "{reasons:?}"
-    );
+    // The event is recorded just after the status write that reported the edit.
+    eventually(
+        "the SpecEditedAfterStart event",
+        Duration::from_secs(10),
+        || async {
+            let reasons = kube_env::event_reasons(&s.client, &s.ns, "edited").await;
+            reasons
+                .iter()
+                .any(|r| r == "SpecEditedAfterStart")
+                .then_some(())
+        },
+    )
+    .await;
 
     // Undoing the edit while the workflow runs says so.
     let job = retitle(&s.api, "edited", "Product Image", "True").await;
