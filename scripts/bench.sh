@@ -12,7 +12,8 @@ own_build
 step "building the benchmark (release)"
 cargo bench --bench operator --no-run
 stack="$(mktemp -d /tmp/imagejob-bench-stack.XXXXXX)"
-trap 'scripts/stack.sh down "$stack"' EXIT
+# The stack's folder goes with it (the figures are in bench-results/).
+trap 'scripts/stack.sh purge "$stack"' EXIT
 scripts/stack.sh up "$stack"
 # shellcheck disable=SC1091
 source "$stack/env"

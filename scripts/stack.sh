@@ -11,6 +11,8 @@
 #                                                     scheduler, containerd, kubelet, kube-proxy,
 #                                                     the project's image loaded (scripts/cluster.sh)
 #   scripts/stack.sh down DIR                        stop everything started in DIR
+#   scripts/stack.sh purge DIR                       down, then remove DIR (its data and logs)
+#                                                     unless something is still mounted under it
 #   scripts/stack.sh restart-kube-apiserver DIR      stop the kube-apiserver and start it again
 #                                                     (etcd keeps the data; its caches start anew)
 #   scripts/stack.sh stop-temporal DIR               stop only Temporal (its data is kept)
@@ -242,6 +244,14 @@ case "$cmd" in
       [ -e "$relay" ] && stop_one "$(basename "$relay" .pid)"
     done
     for name in temporal kube-apiserver etcd; do stop_one "$name"; done
+    ;;
+  purge)
+    "$IJ_ROOT/scripts/stack.sh" down "$dir" || echo "stack.sh: stopping $dir failed" >&2
+    if findmnt -rn -o TARGET | grep -q "^$dir/"; then
+      echo "stack.sh: $dir still has mounts under it; left in place" >&2
+    else
+      rm -rf "$dir"
+    fi
     ;;
   restart-kube-apiserver) stop_one kube-apiserver; start_kube_apiserver ;;
   stop-temporal) stop_one temporal ;;

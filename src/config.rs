@@ -581,9 +581,10 @@ pub struct ControllerArgs {
     /// This replica's identity in the Lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// Most workflows watched by a long poll at once (each wakes its job the moment its workflow
-    /// closes); further running jobs are polled.
-    #[arg(long, env = "MAX_WORKFLOW_WATCHES", default_value_t = 1000)]
+    /// Most workflows watched by a long poll at once (each wakes its job at its steps and the
+    /// moment its workflow closes); further running jobs, and jobs started while some are, are
+    /// listed: their closes found by one list of closed runs a second.
+    #[arg(long, env = "MAX_WORKFLOW_WATCHES", default_value_t = 100)]
     pub max_workflow_watches: usize,
     /// Most reconciles running at once. Bounds memory and apiserver load when thousands of
     /// jobs arrive together (or at startup).

@@ -8,8 +8,8 @@ use crate::{
     crd::ImageJob,
     temporal::{
         client::{
-            Dispatch, ExecutionStatus, StartOutcome, TimelineEntry, WorkflowGateway,
-            WorkflowSnapshot,
+            ClosedRun, Dispatch, ExecutionStatus, StartOutcome, TimelineEntry, Unrun,
+            WorkflowGateway, WorkflowSnapshot,
         },
         contract::{ImageProcessingInput, ProcessingStatus, WorkflowState},
         error::TemporalError,
@@ -22,10 +22,10 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Bytes, Frame};
 use serde_json::{Value, json};
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     convert::Infallible,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -337,6 +337,7 @@ impl FakeApiServer {
             return not_found(name);
         };
         let before_spec = job["spec"].clone();
+        let stored_version = job["metadata"]["resourceVersion"].clone();
         if content_type.contains("json-patch") {
             // As the apiserver's: a `test` of null passes on a path that is absent.
             let ops: Vec<Value> = patch
@@ -365,8 +366,15 @@ impl FakeApiServer {
         } else if status {
             // Server-side apply of the status: the fields given replace ours.
             json_patch::merge(&mut job["status"], &patch["status"]);
+            if let Some(version) = patch["metadata"].get("resourceVersion") {
+                job["metadata"]["resourceVersion"] = version.clone();
+            }
         } else {
             json_patch::merge(&mut job, &patch);
+        }
+        if job["metadata"]["resourceVersion"] != stored_version {
+            // As the apiserver's: a patch naming another resourceVersion is refused.
+            return conflict();
         }
         store.version += 1;
         job["metadata"]["resourceVersion"] = json!(store.version.to_string());
@@ -410,6 +418,17 @@ impl FakeApiServer {
     }
 }
 
+fn conflict() -> Response<Body> {
+    full(
+        StatusCode::CONFLICT,
+        &status_body(
+            StatusCode::CONFLICT,
+            "Conflict",
+            "the object has been modified",
+        ),
+    )
+}
+
 fn key_of(job: &Value) -> (String, String) {
     let meta = &job["metadata"];
     (
@@ -438,12 +457,19 @@ pub struct FakeGateway {
     dispatches: Mutex<HashMap<String, Dispatch>>,
     /// Every call fails with this when set.
     down: Mutex<Option<TemporalError>>,
+    /// Workflows no worker has taken yet: [`WorkflowGateway::stop_unrun`] terminates them.
+    unrun: Mutex<HashSet<String>>,
 }
 
 impl FakeGateway {
     /// What reads of workflow `id` answer from now on.
     pub fn set(&self, id: &str, snapshot: Result<WorkflowSnapshot, TemporalError>) {
         lock(&self.workflows).insert(id.to_owned(), snapshot);
+    }
+
+    /// Marks workflow `id` as not yet taken by a worker: asked to stop, it is terminated.
+    pub fn set_unrun(&self, id: &str) {
+        lock(&self.unrun).insert(id.to_owned());
     }
 
     /// How the workflow `id` was started to be dispatched.
@@ -542,9 +568,36 @@ impl WorkflowGateway for FakeGateway {
         self.read(workflow_id)
     }
 
-    async fn execution(&self, workflow_id: &str) -> Result<ExecutionStatus, TemporalError> {
-        self.call("execution", workflow_id)?;
-        self.read(workflow_id).map(|s| s.execution)
+    async fn close_of(&self, workflow_id: &str) -> Result<WorkflowSnapshot, TemporalError> {
+        self.call("close_of", workflow_id)?;
+        self.read(workflow_id)
+    }
+
+    async fn closed_since(&self, _since: SystemTime) -> Result<Vec<ClosedRun>, TemporalError> {
+        self.call("closed_since", "")?;
+        let workflows = lock(&self.workflows);
+        let closed = workflows.iter().filter_map(|(id, read)| {
+            let snapshot = read.as_ref().ok()?;
+            (snapshot.execution != ExecutionStatus::Running).then(|| ClosedRun {
+                workflow_id: id.clone(),
+                run_id: snapshot.run_id.clone().unwrap_or_default(),
+                start_time: snapshot.start_time,
+                close_time: snapshot.close_time,
+            })
+        });
+        Ok(closed.collect())
+    }
+
+    async fn stop_unrun(&self, workflow_id: &str) -> Result<Unrun, TemporalError> {
+        self.call("stop_unrun", workflow_id)?;
+        if lock(&self.unrun).remove(workflow_id) {
+            self.set(
+                workflow_id,
+                Ok(closed(ExecutionStatus::Cancelled, WorkflowState::default())),
+            );
+            return Ok(Unrun::Terminated);
+        }
+        self.read(workflow_id).map(|s| Unrun::Ran(s.execution))
     }
 
     async fn signal_cancel(&self, workflow_id: &str) -> Result<(), TemporalError> {

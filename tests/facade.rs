@@ -1005,10 +1005,19 @@ async fn a_job_whose_ttl_ran_out_still_answers_from_temporal() {
         "facade jobs get the configured TTL"
     );
     kube_env::wait_gone(&s.api, &name, Duration::from_secs(60)).await;
-    let status = facade
-        .get_json(&format!("/images/workflow/{id}/status"))
-        .await;
-    assert_eq!(status["job_deleted"], true, "{status}");
+    // The facade answers from its watch cache, which sees the controller's delete a moment
+    // after the apiserver did.
+    let status = eventually(
+        "the facade to see the job deleted",
+        Duration::from_secs(30),
+        || async {
+            let status = facade
+                .get_json(&format!("/images/workflow/{id}/status"))
+                .await;
+            (status["job_deleted"] == true).then_some(status)
+        },
+    )
+    .await;
     assert_eq!(
         status["state"], done["state"],
         "the same state as before the TTL"

@@ -268,9 +268,11 @@ async fn a_wrong_temporal_namespace_is_reported_and_jobs_complete_once_it_exists
 async fn a_job_whose_workflow_cannot_be_cancelled_is_released_after_the_timeout_or_at_once_by_annotation()
  {
     let s = Setup::new("release").await;
-    // No worker: workflows start but never end, so a cancellation never completes. One
-    // reconcile at a time: a cleanup that held its slot would stall every other job. The
-    // timeout outlasts another job's first status write (10 s after its start without a worker).
+    // The workflows run their first steps on a worker (the document is stored, the search never
+    // answers), then the worker stops: a cancellation then never completes. (A workflow that
+    // never ran a task would be terminated at once instead.) One reconcile at a time: a cleanup
+    // that held its slot would stall every other job. The timeout outlasts another job's first
+    // status write (10 s after its start without a worker).
     let controller = ControllerProcess::start(
         &s.settings,
         &s.ns,
@@ -279,10 +281,17 @@ async fn a_job_whose_workflow_cannot_be_cancelled_is_released_after_the_timeout_
             ("RECONCILE_CONCURRENCY", "1".to_owned()),
         ],
     );
-    create(&s.api, "stuck", kube_env::spec(false)).await;
-    create(&s.api, "forced", kube_env::spec(false)).await;
-    wait_phase(&s.api, "stuck", Phase::Processing).await;
-    wait_phase(&s.api, "forced", Phase::Processing).await;
+    let silent = FakeLykdat::start(vec![Reply::ok(&[]).after(Duration::from_secs(3600))]).await;
+    let worker = TestWorker::with_lykdat(&s.settings, &silent.base_url, Duration::from_secs(3600));
+    create(&s.api, "stuck", kube_env::spec(true)).await;
+    create(&s.api, "forced", kube_env::spec(true)).await;
+    for name in ["stuck", "forced"] {
+        wait_job(&s.api, name, "its document stored", JOB_WAIT, |j| {
+            j.status.as_ref().is_some_and(|st| st.metadata_stored)
+        })
+        .await;
+    }
+    drop(worker);
     s.api
         .delete("stuck", &DeleteParams::default())
         .await
@@ -476,8 +485,8 @@ async fn a_job_deleted_while_temporal_is_down_is_released_after_the_timeout_with
 }
 
 /// The kube-apiserver restarted under the leading controller: its watch resumes too old (410)
-/// and lists again, its Lease renewals fail meanwhile. The same process goes on leading, a job
-/// created after the restart completes, and the job finished before is not written again.
+/// and lists again, its Lease renewals fail meanwhile. The same process goes on leading, the
+/// jobs created after the restart complete, and the job finished before is not written again.
 #[tokio::test]
 async fn an_apiserver_restart_under_the_leader_is_ridden_out() {
     let kube = support::PrivateKube::start();
@@ -496,9 +505,24 @@ async fn an_apiserver_restart_under_the_leader_is_ridden_out() {
         .await
         .expect("the controller's metrics");
 
+    let down = Instant::now();
     kube.restart_apiserver();
-    create(&api, "after", kube_env::spec(false)).await;
-    wait_phase(&api, "after", Phase::Completed).await;
+    let outage = down.elapsed();
+    // Created before the controller's watch resumes, these come with its relist: each must be
+    // reconciled, though kube-runtime runs a wake before the relisted job is in its cache.
+    let after = ["after-1", "after-2", "after-3"];
+    for name in after {
+        create(&api, name, kube_env::spec(false)).await;
+    }
+    // The controller's watch retries through the outage with kube-runtime's default backoff,
+    // whose waits double up to 30 s: it may sleep that long after the apiserver is back.
+    let bound = outage + Duration::from_secs(30) + JOB_WAIT;
+    for name in after {
+        wait_job(&api, name, "Completed", bound, |j| {
+            j.phase() == Phase::Completed
+        })
+        .await;
+    }
 
     assert!(
         controller.child.0.try_wait().expect("wait").is_none(),

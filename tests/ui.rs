@@ -1,6 +1,7 @@
 //! The jobs page in headless Chromium, driven through WebDriver, over the real stack: the token
 //! prompt, submitting through the form, live badges, a job's page with its similar products and
-//! timeline, cancel from the page, user text that stays text, and screenshots.
+//! timeline, cancel from the page, user text that stays text, and screenshots; a dropped browser
+//! leaves no process behind.
 
 use imagejob_testkit as support;
 
@@ -12,7 +13,7 @@ use support::{
     facade_env::{TOKEN, TestFacade},
     kube_env::{InProcessController, Setup},
     lykdat::{FakeLykdat, Reply},
-    webdriver::Browser,
+    webdriver::{Browser, processes_in_group},
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -365,4 +366,24 @@ async fn the_jobs_page_submits_shows_products_filters_cancels_and_keeps_user_tex
         .screenshot(&screenshots().join("gallery-phone.png"))
         .await;
     println!("screenshots in {}", screenshots().display());
+}
+
+/// A browser dropped ends chromedriver and every Chromium process it started (they used to
+/// outlive the tests, one browser's worth per run).
+#[tokio::test]
+async fn a_dropped_browser_leaves_no_process_behind() {
+    let browser = Browser::start().await;
+    let group = browser.process_group();
+    let started = processes_in_group(group);
+    assert!(
+        started.len() > 1,
+        "chromedriver and its Chromium in group {group}: {started:?}"
+    );
+    drop(browser);
+    support::eventually(
+        "the browser's processes to end",
+        Duration::from_secs(10),
+        || async { processes_in_group(group).is_empty().then_some(()) },
+    )
+    .await;
 }

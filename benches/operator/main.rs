@@ -13,6 +13,7 @@
 //! Phases 1 and 2 run at each `--concurrency` level. Each figure is the median of `--reps`
 //! repetitions, with min and max; a warm-up is excluded.
 
+mod burst;
 mod cpu;
 mod fairness;
 mod load;
@@ -84,6 +85,19 @@ struct Args {
     /// Run the fairness phase alone.
     #[arg(long, requires = "fairness")]
     fairness_only: bool,
+    /// Bursts: this many jobs submitted at once through kubectl, the facade and a Temporal
+    /// client, side by side (comma-separated sizes; none: skipped).
+    #[arg(long, value_delimiter = ',')]
+    burst: Vec<usize>,
+    /// How the bursts are submitted (comma-separated; the ratios need `raw`).
+    #[arg(long, value_delimiter = ',', default_value = "raw,kubectl,facade")]
+    burst_paths: Vec<burst::Submit>,
+    /// Cancel under a backlog: jobs cancelled and deleted behind this many queued (0: skipped).
+    #[arg(long, default_value_t = 0)]
+    cancel_backlog: usize,
+    /// Run the burst and cancel phases alone.
+    #[arg(long)]
+    burst_only: bool,
     /// ImageJob counts at which the controller's RSS is measured.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     rss_jobs: Vec<usize>,
@@ -627,11 +641,32 @@ async fn main() {
         write_results(&args.out, &json!({"commit": commit(), "fairness": figures}));
         return;
     }
+    let tokens = data.path().join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).expect("tokens");
+    let burst = if args.burst.is_empty() && args.cancel_backlog == 0 {
+        None
+    } else {
+        let bench = burst::Bench {
+            client: &client,
+            run_id,
+            settings: &settings,
+            temporal_metrics: &temporal_metrics,
+            data: data.path(),
+            tokens: &tokens,
+            token: TOKEN,
+        };
+        Some(burst::run(&bench, &args.burst, &args.burst_paths, args.cancel_backlog).await)
+    };
+    if args.burst_only {
+        write_results(
+            &args.out,
+            &json!({"commit": commit(), "cores": cores(), "burst": burst}),
+        );
+        return;
+    }
     let ns = format!("bench-{run_id}");
     create_namespace(&client, &ns).await;
     let api: Api<ImageJob> = Api::namespaced(client.clone(), &ns);
-    let tokens = data.path().join("tokens");
-    std::fs::write(&tokens, format!("{TOKEN}\n")).expect("tokens");
     let highest = args.concurrency.iter().copied().max().unwrap_or(32);
 
     let mut worker_env = temporal_env(&settings);
@@ -765,9 +800,7 @@ async fn main() {
         None
     };
 
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cores = cores();
     let commit = commit();
 
     println!(
@@ -918,8 +951,16 @@ async fn main() {
         "facade_load": loaded.as_ref().map(load::Load::json),
         "worker_settings": tuned.as_deref().map(tuning::json),
         "fairness": fair.as_ref().map(fairness::print),
+        "burst": burst,
     });
     write_results(&args.out, &result);
+}
+
+/// The machine's cores.
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0)
 }
 
 /// The checked-out commit, short.

@@ -2,23 +2,15 @@
 //! is) is timed to ready and to the end of its first pass, with the status writes and the
 //! Temporal calls it made; then the facade's memory and its status and list latencies.
 
-use super::{controller_env, fill_finished, metric_sum, scrape, small_spec, spawn, wrk};
+use super::{
+    burst::temporal_job_calls, controller_env, fill_finished, metric_sum, scrape, small_spec,
+    spawn, wrk,
+};
 use imagejob_operator::temporal::connection::TemporalSettings;
 use imagejob_testkit::{free_port, is_ready};
 use kube::Client;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-
-/// Temporal frontend calls a controller makes for jobs (worker polls excluded).
-const JOB_CALLS: [&str; 7] = [
-    "StartWorkflowExecution",
-    "QueryWorkflow",
-    "DescribeWorkflowExecution",
-    "GetWorkflowExecutionHistory",
-    "RequestCancelWorkflowExecution",
-    "SignalWorkflowExecution",
-    "PollWorkflowExecutionUpdate",
-];
 
 /// The figures of the scale phase.
 pub struct Scale {
@@ -35,21 +27,6 @@ pub struct Scale {
     /// (requests/s, p50 ms, p99 ms)
     pub facade_status: (f64, f64, f64),
     pub facade_list: (f64, f64, f64),
-}
-
-/// Temporal's own count of the calls in [`JOB_CALLS`] its frontend answered, from the dev
-/// server's metrics.
-async fn temporal_job_calls(metrics_url: &str) -> f64 {
-    let text = scrape(metrics_url).await;
-    text.lines()
-        .filter(|l| l.starts_with("service_requests{") && l.contains("service_name=\"frontend\""))
-        .filter(|l| {
-            JOB_CALLS
-                .iter()
-                .any(|op| l.contains(&format!("operation=\"{op}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Waits until `check` holds, polling every 100 ms; the seconds it took.

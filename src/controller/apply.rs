@@ -6,7 +6,7 @@ use super::{
     context::{Context, workflow_id},
     error::{Error, Result},
     notify, retry, status,
-    watches::Started,
+    watches::{Started, Tracking},
     write::{FIRST_WRITE_AFTER, requeue_for_ttl, until, write_status},
 };
 use crate::{
@@ -29,8 +29,20 @@ use tracing::{info, warn};
 
 /// Re-read interval of a running job whose close is watched (a safety net only).
 const WATCHED_RESYNC: Duration = Duration::from_secs(60);
-/// Poll interval of a running job beyond the watch bound.
+/// Re-read interval of a running job whose close is listed (a safety net only: thousands of
+/// jobs queued in a burst are not each read every minute).
+const LISTED_RESYNC: Duration = Duration::from_secs(300);
+/// Poll interval of a running job when listing closes fails.
 const POLLED_RESYNC: Duration = Duration::from_secs(5);
+
+/// When a running job is read again, by how its close reaches it.
+fn resync(tracking: Tracking) -> Duration {
+    match tracking {
+        Tracking::Watched => WATCHED_RESYNC,
+        Tracking::Listed => LISTED_RESYNC,
+        Tracking::Polled => POLLED_RESYNC,
+    }
+}
 pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
     let uid = job.uid().ok_or(Error::MissingUid)?;
     let id = workflow_id(&job)?;
@@ -49,7 +61,7 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
     let now = Time(Timestamp::now());
     let cancelling = job.spec.cancel_requested();
     if current.run_id.is_none()
-        && !ctx.watches.is_watched(&id)
+        && !ctx.watches.is_tracked(&id)
         && let Err(invalid) = job.spec.validate()
     {
         // Within the schema (an apiserver counts characters), outside the limits in bytes.
@@ -64,20 +76,19 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
 
     let mut desired = match observe(&job, &id, &current, !cancelling, ctx).await {
         Ok(Observed::JustStarted { run_id, at }) => {
-            // The watch wakes the job when the workflow ends or progresses; a job past the
-            // watch bound is simply read again.
+            // The watch (or the list) wakes the job when the workflow ends or progresses;
+            // with listing down, the job is simply read again.
             let job_ref = ObjectRef::from_obj(job.as_ref());
             let started = Started {
                 run_id,
                 at,
                 spec_digest: status::spec_digest(&job.spec),
             };
-            let watched = ctx.watches.ensure_started(&id, job_ref, started);
+            let tracking = ctx.watches.ensure_started(&id, job_ref, started);
             ctx.backoffs.reset(&uid);
-            let first_read = if watched {
-                FIRST_WRITE_AFTER
-            } else {
-                POLLED_RESYNC
+            let first_read = match tracking {
+                Tracking::Watched | Tracking::Listed => FIRST_WRITE_AFTER,
+                Tracking::Polled => POLLED_RESYNC,
             };
             return Ok(Action::requeue(first_read));
         }
@@ -138,12 +149,7 @@ pub(super) async fn apply(job: Arc<ImageJob>, ctx: &Context) -> Result<Action> {
         ctx.watches.forget(&id);
         return Ok(requeue_for_ttl(&job, &desired));
     }
-    let watched = ctx.watches.ensure(&id, ObjectRef::from_obj(job.as_ref()));
-    let resync = if watched {
-        WATCHED_RESYNC
-    } else {
-        POLLED_RESYNC
-    };
+    let resync = resync(ctx.watches.ensure(&id, ObjectRef::from_obj(job.as_ref())));
     Ok(Action::requeue(
         cancel_check.map_or(resync, |c| c.min(resync)),
     ))
@@ -189,7 +195,9 @@ enum Observed {
 }
 
 /// Starts the job's workflow unless it is known to have started (or `may_start` is false: the
-/// job is being cancelled), else reads it; a close a watch already saw costs no Temporal call.
+/// job is being cancelled), else reads it; a close a watch (or the list) already saw costs no
+/// Temporal call, nor does the first write of a run this controller started of which nothing
+/// more is known (it shows `Processing`, with the run and its start).
 async fn observe(
     job: &ImageJob,
     id: &str,
@@ -200,7 +208,14 @@ async fn observe(
     if let Some(closed) = ctx.watches.take_closed(id) {
         return Ok(Observed::Now(Box::new(closed)));
     }
-    if current.run_id.is_none() && may_start && !ctx.watches.is_watched(id) {
+    if current.run_id.is_none()
+        && let Some((run_id, at)) = ctx.watches.unprogressed_start(id)
+    {
+        return Ok(Observed::Now(Box::new(WorkflowSnapshot::started(
+            run_id, at,
+        ))));
+    }
+    if current.run_id.is_none() && may_start && !ctx.watches.is_tracked(id) {
         let outcome = ctx
             .gateway
             .start_dispatched(id, status::workflow_input(&job.spec), dispatch(job, ctx))

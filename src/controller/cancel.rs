@@ -1,11 +1,16 @@
 //! Cancel without delete: a job whose spec says `status: Cancelled` gets the seed's `cancel`
 //! signal, then Temporal's request-cancel if its workflow has not stopped within
-//! [`SIGNAL_GRACE`]; the workflow's close (seen by its watch) ends the job `Cancelled` with the
+//! [`SIGNAL_GRACE`]; a workflow that has not run a single task (queued, perhaps behind
+//! thousands) is terminated at once instead, as nothing of it ran (see
+//! [`WorkflowGateway::stop_unrun`](crate::temporal::client::WorkflowGateway::stop_unrun)); the workflow's close (seen by its watch) ends the job `Cancelled` with the
 //! final state, and the ImageJob stays. The `CancelRequested` condition records what was sent
 //! and when, so a new leader carries on where the old one stopped.
 
 use super::{context::Context, error::Result, status};
-use crate::{crd::ImageJobStatus, temporal::error::TemporalError};
+use crate::{
+    crd::ImageJobStatus,
+    temporal::{client::Unrun, error::TemporalError},
+};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use std::time::Duration;
 use tracing::info;
@@ -17,6 +22,10 @@ const CHECK_AGAIN: Duration = Duration::from_secs(5);
 /// `CancelRequested` reasons.
 const SIGNALLED: &str = "Signalled";
 const REQUEST_CANCELLED: &str = "RequestCancelled";
+const TERMINATED_UNRUN: &str = "TerminatedBeforeRun";
+/// Next look at a workflow terminated before it ran (its watch or the list usually wakes the
+/// job first).
+const TERMINATED_CHECK: Duration = Duration::from_secs(1);
 
 /// How a running workflow is asked to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +57,12 @@ pub(super) async fn request(
     ctx: &Context,
 ) -> Result<Duration> {
     let Some(signalled) = status::cancel_signalled_at(desired) else {
+        if let Ok(Unrun::Terminated) = ctx.gateway.stop_unrun(workflow_id).await {
+            info!(%workflow_id, "cancel requested by spec.status before the workflow ran a task; terminated it");
+            let message = "the workflow had not run a single task: terminated, nothing to clean up";
+            status::mark_cancel_requested(desired, TERMINATED_UNRUN, message, now);
+            return Ok(TERMINATED_CHECK);
+        }
         info!(%workflow_id, "cancel requested by spec.status; sending the cancel signal");
         send(ctx, workflow_id, Stop::Signal).await?;
         let message = "cancel signal sent; waiting for the workflow to stop";
@@ -61,7 +76,7 @@ pub(super) async fn request(
     let escalated = desired
         .conditions
         .iter()
-        .any(|c| c.reason == REQUEST_CANCELLED);
+        .any(|c| c.reason == REQUEST_CANCELLED || c.reason == TERMINATED_UNRUN);
     if !escalated {
         info!(%workflow_id, "workflow still running after the cancel signal; requesting cancellation");
         send(ctx, workflow_id, Stop::RequestCancel).await?;

@@ -21,11 +21,31 @@ fn needs_claim(job: &ImageJob) -> bool {
     job.metadata.deletion_timestamp.is_none() && !job.finalizers().iter().any(|f| f == FINALIZER)
 }
 
+/// Claims a job at most this many times: its finalizers changed under each (never in practice
+/// more than once: the change is our own claim, landed since the job was read).
+const CLAIM_ATTEMPTS: usize = 3;
+
 /// `job` with the finalizer: as it is when it has it (or is being deleted), else as the patch
-/// adding it returned it.
+/// adding it returned it. A job whose finalizers changed since it was read (the patch's test
+/// fails, 422: under a burst, a reconcile may start from the cache's copy just before our own
+/// claim reached it) is read again and claimed from what it is now.
 pub(super) async fn claimed(api: &Api<ImageJob>, job: Arc<ImageJob>) -> Result<Arc<ImageJob>> {
-    if !needs_claim(&job) {
-        return Ok(job);
+    let mut job = job;
+    for _ in 1..CLAIM_ATTEMPTS {
+        match claim(api, &job).await {
+            Err(kube::Error::Api(e)) if e.code == 422 => {
+                job = Arc::new(api.get(&job.name_any()).await?);
+            }
+            claimed => return Ok(claimed?),
+        }
+    }
+    Ok(claim(api, &job).await?)
+}
+
+/// One claim of `job` as it was read.
+async fn claim(api: &Api<ImageJob>, job: &Arc<ImageJob>) -> Result<Arc<ImageJob>, kube::Error> {
+    if !needs_claim(job) {
+        return Ok(job.clone());
     }
     let ops = serde_json::from_value(add_finalizer_ops(job.finalizers()))
         .map_err(kube::Error::SerdeError)?;

@@ -1,6 +1,7 @@
 //! Cleanup on delete: a running workflow is cancelled (the seed's `cancel` signal, then
 //! Temporal's request-cancel if it has not ended after a grace period) before the finalizer
-//! goes. Finished jobs and workflows that do not exist go at once.
+//! goes; one that has not run a single task is terminated at once (nothing of it ran). Finished
+//! jobs and workflows that do not exist go at once.
 //!
 //! Cleanup never waits inside a reconcile: each round sends what is due and returns
 //! [`Error::CancelPending`], retried shortly (the workflow's close watch wakes it earlier), so an
@@ -15,7 +16,10 @@ use super::{
 };
 use crate::{
     crd::{ImageJob, RELEASE_ANNOTATION},
-    temporal::{client::ExecutionStatus, error::TemporalError},
+    temporal::{
+        client::{ExecutionStatus, Unrun},
+        error::TemporalError,
+    },
 };
 use kube::{
     ResourceExt,
@@ -92,14 +96,20 @@ async fn cancel(job: &ImageJob, id: &str, ctx: &Context) -> Result<()> {
             .await;
         return Ok(());
     }
-    let execution = match ctx.watches.take_closed(id) {
-        Some(closed) => Ok(closed.execution),
-        None => ctx.gateway.execution(id).await,
+    let stopped = match ctx.watches.take_closed(id) {
+        Some(closed) => Ok(Unrun::Ran(closed.execution)),
+        None => ctx.gateway.stop_unrun(id).await,
     };
-    match execution {
+    match stopped {
         Err(TemporalError::NotFound) => return Ok(()),
-        Ok(ExecutionStatus::Running) => {}
-        Ok(ExecutionStatus::Cancelled) => {
+        Ok(Unrun::Terminated) => {
+            info!(name = %job.name_any(), workflow_id = %id, "job deleted before its workflow ran a task; terminated it");
+            let note = format!("workflow {id} had not run a task: terminated on delete");
+            ctx.event(job, EventType::Normal, "Cancelled", note).await;
+            return Ok(());
+        }
+        Ok(Unrun::Ran(ExecutionStatus::Running)) => {}
+        Ok(Unrun::Ran(ExecutionStatus::Cancelled)) => {
             let note = format!("workflow {id} cancelled on delete");
             ctx.event(job, EventType::Normal, "Cancelled", note).await;
             return Ok(());

@@ -82,7 +82,10 @@ impl Context {
     /// Per-job entries held in memory (backoffs, watches, write counters): bounded by the jobs
     /// that exist and are not finished; exported as `imagejob_controller_tracked_jobs`.
     pub(super) fn tracked(&self) -> usize {
-        self.backoffs.tracked() + self.watches.tracked() + self.metrics.tracked_jobs()
+        self.backoffs.tracked()
+            + self.watches.tracked()
+            + self.metrics.tracked_jobs()
+            + self.slots.waiting()
     }
 
     /// Publishes an event on the job; failures are logged, never fatal.

@@ -68,6 +68,8 @@ pub struct ControllerMetrics {
     pub watch_errors: Counter,
     /// Completion notification attempts, by outcome.
     pub notifications: Family<OutcomeLabel, Counter>,
+    /// Workflow closes found by listing closed runs (workflows beyond the watch bound).
+    pub listed_closes: Counter,
     writes_by_job: Mutex<HashMap<String, u64>>,
 }
 
@@ -101,6 +103,7 @@ impl ControllerMetrics {
             jobs_waiting_for_temporal: Gauge::default(),
             watch_errors: Counter::default(),
             notifications: Family::default(),
+            listed_closes: Counter::default(),
             writes_by_job: Mutex::new(HashMap::new()),
         };
         let registry = metrics.exposition.registry();
@@ -123,6 +126,11 @@ impl ControllerMetrics {
             "controller_notifications",
             "Completion notification attempts by outcome: delivered, retried (a failed attempt to be tried again), failed (given up: the sink kept failing or refused it), refused (the job's sink is not allowed)",
             metrics.notifications.clone(),
+        );
+        registry.register(
+            "controller_listed_closes",
+            "Workflow closes found by listing the closed runs (workflows beyond MAX_WORKFLOW_WATCHES, or started while others were listed), each read with one history read",
+            metrics.listed_closes.clone(),
         );
         registry.register(
             "watch_errors",

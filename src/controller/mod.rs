@@ -5,7 +5,7 @@
 //! (`backoff`, `watches`, `settled`, the reconcile slots shared by namespace: `fair`) and the
 //! [`context`] every reconcile shares; the steps
 //! (`claim`, `apply`, `cancel`, `retry`, `notify`, `cleanup`, over the status `write`) and `reconcile`
-//! calling them; the cache (`jobs`, `namespaces`) and one controller `run`; leader election (`leader`) and the `lifecycle` that
+//! calling them; the cache (`jobs`, `namespaces`, and `stored`, which wakes a job only once it is cached) and one controller `run`; leader election (`leader`) and the `lifecycle` that
 //! runs, stops and rebuilds the controller (`compaction`) as leadership and memory require.
 
 mod admin;
@@ -24,6 +24,7 @@ mod lifecycle;
 mod metrics;
 mod namespaces;
 mod notify;
+mod rebase;
 mod reconcile;
 mod retry;
 mod run;
@@ -31,6 +32,7 @@ mod run;
 mod scenarios;
 mod settled;
 pub mod status;
+mod stored;
 mod watches;
 mod write;
 

@@ -5,7 +5,7 @@ use super::{
     apply, claim, cleanup,
     context::{Context, workflow_id},
     error::{Error, Result},
-    fair::Slot,
+    fair::{Admission, Slot},
 };
 use crate::crd::{FINALIZER, ImageJob};
 use kube::{
@@ -13,18 +13,29 @@ use kube::{
     runtime::{
         controller::Action,
         finalizer::{Event as Finalizer, finalizer},
+        reflector::ObjectRef,
     },
 };
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{info, instrument, warn};
+
+/// Next look at a job waiting for its turn, should its wake be lost (it is woken when its turn
+/// comes).
+const QUEUED_RECHECK: Duration = Duration::from_secs(300);
 
 #[instrument(skip_all, fields(namespace = ?job.namespace(), name = %job.name_any()))]
 pub(super) async fn reconcile(job: Arc<ImageJob>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = job.namespace().unwrap_or_default();
-    let Some(_turn) = turn(&job, &namespace, &ctx).await else {
+    let _turn = match turn(&job, &ctx).await {
+        Admission::Go(turn) => turn,
+        // Woken when its turn comes; looked at again anyway after a while.
+        Admission::Queued => return Ok(Action::requeue(QUEUED_RECHECK)),
         // The controller is stopping.
-        return Ok(Action::await_change());
+        Admission::Closed => return Ok(Action::await_change()),
     };
     if !ctx.fence.is_open() {
         // No longer the leader: touch nothing (the controller is being stopped).
@@ -70,21 +81,24 @@ struct Turn {
     _delivery: Option<OwnedSemaphorePermit>,
 }
 
-/// Waits for the job's turn; `None` once the controller is stopping.
-async fn turn(job: &ImageJob, namespace: &str, ctx: &Context) -> Option<Turn> {
+/// The job's turn: a delivery permit (waited for), or a reconcile slot when one is free and no
+/// other namespace's turn comes first, else its place in line.
+async fn turn(job: &ImageJob, ctx: &Context) -> Admission<Turn> {
     let only_delivers = job.phase().is_terminal()
         && job.notification_pending()
         && !job.retry_pending()
         && job.metadata.deletion_timestamp.is_none();
     if only_delivers {
-        let permit = ctx.deliveries.clone().acquire_owned().await.ok()?;
-        return Some(Turn {
-            _slot: None,
-            _delivery: Some(permit),
-        });
+        return match ctx.deliveries.clone().acquire_owned().await {
+            Ok(permit) => Admission::Go(Turn {
+                _slot: None,
+                _delivery: Some(permit),
+            }),
+            Err(_) => Admission::Closed,
+        };
     }
-    let slot = ctx.slots.acquire(namespace).await?;
-    Some(Turn {
+    let admission = ctx.slots.admit(&ObjectRef::from_obj(job));
+    admission.map(|slot| Turn {
         _slot: Some(slot),
         _delivery: None,
     })

@@ -10,6 +10,7 @@ use super::{
     namespaces,
     reconcile::{error_policy, reconcile},
     settled::SettledJobs,
+    stored::applied_once_stored,
     watches::WorkflowWatches,
 };
 use crate::{crd::ImageJob, kube_client::WriteFence, temporal::client::WorkflowGateway};
@@ -20,7 +21,7 @@ use kube::{
 };
 use std::sync::Arc;
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Runs the controller until `shutdown` resolves. The returned jobs fill once the returned
 /// future runs.
@@ -37,8 +38,14 @@ pub async fn run(
         instance: settings.instance.clone(),
     };
     let (watch_tx, watch_rx) = futures::channel::mpsc::unbounded();
-    // kube-runtime runs every due reconcile at once; the fair slots bound how many proceed.
-    let slots = FairSlots::new(usize::from(settings.concurrency));
+    let (reader, writer) = reflector::store::<ImageJob>();
+    // kube-runtime runs every due reconcile at once; the fair slots bound how many proceed, and
+    // wake the ones that wait, in turn.
+    let slots = FairSlots::new(
+        usize::from(settings.concurrency),
+        watch_tx.clone(),
+        reader.clone(),
+    );
     let deliveries = Arc::new(Semaphore::new(DELIVERIES_AT_ONCE));
     let (closer, stopped) = (slots.clone(), deliveries.clone());
     let shutdown = async move {
@@ -48,13 +55,19 @@ pub async fn run(
         stopped.close();
     };
     let watch_errors = metrics.watch_errors.clone();
+    let listed_closes = metrics.listed_closes.clone();
     let ctx = Arc::new(Context {
         client: client.clone(),
         gateway: gateway.clone(),
         metrics,
         fence,
         reporter,
-        watches: WorkflowWatches::new(gateway, watch_tx, settings.max_workflow_watches),
+        watches: WorkflowWatches::new(
+            gateway,
+            watch_tx,
+            settings.max_workflow_watches,
+            listed_closes,
+        ),
         backoffs: Backoffs::default(),
         deletions: DeletionClock::default(),
         slots: slots.clone(),
@@ -62,7 +75,6 @@ pub async fn run(
         settings: settings.clone(),
     });
     let alive = CacheAlive::count(&ctx.metrics.job_caches);
-    let (reader, writer) = reflector::store::<ImageJob>();
     let settled = SettledJobs::new(settings.namespaces.len());
     let events = match settings.namespaces.as_slice() {
         [] => watch(Api::all(client), &settled, 0),
@@ -76,11 +88,11 @@ pub async fn run(
             namespaces::merge(list.to_vec(), streams, reader.clone()).boxed()
         }
     };
-    let jobs = events
+    let reflected = events
         .default_backoff()
         .modify(keep_for_reconcile)
-        .reflect(writer)
-        .applied_objects()
+        .reflect(writer);
+    let jobs = applied_once_stored(reflected, reader.clone())
         .predicate_filter(trigger_fingerprint, Default::default());
     let controller = Controller::for_stream(jobs, reader.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(0))
@@ -90,9 +102,17 @@ pub async fn run(
         .for_each(move |outcome| {
             // Reconcile failures are logged by `error_policy`; a failed list or watch (refused
             // rights, an unreachable apiserver) only shows here, and is retried with backoff.
-            if let Err(kube::runtime::controller::Error::QueueError(e)) = outcome {
-                watch_errors.inc();
-                warn!(error = %e, "ImageJob list or watch failed; retrying");
+            use kube::runtime::controller::Error as RunError;
+            match outcome {
+                Err(RunError::QueueError(e)) => {
+                    watch_errors.inc();
+                    warn!(error = %e, "ImageJob list or watch failed; retrying");
+                }
+                // kube-runtime drops a wake for a job its cache no longer holds: deleted since.
+                Err(RunError::ObjectNotFound(job)) => {
+                    debug!(job = %job, "woken job no longer cached; nothing to reconcile");
+                }
+                _ => {}
             }
             std::future::ready(())
         });

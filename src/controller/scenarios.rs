@@ -17,7 +17,7 @@ use crate::{
     temporal::{client::ExecutionStatus, contract::WorkflowState, error::TemporalError},
 };
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::runtime::events::Reporter;
+use kube::{ResourceExt, runtime::events::Reporter};
 use std::{sync::Arc, time::Duration};
 
 const NS: &str = "team-a";
@@ -25,6 +25,7 @@ const NS: &str = "team-a";
 /// The controller's context over the fakes.
 fn context(api: &FakeApiServer, gateway: &Arc<FakeGateway>) -> Arc<Context> {
     let (wake, _woken) = futures::channel::mpsc::unbounded();
+    let (cache, _) = kube::runtime::reflector::store();
     let gateway: Arc<dyn crate::temporal::client::WorkflowGateway> = gateway.clone();
     Arc::new(Context {
         client: api.client(),
@@ -44,10 +45,10 @@ fn context(api: &FakeApiServer, gateway: &Arc<FakeGateway>) -> Arc<Context> {
             controller: "imagejob-operator".into(),
             instance: Some("scenario".into()),
         },
-        watches: WorkflowWatches::new(gateway, wake, 10),
+        watches: WorkflowWatches::new(gateway, wake.clone(), 10, Default::default()),
         backoffs: Backoffs::default(),
         deletions: DeletionClock::default(),
-        slots: super::fair::FairSlots::new(4),
+        slots: super::fair::FairSlots::new(4, wake, cache),
         deliveries: Arc::new(tokio::sync::Semaphore::new(4)),
     })
 }
@@ -185,6 +186,22 @@ async fn a_completed_workflow_completes_the_job_and_says_so_once() {
 }
 
 #[tokio::test]
+async fn a_job_read_before_its_own_claim_landed_is_read_again_not_failed() {
+    let (api, gateway, ctx) = fakes();
+    let unclaimed = job("shirt", spec(), false);
+    // The apiserver already holds the job claimed; the reconcile starts from the older copy.
+    api.put(&job("shirt", spec(), true));
+
+    reconcile(Arc::new(unclaimed), ctx.clone())
+        .await
+        .expect("the stale copy is read again, not an error");
+
+    assert_eq!(gateway.count("start"), 1);
+    let held = api.job(NS, "shirt").expect("the job");
+    assert_eq!(held.finalizers(), [FINALIZER.to_owned()], "claimed once");
+}
+
+#[tokio::test]
 async fn a_job_cancelled_by_its_spec_signals_its_workflow_and_records_it() {
     let (api, gateway, ctx) = fakes();
     let cancelled = ImageJobSpec {
@@ -257,6 +274,74 @@ async fn a_deleted_running_job_is_released_only_once_its_workflow_closed() {
         "released once the workflow closed"
     );
     assert!(api.event_reasons().contains(&"Cancelled".to_owned()));
+}
+
+#[tokio::test]
+async fn a_queued_job_cancelled_by_its_spec_is_terminated_not_signalled() {
+    let (api, gateway, ctx) = fakes();
+    let cancelled = ImageJobSpec {
+        status: Some(crate::crd::RequestedStatus::Cancelled),
+        ..spec()
+    };
+    let job = started("shirt", cancelled, &gateway);
+    gateway.set_unrun(&workflow_id(&job));
+    api.put(&job);
+    let before_the_write = api.job(NS, "shirt").expect("the job");
+
+    reconcile_now(&api, &ctx, "shirt").await.expect("reconcile");
+
+    assert_eq!(gateway.count("stop_unrun"), 1);
+    assert_eq!(gateway.count("signal_cancel"), 0, "no worker needed");
+    let held = api.job(NS, "shirt").expect("the job");
+    let requested = held.condition("CancelRequested").expect("CancelRequested");
+    assert_eq!(requested.reason, "TerminatedBeforeRun");
+
+    // Its close (a watch's or the list's) wakes it at once, perhaps before the cache shows the
+    // write above: the step from that older copy ends it cancelled and keeps the condition.
+    reconcile(Arc::new(before_the_write), ctx.clone())
+        .await
+        .expect("reconcile from the older copy");
+    let done = api.job(NS, "shirt").expect("the job");
+    assert_eq!(done.phase(), Phase::Cancelled);
+    let requested = done
+        .condition("CancelRequested")
+        .expect("CancelRequested kept");
+    assert_eq!(requested.reason, "TerminatedBeforeRun");
+}
+
+#[tokio::test]
+async fn a_deleted_queued_job_is_released_at_once() {
+    let (api, gateway, ctx) = fakes();
+    let mut job = started("shirt", spec(), &gateway);
+    job.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    gateway.set_unrun(&workflow_id(&job));
+    api.put(&job);
+
+    reconcile_now(&api, &ctx, "shirt").await.expect("cleanup");
+
+    assert_eq!(gateway.count("signal_cancel"), 0, "no worker needed");
+    assert!(api.job(NS, "shirt").is_none(), "released at once");
+    assert!(api.event_reasons().contains(&"Cancelled".to_owned()));
+}
+
+#[tokio::test]
+async fn a_just_started_job_is_first_written_processing_without_a_temporal_read() {
+    let (api, gateway, ctx) = fakes();
+    api.put(&job("shirt", spec(), true));
+    reconcile_now(&api, &ctx, "shirt").await.expect("start");
+    assert_eq!(gateway.count("start"), 1);
+    let calls = gateway.calls().len();
+
+    // Its first write (when nothing more was seen of its run) reads nothing from Temporal.
+    reconcile_now(&api, &ctx, "shirt")
+        .await
+        .expect("first write");
+    assert_eq!(gateway.calls().len(), calls, "{:?}", gateway.calls());
+    let held = api.job(NS, "shirt").expect("the job");
+    let status = held.status.clone().expect("status");
+    assert_eq!(held.phase(), Phase::Processing);
+    assert_eq!(status.run_id.as_deref(), Some("run-1"));
+    assert!(status.start_time.is_some());
 }
 
 #[tokio::test]

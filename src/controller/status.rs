@@ -56,8 +56,14 @@ pub fn from_snapshot(
     now: &Time,
 ) -> ImageJobStatus {
     let mut status = base(job, workflow_id);
+    // A run's start does not move: the time first recorded for it stays (the controller's own
+    // clock when it started the run; Temporal's differs by milliseconds), so reading the same
+    // run again never rewrites the status for it.
+    let same_run = status.run_id.is_some() && status.run_id == snapshot.run_id;
     status.run_id = snapshot.run_id.clone().or(status.run_id);
-    status.start_time = snapshot.start_time.and_then(time).or(status.start_time);
+    if !(same_run && status.start_time.is_some()) {
+        status.start_time = snapshot.start_time.and_then(time).or(status.start_time);
+    }
     status.phase = Phase::from(snapshot.execution.processing_status());
     if status.phase.is_terminal() {
         status.completion_time = snapshot
@@ -393,6 +399,20 @@ mod tests {
         assert!(s.start_time.is_some());
         assert!(s.completion_time.is_none());
         assert_eq!(condition(&s, CONDITION_SUCCEEDED).status, "Unknown");
+    }
+
+    #[test]
+    fn the_same_run_read_again_keeps_the_start_first_recorded() {
+        let mut job = job();
+        let first = from_snapshot(&job, "wf", &snapshot(ExecutionStatus::Running), &now());
+        job.status = Some(first.clone());
+        let mut later = snapshot(ExecutionStatus::Running);
+        later.start_time = later
+            .start_time
+            .map(|t| t + std::time::Duration::from_millis(7));
+        let again = from_snapshot(&job, "wf", &later, &now());
+        assert_eq!(again.start_time, first.start_time);
+        assert_eq!(again, first, "nothing to write");
     }
 
     #[test]

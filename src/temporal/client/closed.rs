@@ -6,7 +6,7 @@ use super::snapshot::{ExecutionStatus, WorkflowSnapshot};
 use crate::temporal::error::{TemporalError, from_not_found, from_status};
 use crate::{
     similarity::SimilarityResults,
-    temporal::contract::{ImageProcessingResult, WorkflowState},
+    temporal::contract::{ImageProcessingResult, ProcessingStatus, WorkflowState},
 };
 use std::time::SystemTime;
 use temporalio_client::errors::WorkflowGetResultError;
@@ -19,6 +19,12 @@ use temporalio_common::{
         temporal::api::history::v1::{HistoryEvent, history_event::Attributes},
     },
 };
+
+/// The reason the operator gives Temporal when it terminates a workflow asked to stop before it
+/// ran a single task (nothing to clean up, and its task may be queued behind thousands): read
+/// back from the close event as a cancellation.
+pub const UNRUN_TERMINATION: &str =
+    "imagejob-operator: cancelled before its first workflow task; nothing had run";
 
 /// How a workflow ended: its state, similarity results and failure text.
 pub(super) struct Closed {
@@ -72,6 +78,18 @@ impl Closed {
 
     fn cancelled(state: Option<WorkflowState>) -> Self {
         Self::new(ExecutionStatus::Cancelled, state, None)
+    }
+
+    /// A workflow the operator terminated before it ran a task (see
+    /// [`UNRUN_TERMINATION`]): cancelled, with the state the seed's workflow ends a cancellation
+    /// before its first step with, but for the image id it had not drawn yet.
+    fn terminated_unrun() -> Self {
+        let state = WorkflowState {
+            status: ProcessingStatus::Cancelled,
+            error: Some("workflow cancelled".into()),
+            ..WorkflowState::default()
+        };
+        Self::new(ExecutionStatus::Cancelled, Some(state), None)
     }
 
     fn terminated() -> Self {
@@ -160,6 +178,11 @@ pub(super) async fn from_close_event(
             let details = a.details.map(|d| d.payloads).unwrap_or_default();
             let state = converter.from_payloads(&context, details).await.ok();
             Ok(Closed::cancelled(state))
+        }
+        Attributes::WorkflowExecutionTerminatedEventAttributes(a)
+            if a.reason == UNRUN_TERMINATION =>
+        {
+            Ok(Closed::terminated_unrun())
         }
         Attributes::WorkflowExecutionTerminatedEventAttributes(_) => Ok(Closed::terminated()),
         Attributes::WorkflowExecutionTimedOutEventAttributes(a)

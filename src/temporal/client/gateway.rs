@@ -2,10 +2,10 @@
 //! for it to close. The controller and the facade hold an `Arc<dyn WorkflowGateway>`.
 
 use super::{
-    closed::{self, Closed},
+    closed::{self, Closed, UNRUN_TERMINATION},
     history::{HistoryStep, TimelineEntry, history_step, report_time, timeline},
     resume::resume_point,
-    snapshot::{Dispatch, ExecutionStatus, StartOutcome, WorkflowSnapshot},
+    snapshot::{ClosedRun, Dispatch, ExecutionStatus, StartOutcome, Unrun, WorkflowSnapshot},
 };
 use crate::temporal::{
     connection::{CREDENTIALS_RECHECK, CredentialsFingerprint, TemporalSettings, connect},
@@ -21,9 +21,10 @@ use futures::StreamExt;
 use std::time::{Duration, SystemTime};
 use temporalio_client::{
     Client, HistoryEventFilterType, NamespacedClient, RpcOptions, WorkflowCancelOptions,
-    WorkflowDescribeOptions, WorkflowExecutionStatus, WorkflowFetchHistoryOptions,
-    WorkflowGetResultOptions, WorkflowHandle, WorkflowIdReusePolicy, WorkflowQueryOptions,
-    WorkflowSignalOptions, WorkflowStartOptions,
+    WorkflowDescribeOptions, WorkflowExecutionDescription, WorkflowExecutionStatus,
+    WorkflowFetchHistoryOptions, WorkflowGetResultOptions, WorkflowHandle, WorkflowIdReusePolicy,
+    WorkflowListOptions, WorkflowQueryOptions, WorkflowSignalOptions, WorkflowStartOptions,
+    WorkflowTerminateOptions,
     errors::{WorkflowInteractionError, WorkflowQueryError, WorkflowStartError},
     tonic::{Code, IntoRequest},
 };
@@ -31,7 +32,7 @@ use temporalio_common::{
     data_converters::{SerializationContextData, WorkflowSerializationContext},
     protos::temporal::api::{
         common::v1::WorkflowExecution,
-        enums::v1::ResetReapplyExcludeType,
+        enums::v1::{PendingWorkflowTaskState, ResetReapplyExcludeType},
         history::v1::{HistoryEvent, history_event::Attributes},
         workflowservice::v1::ResetWorkflowExecutionRequest,
     },
@@ -79,8 +80,18 @@ pub trait WorkflowGateway: Send + Sync {
     async fn forget_catalog_image(&self, workflow_id: &str) -> Result<(), TemporalError>;
     /// Reads the workflow's status and state.
     async fn snapshot(&self, workflow_id: &str) -> Result<WorkflowSnapshot, TemporalError>;
-    /// Reads only how the execution stands (one describe; no query, no result fetch).
-    async fn execution(&self, workflow_id: &str) -> Result<ExecutionStatus, TemporalError>;
+    /// What a closed workflow left, from its close event (one history read, no wait), with
+    /// that event's time as the close time; its run id and start time are not known there.
+    async fn close_of(&self, workflow_id: &str) -> Result<WorkflowSnapshot, TemporalError>;
+    /// The runs on our task queue that closed at or after `since`, as Temporal's visibility
+    /// lists them (one call per page of a thousand): how the close of thousands of queued
+    /// workflows is noticed without a call per workflow.
+    async fn closed_since(&self, since: SystemTime) -> Result<Vec<ClosedRun>, TemporalError>;
+    /// For a workflow asked to stop: when it has not run a single workflow task (its history is
+    /// its start and its first task, which no worker has taken), it is terminated at once, as
+    /// nothing of it ran to clean up and its task may wait behind thousands of others; otherwise
+    /// it is left as it stands (one describe) for the seed's cancellation.
+    async fn stop_unrun(&self, workflow_id: &str) -> Result<Unrun, TemporalError>;
     /// Sends the seed's `cancel` signal.
     async fn signal_cancel(&self, workflow_id: &str) -> Result<(), TemporalError>;
     /// Asks Temporal to cancel the workflow (request-cancel).
@@ -215,6 +226,40 @@ impl TemporalGateway {
     }
 }
 
+impl TemporalGateway {
+    /// How the execution stands (one describe).
+    pub async fn execution(&self, workflow_id: &str) -> Result<ExecutionStatus, TemporalError> {
+        let description = self
+            .handle(workflow_id)
+            .await?
+            .describe(WorkflowDescribeOptions::default())
+            .await
+            .map_err(from_interaction)?;
+        execution_status(description.status())
+    }
+
+    /// What the workflow left, decoded from its close `event`; a close that hands over to a new
+    /// run (or none read) is followed by `get_result`.
+    async fn decode_close(
+        &self,
+        client: &Client,
+        event: Option<HistoryEvent>,
+        workflow_id: &str,
+    ) -> Result<WorkflowSnapshot, TemporalError> {
+        let decoded = match event {
+            Some(event) => closed::from_close_event(event, client.data_converter()).await,
+            None => None,
+        };
+        match decoded {
+            Some(closed) => {
+                let (closed, at) = closed?;
+                Ok(closed.into_snapshot(None, None, at.or_else(|| Some(SystemTime::now()))))
+            }
+            None => self.wait_closed(workflow_id).await,
+        }
+    }
+}
+
 fn execution_status(status: WorkflowExecutionStatus) -> Result<ExecutionStatus, TemporalError> {
     Ok(match status {
         WorkflowExecutionStatus::Running => ExecutionStatus::Running,
@@ -229,6 +274,26 @@ fn execution_status(status: WorkflowExecutionStatus) -> Result<ExecutionStatus, 
             )));
         }
     })
+}
+
+/// Whether the described run has not run a single workflow task: its history holds its start
+/// and its first task's scheduling only, and no worker has taken that task.
+fn never_ran(description: &WorkflowExecutionDescription) -> bool {
+    let raw = description.raw();
+    let events = raw
+        .workflow_execution_info
+        .as_ref()
+        .map_or(i64::MAX, |info| info.history_length);
+    let waiting = raw
+        .pending_workflow_task
+        .as_ref()
+        .is_some_and(|task| task.state() == PendingWorkflowTaskState::Scheduled);
+    events <= 2 && waiting
+}
+
+/// A visibility query's string literal.
+fn quoted(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// The current run's history as it is now, at most [`TIMELINE_EVENTS`] events.
@@ -347,26 +412,82 @@ impl WorkflowGateway for TemporalGateway {
             .await
             .map_err(from_interaction)?;
         let execution = execution_status(description.status())?;
-        let closed = if execution == ExecutionStatus::Running {
-            Closed::running(self.query_state(&handle).await)
+        let run_id = Some(description.run_id().to_owned());
+        if execution != ExecutionStatus::Running {
+            let mut closed = self.close_of(workflow_id).await?;
+            closed.run_id = run_id;
+            closed.start_time = description.start_time();
+            closed.close_time = description.close_time().or(closed.close_time);
+            return Ok(closed);
+        }
+        // A workflow no worker has taken yet has no state to query (Temporal refuses the query).
+        let state = if never_ran(&description) {
+            None
         } else {
-            closed::from_result(handle.get_result(WorkflowGetResultOptions::default()).await)?
+            self.query_state(&handle).await
         };
-        Ok(closed.into_snapshot(
-            Some(description.run_id().to_owned()),
-            description.start_time(),
-            description.close_time(),
-        ))
+        Ok(Closed::running(state).into_snapshot(run_id, description.start_time(), None))
     }
 
-    async fn execution(&self, workflow_id: &str) -> Result<ExecutionStatus, TemporalError> {
-        let description = self
-            .handle(workflow_id)
-            .await?
+    async fn close_of(&self, workflow_id: &str) -> Result<WorkflowSnapshot, TemporalError> {
+        let client = self.client().await?;
+        let handle = client.get_workflow_handle::<ImageProcessing>(workflow_id);
+        let close_only = WorkflowFetchHistoryOptions::builder()
+            .skip_archival(true)
+            .event_filter_type(HistoryEventFilterType::CloseEvent)
+            .build();
+        let event = handle.fetch_history(close_only).next().await;
+        let event = event.transpose().map_err(from_interaction)?;
+        self.decode_close(&client, event, workflow_id).await
+    }
+
+    async fn closed_since(&self, since: SystemTime) -> Result<Vec<ClosedRun>, TemporalError> {
+        let client = self.client().await?;
+        let since = chrono::DateTime::<chrono::Utc>::from(since)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let query = format!(
+            "TaskQueue = {} AND ExecutionStatus != 'Running' AND CloseTime >= {}",
+            quoted(&self.settings.task_queue),
+            quoted(&since)
+        );
+        let mut runs = client.list_workflows(query, WorkflowListOptions::default());
+        let mut closed = Vec::new();
+        while let Some(run) = runs.next().await {
+            let run = run.map_err(|e| match e {
+                temporalio_client::errors::ClientError::Rpc(status) => from_status(&status),
+                other => TemporalError::Rpc(other.to_string()),
+            })?;
+            closed.push(ClosedRun {
+                workflow_id: run.id().to_owned(),
+                run_id: run.run_id().to_owned(),
+                start_time: run.start_time(),
+                close_time: run.close_time(),
+            });
+        }
+        Ok(closed)
+    }
+
+    async fn stop_unrun(&self, workflow_id: &str) -> Result<Unrun, TemporalError> {
+        let handle = self.handle(workflow_id).await?;
+        let description = handle
             .describe(WorkflowDescribeOptions::default())
             .await
             .map_err(from_interaction)?;
-        execution_status(description.status())
+        let execution = execution_status(description.status())?;
+        if execution != ExecutionStatus::Running || !never_ran(&description) {
+            return Ok(Unrun::Ran(execution));
+        }
+        let options = WorkflowTerminateOptions::builder()
+            .reason(UNRUN_TERMINATION)
+            .build();
+        match handle.terminate(options).await {
+            Ok(()) => Ok(Unrun::Terminated),
+            // It closed between the two calls, so it ran: as it stands now.
+            Err(WorkflowInteractionError::NotFound(_)) => {
+                Ok(Unrun::Ran(self.execution(workflow_id).await?))
+            }
+            Err(e) => Err(from_interaction(e)),
+        }
     }
 
     async fn signal_cancel(&self, workflow_id: &str) -> Result<(), TemporalError> {
@@ -410,17 +531,7 @@ impl WorkflowGateway for TemporalGateway {
                 follow_steps(&handle, window, progressed).await?
             }
         };
-        let decoded = match close_event {
-            Some(event) => closed::from_close_event(event, client.data_converter()).await,
-            None => None,
-        };
-        match decoded {
-            Some(closed) => {
-                let (closed, at) = closed?;
-                Ok(closed.into_snapshot(None, None, at.or_else(|| Some(SystemTime::now()))))
-            }
-            None => self.wait_closed(workflow_id).await,
-        }
+        self.decode_close(&client, close_event, workflow_id).await
     }
 
     async fn timeline(&self, workflow_id: &str) -> Result<Vec<TimelineEntry>, TemporalError> {

@@ -7,6 +7,7 @@ mod history;
 mod resume;
 mod snapshot;
 
+pub use closed::UNRUN_TERMINATION;
 pub use gateway::{TemporalGateway, WorkflowGateway};
 pub use history::TimelineEntry;
-pub use snapshot::{Dispatch, ExecutionStatus, StartOutcome, WorkflowSnapshot};
+pub use snapshot::{ClosedRun, Dispatch, ExecutionStatus, StartOutcome, Unrun, WorkflowSnapshot};

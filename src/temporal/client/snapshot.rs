@@ -71,6 +71,29 @@ impl ExecutionStatus {
     }
 }
 
+/// What asking a workflow to stop before it ran found (see
+/// [`super::WorkflowGateway::stop_unrun`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unrun {
+    /// It had not run a single workflow task: terminated, read back as cancelled.
+    Terminated,
+    /// It had run (or had ended): left as it stands, for the seed's cancellation.
+    Ran(ExecutionStatus),
+}
+
+/// A closed run, as Temporal's visibility lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedRun {
+    /// Its workflow id.
+    pub workflow_id: String,
+    /// Its run id.
+    pub run_id: String,
+    /// When it started.
+    pub start_time: Option<SystemTime>,
+    /// When it closed.
+    pub close_time: Option<SystemTime>,
+}
+
 /// Everything we know of a workflow at one moment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkflowSnapshot {
@@ -91,4 +114,20 @@ pub struct WorkflowSnapshot {
     pub similarity_skipped: Option<String>,
     /// Temporal's reason for a failure, termination or timeout.
     pub failure: Option<String>,
+}
+
+impl WorkflowSnapshot {
+    /// Run `run_id`, started at `at`, of which nothing more is known.
+    pub fn started(run_id: String, at: SystemTime) -> Self {
+        Self {
+            run_id: Some(run_id),
+            execution: ExecutionStatus::Running,
+            start_time: Some(at),
+            close_time: None,
+            state: None,
+            similarity: None,
+            similarity_skipped: None,
+            failure: None,
+        }
+    }
 }

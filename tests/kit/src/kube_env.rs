@@ -132,9 +132,18 @@ async fn until(
             job = reread => job,
         }
     };
-    tokio::time::timeout(timeout, either)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {timeout:?} waiting for {what}"))
+    match tokio::time::timeout(timeout, either).await {
+        Ok(job) => job,
+        Err(_) => {
+            // Say where the job stood, so a failure explains itself.
+            let last = match api.get_opt(name).await {
+                Ok(Some(job)) => serde_json::to_string(&job.status).unwrap_or_default(),
+                Ok(None) => "gone".to_owned(),
+                Err(e) => format!("unreadable: {e}"),
+            };
+            panic!("timed out after {timeout:?} waiting for {name}: {what}; its status: {last}")
+        }
+    }
 }
 
 /// Waits until the job satisfies `pred`, returning it.

@@ -4,11 +4,12 @@
 
 use serde_json::{Value, json};
 use std::{
+    os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-/// One browser session, ended (and chromedriver stopped) on drop.
+/// One browser session; chromedriver and every Chromium process it started are killed on drop.
 pub struct Browser {
     http: reqwest::Client,
     session: String,
@@ -27,10 +28,13 @@ impl Browser {
     /// folder and which can reach nothing but loopback.
     pub async fn start() -> Self {
         let port = super::free_port();
+        // In a process group of its own, which the Chromium it starts joins: dropping the
+        // browser ends them all, not chromedriver alone (which left every Chromium running).
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("chromedriver is installed by scripts/install-deps.sh");
         let base = format!("http://127.0.0.1:{port}");
@@ -77,6 +81,11 @@ impl Browser {
             driver,
             _profile: profile,
         }
+    }
+
+    /// The process group of chromedriver and its Chromium.
+    pub fn process_group(&self) -> u32 {
+        self.driver.id()
     }
 
     /// One command; its value, or WebDriver's error as text.
@@ -238,9 +247,31 @@ impl Browser {
     }
 }
 
+/// The live (not yet reaped ones aside) processes of process group `group`.
+pub fn processes_in_group(group: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+            let state = fields.next()?;
+            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
+            (pgrp == group && state != "Z").then_some(pid)
+        })
+        .collect()
+}
+
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // chromedriver's whole group: itself and Chromium's processes (Chromium's crash handlers
+        // exit with them), before the profile folder is removed.
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.wait();
     }
 }
