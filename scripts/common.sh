@@ -19,8 +19,30 @@ own_build() {
 }
 # The pod sandbox image of cluster stacks (built from Kubernetes' pause.c by install-deps.sh).
 IJ_PAUSE_IMAGE="imagejob.local/pause:3.4"
+# free_port: a TCP port free on loopback now, picked at random below the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range) and below the NodePort range (30000+): a port from bind(0) is
+# an ephemeral one, which any outgoing connection may take before the server it was picked for
+# binds it (CI saw Temporal's UI fail so: "bind: address already in use"). The test kit's
+# free_port (tests/kit/src/lib.rs) picks from the same range.
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+  python3 - <<'PY'
+import random, socket
+ephemeral_low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+low, high = 20000, min(ephemeral_low, 30000)
+for _ in range(1000):
+    port = random.randrange(low, high) if high - low >= 1000 else 0
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        print(s.getsockname()[1])
+        break
+    except OSError:
+        pass
+    finally:
+        s.close()
+else:
+    raise SystemExit(f"no free port in {low}..{high}")
+PY
 }
 # pick_port WANTED WHAT [ADDRESS]: WANTED when it is free, else a free port and a line saying so.
 pick_port() {

@@ -24,10 +24,10 @@ use imagejob_operator::{
     },
 };
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     future::Future,
     process::{Child, Command},
-    sync::{Arc, Once},
+    sync::{Arc, Mutex, Once},
     time::Duration,
 };
 
@@ -640,10 +640,34 @@ impl Drop for PrivateKube {
     }
 }
 
-/// A TCP port free right now on loopback.
+/// A TCP port free right now on loopback, never handed out twice by this process.
+///
+/// Picked at random below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`) and
+/// below the NodePort range (30000+), as `scripts/common.sh`'s `free_port` does: a port from
+/// `bind(0)` is an ephemeral one, which any outgoing connection of a test running beside may
+/// take before the server it was picked for binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::hash::{BuildHasher, Hasher};
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (20000u16, ephemeral_low.min(30000));
+    assert!(
+        high.saturating_sub(low) >= 1000,
+        "the ephemeral port range starts at {ephemeral_low}: no room below it for fixed ports"
+    );
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = low + (random % u64::from(high - low)) as u16;
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high}");
 }
