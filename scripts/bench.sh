@@ -3,6 +3,7 @@
 # it, prints the table and writes JSON under bench-results/. Arguments go to the harness, e.g.
 #   scripts/bench.sh --jobs 150 --reps 5 --concurrency 4,32 --rss-jobs 10000 --scale 100000 --tuning
 #   scripts/bench.sh --fairness 2000 --fairness-only
+#   scripts/bench.sh --listed-steps 200 --listed-steps-only
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

@@ -8,7 +8,7 @@ use crate::{
     crd::ImageJob,
     temporal::{
         client::{
-            ClosedRun, Dispatch, ExecutionStatus, StartOutcome, TimelineEntry, Unrun,
+            ClosedRun, Dispatch, ExecutionStatus, SearchingRun, StartOutcome, TimelineEntry, Unrun,
             WorkflowGateway, WorkflowSnapshot,
         },
         contract::{ImageProcessingInput, ProcessingStatus, WorkflowState},
@@ -586,6 +586,23 @@ impl WorkflowGateway for FakeGateway {
             })
         });
         Ok(closed.collect())
+    }
+
+    async fn searching(&self) -> Result<Vec<SearchingRun>, TemporalError> {
+        self.call("searching", "")?;
+        let workflows = lock(&self.workflows);
+        let searching = workflows.iter().filter_map(|(id, read)| {
+            let snapshot = read.as_ref().ok()?;
+            let state = snapshot.state.as_ref()?;
+            let running = snapshot.execution == ExecutionStatus::Running;
+            (running && state.metadata_stored).then(|| SearchingRun {
+                workflow_id: id.clone(),
+                run_id: snapshot.run_id.clone().unwrap_or_default(),
+                start_time: snapshot.start_time,
+                image_id: state.image_id.clone().unwrap_or_default(),
+            })
+        });
+        Ok(searching.collect())
     }
 
     async fn stop_unrun(&self, workflow_id: &str) -> Result<Unrun, TemporalError> {

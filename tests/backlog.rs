@@ -2,7 +2,8 @@
 //! their task queue yet), more of them than the controller watches. A queued job cancelled or
 //! deleted is let go at once (its workflow, which ran nothing, is terminated: the seed's cancel
 //! signal would wait for a worker forever); the jobs beyond the watch bound show `Processing`
-//! and, once a worker comes, finish through the list of closed runs.
+//! and, once a worker comes, finish through the list of closed runs; one in its similarity
+//! search shows that step through the list of runs in it, with no history read.
 
 use imagejob_testkit as support;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 use support::{
     ControllerProcess, TestWorker, eventually,
     kube_env::{self, Setup, create, wait_gone, wait_job, wait_phase},
+    lykdat::{FakeLykdat, Reply},
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -119,4 +121,56 @@ async fn queued_jobs_are_let_go_at_once_and_jobs_beyond_the_watch_bound_finish_b
     // Two of the six were watched, four listed: of the four that completed, at least two were
     // listed, and no more than four closes can have been.
     assert!(listed <= 4.0, "{listed} closes listed");
+}
+
+/// The controller's reads of workflow histories so far (the SDK's client metrics it serves).
+async fn history_reads(controller: &ControllerProcess) -> f64 {
+    let metrics = controller
+        .metrics()
+        .await
+        .expect("the controller's metrics");
+    metrics
+        .iter()
+        .filter(|(series, _)| {
+            series.starts_with("temporal_request_total{")
+                || series.starts_with("temporal_long_request_total{")
+        })
+        .filter(|(series, _)| series.contains("operation=\"GetWorkflowExecutionHistory\""))
+        .map(|(_, value)| value)
+        .sum()
+}
+
+#[tokio::test]
+async fn a_listed_job_shows_its_similarity_search_step_with_no_history_read() {
+    /// How long Lykdat takes to answer: the job's search step lasts that long.
+    const SEARCH_TAKES: Duration = Duration::from_secs(12);
+    let s = Setup::new("listed-step").await;
+    // No workflow watched: every job is listed.
+    let controller =
+        ControllerProcess::start(&s.settings, &s.ns, &[("MAX_WORKFLOW_WATCHES", "0".into())]);
+    let lykdat = FakeLykdat::start(vec![Reply::ok(&[("p-1", 0.93)]).after(SEARCH_TAKES)]).await;
+    let _worker = TestWorker::with_lykdat(&s.settings, &lykdat.base_url, SEARCH_TAKES * 2);
+    create(&s.api, "searching", kube_env::spec(true)).await;
+
+    let shown = wait_job(&s.api, "searching", "its search step shown", WAIT, |j| {
+        j.phase() == Phase::Processing && j.status.as_ref().is_some_and(|st| st.metadata_stored)
+    })
+    .await;
+    let image_id = shown.status.and_then(|st| st.image_id);
+    assert!(image_id.is_some(), "the stored document's id is shown");
+    let steps = controller
+        .gauge("imagejob_controller_listed_steps_total")
+        .await;
+    assert_eq!(steps, Some(1.0), "found by the list of runs in the step");
+    assert_eq!(history_reads(&controller).await, 0.0, "no history read");
+
+    let done = wait_phase(&s.api, "searching", Phase::Completed).await;
+    let status = done.status.expect("status");
+    assert_eq!(status.image_id, image_id);
+    assert!(status.similarity_search_completed);
+    assert!(
+        lykdat.requests().len() == 1,
+        "one search: {:?}",
+        lykdat.requests()
+    );
 }

@@ -7,7 +7,14 @@
 use imagejob_testkit as support;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use imagejob_operator::{crd::Phase, temporal::client::WorkflowGateway};
+use imagejob_operator::{
+    crd::Phase,
+    temporal::{
+        client::WorkflowGateway,
+        contract::IMAGE_ID_ATTRIBUTE,
+        worker::{IMAGE_ID_PATCH, SIMILARITY_QUEUE_PATCH},
+    },
+};
 use kube::Api;
 use serde_json::{Value, json};
 use std::{path::Path, process::Command, time::Duration};
@@ -83,38 +90,56 @@ fn add_key(keys: &Path, id: &str, byte: u8) {
     std::fs::write(keys.join(id), STANDARD.encode([byte; 32])).unwrap();
 }
 
-/// Every payload in a history: (encoding, decoded data, the payload as printed). What patching
-/// records is left out: the SDK's core writes the patch marker and the `TemporalChangeVersion`
-/// search attribute itself, outside the codec (a search attribute must stay readable to be
-/// indexed); both hold only the patch id, checked below.
+/// The patches the workflow records.
+const PATCH_IDS: [&str; 2] = [SIMILARITY_QUEUE_PATCH, IMAGE_ID_PATCH];
+
+/// A payload's data, decoded from base64 and parsed as JSON.
+fn json_data(payload: &Value) -> Value {
+    let data = STANDARD
+        .decode(payload["data"].as_str().unwrap_or(""))
+        .unwrap_or_default();
+    serde_json::from_slice(&data).unwrap_or(Value::Null)
+}
+
+/// Every payload in a history: (encoding, decoded data, the payload as printed). What Temporal
+/// must read is left out, as it stays outside the codec (a search attribute must stay readable
+/// to be indexed): the patch marker and `TemporalChangeVersion` the SDK's core writes, which
+/// hold only patch ids, and `ImageJobImageId`, which holds only the id the workflow gave the
+/// stored document (empty until then); all checked below.
 fn payloads(value: &Value, found: &mut Vec<(String, String, Value)>) {
+    let readable = ["TemporalChangeVersion", IMAGE_ID_ATTRIBUTE.name()];
     match value {
-        Value::Object(map) if map.contains_key("TemporalChangeVersion") => {
-            let change = STANDARD
-                .decode(map["TemporalChangeVersion"]["data"].as_str().unwrap_or(""))
-                .unwrap_or_default();
-            assert_eq!(
-                String::from_utf8_lossy(&change),
-                r#"["similarity-task-queue"]"#,
-                "the change version holds patch ids only"
-            );
+        Value::Object(map) if readable.iter().any(|k| map.contains_key(*k)) => {
+            if let Some(change) = map.get("TemporalChangeVersion") {
+                let ids = json_data(change);
+                let ids: Vec<&str> = ids
+                    .as_array()
+                    .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                assert!(
+                    !ids.is_empty() && ids.iter().all(|id| PATCH_IDS.contains(id)),
+                    "the change version holds patch ids only: {change}"
+                );
+            }
+            if let Some(image_id) = map.get(IMAGE_ID_ATTRIBUTE.name()) {
+                let id = json_data(image_id);
+                let id = id.as_str().unwrap_or("not a string");
+                assert!(
+                    id.is_empty() || uuid::Uuid::parse_str(id).is_ok(),
+                    "the image id attribute holds an id only: {image_id}"
+                );
+            }
             map.iter()
-                .filter(|(k, _)| *k != "TemporalChangeVersion")
+                .filter(|(k, _)| !readable.contains(&k.as_str()))
                 .for_each(|(_, v)| payloads(v, found));
         }
         Value::Object(map) if map.get("markerName") == Some(&json!("core_patch")) => {
-            let text = map["details"].to_string();
-            let patch = STANDARD
-                .decode(
-                    map["details"]["patch-data"]["payloads"][0]["data"]
-                        .as_str()
-                        .unwrap_or(""),
-                )
-                .unwrap_or_default();
-            assert_eq!(
-                String::from_utf8_lossy(&patch),
-                r#"{"id":"similarity-task-queue","deprecated":false}"#,
-                "a patch marker holds its id only: {text}"
+            let patch = json_data(&map["details"]["patch-data"]["payloads"][0]);
+            let id = patch["id"].as_str().unwrap_or_default();
+            assert!(
+                PATCH_IDS.contains(&id) && patch == json!({"id": id, "deprecated": false}),
+                "a patch marker holds its id only: {}",
+                map["details"]
             );
         }
         Value::Object(map) => {

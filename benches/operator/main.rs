@@ -8,7 +8,9 @@
 //!    apart), controller CPU time per job, every process's CPU per job ([`cpu`]), controller
 //!    RSS with 1,000 and 10,000 ImageJobs present, worker RSS;
 //! 5. `--scale N` ([`scale`]): N finished jobs, a controller started over them, the facade;
-//! 6. `--tuning` ([`tuning`]): raw Temporal throughput for several worker settings.
+//! 6. `--tuning` ([`tuning`]): raw Temporal throughput for several worker settings;
+//! 7. `--listed-steps N` ([`steps`]): how soon jobs the controller does not watch show their
+//!    similarity search step.
 //!
 //! Phases 1 and 2 run at each `--concurrency` level. Each figure is the median of `--reps`
 //! repetitions, with min and max; a warm-up is excluded.
@@ -18,6 +20,7 @@ mod cpu;
 mod fairness;
 mod load;
 mod scale;
+mod steps;
 mod tuning;
 
 use clap::Parser;
@@ -85,6 +88,12 @@ struct Args {
     /// Run the fairness phase alone.
     #[arg(long, requires = "fairness")]
     fairness_only: bool,
+    /// Listed jobs' search step: this many similarity jobs at once, none watched (0: skipped).
+    #[arg(long, default_value_t = 0)]
+    listed_steps: usize,
+    /// Run the listed-steps phase alone.
+    #[arg(long, requires = "listed_steps")]
+    listed_steps_only: bool,
     /// Bursts: this many jobs submitted at once through kubectl, the facade and a Temporal
     /// client, side by side (comma-separated sizes; none: skipped).
     #[arg(long, value_delimiter = ',')]
@@ -641,6 +650,19 @@ async fn main() {
         write_results(&args.out, &json!({"commit": commit(), "fairness": figures}));
         return;
     }
+    let stepped = if args.listed_steps > 0 {
+        let figures = steps::run(&client, run_id, args.listed_steps, &settings, data.path()).await;
+        Some(steps::print(&figures))
+    } else {
+        None
+    };
+    if args.listed_steps_only {
+        write_results(
+            &args.out,
+            &json!({"commit": commit(), "cores": cores(), "listed_steps": stepped}),
+        );
+        return;
+    }
     let tokens = data.path().join("tokens");
     std::fs::write(&tokens, format!("{TOKEN}\n")).expect("tokens");
     let burst = if args.burst.is_empty() && args.cancel_backlog == 0 {
@@ -952,6 +974,7 @@ async fn main() {
         "worker_settings": tuned.as_deref().map(tuning::json),
         "fairness": fair.as_ref().map(fairness::print),
         "burst": burst,
+        "listed_steps": stepped,
     });
     write_results(&args.out, &result);
 }

@@ -196,8 +196,9 @@ enum Observed {
 
 /// Starts the job's workflow unless it is known to have started (or `may_start` is false: the
 /// job is being cancelled), else reads it; a close a watch (or the list) already saw costs no
-/// Temporal call, nor does the first write of a run this controller started of which nothing
-/// more is known (it shows `Processing`, with the run and its start).
+/// Temporal call, nor does a search step the list found, nor does the first write of a run
+/// this controller started of which nothing more is known (it shows `Processing`, with the run
+/// and its start).
 async fn observe(
     job: &ImageJob,
     id: &str,
@@ -205,8 +206,12 @@ async fn observe(
     may_start: bool,
     ctx: &Context,
 ) -> Result<Observed, TemporalError> {
-    if let Some(closed) = ctx.watches.take_closed(id) {
-        return Ok(Observed::Now(Box::new(closed)));
+    if let Some(seen) = ctx
+        .watches
+        .take_closed(id)
+        .or_else(|| ctx.watches.take_step(id))
+    {
+        return Ok(Observed::Now(Box::new(seen)));
     }
     if current.run_id.is_none()
         && let Some((run_id, at)) = ctx.watches.unprogressed_start(id)

@@ -2,6 +2,7 @@
 //! jobs by phase, leadership, caches, and the per-job write counts behind
 //! `status_writes_per_job`.
 
+use super::watches::ListedFinds;
 use crate::{
     crd::{ImageJob, Phase},
     heap::ReleaseSpare,
@@ -68,8 +69,8 @@ pub struct ControllerMetrics {
     pub watch_errors: Counter,
     /// Completion notification attempts, by outcome.
     pub notifications: Family<OutcomeLabel, Counter>,
-    /// Workflow closes found by listing closed runs (workflows beyond the watch bound).
-    pub listed_closes: Counter,
+    /// What listing found of the workflows beyond the watch bound: closes and search steps.
+    pub listed: ListedFinds,
     writes_by_job: Mutex<HashMap<String, u64>>,
 }
 
@@ -103,7 +104,7 @@ impl ControllerMetrics {
             jobs_waiting_for_temporal: Gauge::default(),
             watch_errors: Counter::default(),
             notifications: Family::default(),
-            listed_closes: Counter::default(),
+            listed: ListedFinds::default(),
             writes_by_job: Mutex::new(HashMap::new()),
         };
         let registry = metrics.exposition.registry();
@@ -130,7 +131,12 @@ impl ControllerMetrics {
         registry.register(
             "controller_listed_closes",
             "Workflow closes found by listing the closed runs (workflows beyond MAX_WORKFLOW_WATCHES, or started while others were listed), each read with one history read",
-            metrics.listed_closes.clone(),
+            metrics.listed.closes.clone(),
+        );
+        registry.register(
+            "controller_listed_steps",
+            "Similarity search steps found by listing the runs in that step (workflows beyond MAX_WORKFLOW_WATCHES), each shown with no history read",
+            metrics.listed.steps.clone(),
         );
         registry.register(
             "watch_errors",

@@ -55,7 +55,7 @@ pub async fn run(
         stopped.close();
     };
     let watch_errors = metrics.watch_errors.clone();
-    let listed_closes = metrics.listed_closes.clone();
+    let listed_finds = metrics.listed.clone();
     let ctx = Arc::new(Context {
         client: client.clone(),
         gateway: gateway.clone(),
@@ -66,7 +66,7 @@ pub async fn run(
             gateway,
             watch_tx,
             settings.max_workflow_watches,
-            listed_closes,
+            listed_finds,
         ),
         backoffs: Backoffs::default(),
         deletions: DeletionClock::default(),

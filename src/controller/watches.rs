@@ -7,12 +7,14 @@
 //! once, and only a closed one's close event is read (its job's single history read). A
 //! workflow is listed, not watched, while others are listed, so a job started behind a backlog
 //! does not long-poll (one history read each 20 s of Temporal's long poll) through the wait.
-//! When listing fails, listed jobs are polled.
+//! The same round lists the runs in their similarity search step (the search attribute their
+//! workflow sets, see `temporal::client::visibility`), so a listed job shows that step within a
+//! second too, with no history read. When listing fails, listed jobs are polled.
 
 use crate::{
     crd::ImageJob,
     heap::ReleaseSpare,
-    temporal::client::{ClosedRun, WorkflowGateway, WorkflowSnapshot},
+    temporal::client::{ClosedRun, SearchingRun, WorkflowGateway, WorkflowSnapshot},
 };
 use futures::{StreamExt, channel::mpsc::UnboundedSender};
 use kube::runtime::reflector::ObjectRef;
@@ -56,9 +58,12 @@ struct Watched {
     /// Workflows beyond the bound, with their job and when they were listed.
     listed: HashMap<String, (ObjectRef<ImageJob>, SystemTime)>,
     closed: HashMap<String, WorkflowSnapshot>,
+    /// Listed workflows found in their search step, until their job takes it.
+    stepped: HashMap<String, WorkflowSnapshot>,
     /// How the workflows this controller started were started, until their job is forgotten.
     started: HashMap<String, Started>,
-    /// Watched workflows that made progress (a step was scheduled or ended).
+    /// Workflows that made progress (a watched one's step was scheduled or ended, a listed one
+    /// was found in its search step).
     progressed: HashSet<String>,
     /// Whether the last list rounds worked.
     listing: bool,
@@ -70,6 +75,7 @@ impl Default for Watched {
             active: HashSet::default(),
             listed: HashMap::default(),
             closed: HashMap::default(),
+            stepped: HashMap::default(),
             started: HashMap::default(),
             progressed: HashSet::default(),
             listing: true,
@@ -113,13 +119,13 @@ pub struct WorkflowWatches {
 }
 
 impl WorkflowWatches {
-    /// Watches that wake jobs through `wake`, at most `max` at once; closes found by listing
-    /// are counted in `listed_closes`.
+    /// Watches that wake jobs through `wake`, at most `max` at once; what listing finds is
+    /// counted in `found`.
     pub fn new(
         gateway: Arc<dyn WorkflowGateway>,
         wake: UnboundedSender<ObjectRef<ImageJob>>,
         max: usize,
-        listed_closes: Counter,
+        found: ListedFinds,
     ) -> Self {
         let this = Self {
             gateway,
@@ -134,7 +140,7 @@ impl WorkflowWatches {
             wake: this.wake.clone(),
             watched: this.watched.clone(),
             listed: this.listed.clone(),
-            found: listed_closes,
+            found,
         };
         let mut alive = this.alive.subscribe();
         tokio::spawn(async move {
@@ -272,33 +278,53 @@ impl WorkflowWatches {
             w.active.remove(workflow_id);
             w.listed.remove(workflow_id);
             w.closed.remove(workflow_id);
+            w.stepped.remove(workflow_id);
             w.started.remove(workflow_id);
             w.progressed.remove(workflow_id);
             w.active.release_spare();
             w.listed.release_spare();
             w.closed.release_spare();
+            w.stepped.release_spare();
             w.started.release_spare();
             w.progressed.release_spare();
         }
+    }
+
+    /// The step a listed workflow was found in, if the list found one since (taken once).
+    pub fn take_step(&self, workflow_id: &str) -> Option<WorkflowSnapshot> {
+        let mut w = self.watched.lock().ok()?;
+        let step = w.stepped.remove(workflow_id);
+        w.stepped.release_spare();
+        step
     }
 
     /// Workflows watched or with a close snapshot waiting.
     pub fn tracked(&self) -> usize {
         self.watched
             .lock()
-            .map(|w| w.active.len() + w.listed.len() + w.closed.len() + w.started.len())
+            .map(|w| {
+                w.active.len() + w.listed.len() + w.closed.len() + w.stepped.len() + w.started.len()
+            })
             .unwrap_or(0)
     }
 }
 
-/// The loop that finds the listed workflows' closes.
+/// What listing found, counted.
+#[derive(Clone, Debug, Default)]
+pub struct ListedFinds {
+    /// Closes of listed workflows.
+    pub closes: Counter,
+    /// Listed workflows found in their similarity search step.
+    pub steps: Counter,
+}
+
+/// The loop that finds the listed workflows' closes and steps.
 struct Lister {
     gateway: Arc<dyn WorkflowGateway>,
     wake: UnboundedSender<ObjectRef<ImageJob>>,
     watched: Arc<Mutex<Watched>>,
     listed: Arc<tokio::sync::Notify>,
-    /// Closes found.
-    found: Counter,
+    found: ListedFinds,
 }
 
 impl Lister {
@@ -320,6 +346,7 @@ impl Lister {
             let from = since.unwrap_or(earliest) - LIST_OVERLAP;
             match self.round(from).await {
                 Ok(()) => {
+                    self.steps().await;
                     since = Some(round);
                     failures = 0;
                     self.set_listing(true);
@@ -376,6 +403,40 @@ impl Lister {
         Ok(())
     }
 
+    /// Finds the listed runs in their similarity search step, and wakes each one's job once to
+    /// show it. A failed list is left to the next round (the closes are what must not be
+    /// missed).
+    async fn steps(&self) {
+        let searching = match self.gateway.searching().await {
+            Ok(searching) => searching,
+            Err(e) => {
+                tracing::debug!(error = %e, "listing the workflows in their search step failed");
+                return;
+            }
+        };
+        let woken: Vec<ObjectRef<ImageJob>> = {
+            let Ok(mut w) = self.watched.lock() else {
+                return;
+            };
+            searching
+                .into_iter()
+                .filter_map(|run: SearchingRun| {
+                    let (job, _) = w.listed.get(&run.workflow_id)?;
+                    let job = job.clone();
+                    if !w.progressed.insert(run.workflow_id.clone()) {
+                        return None;
+                    }
+                    w.stepped.insert(run.workflow_id.clone(), run.snapshot());
+                    Some(job)
+                })
+                .collect()
+        };
+        for job in woken {
+            self.found.steps.inc();
+            let _ = self.wake.unbounded_send(job);
+        }
+    }
+
     /// Hands a listed run's close to its job, unless the job was forgotten meanwhile.
     fn closed(&self, run: ClosedRun, mut snapshot: WorkflowSnapshot) {
         let job = self.watched.lock().ok().and_then(|mut w| {
@@ -388,7 +449,7 @@ impl Lister {
             Some(job)
         });
         if let Some(job) = job {
-            self.found.inc();
+            self.found.closes.inc();
             let _ = self.wake.unbounded_send(job);
         }
     }
@@ -431,10 +492,10 @@ mod tests {
     ) -> (
         WorkflowWatches,
         mpsc::UnboundedReceiver<ObjectRef<ImageJob>>,
-        Counter,
+        ListedFinds,
     ) {
         let (wake, woken) = mpsc::unbounded();
-        let found = Counter::default();
+        let found = ListedFinds::default();
         let gateway: Arc<dyn WorkflowGateway> = gateway.clone();
         (
             WorkflowWatches::new(gateway, wake, 1, found.clone()),
@@ -459,9 +520,43 @@ mod tests {
         assert_eq!(first.name, "b");
         let snapshot = watches.take_closed("wf-b").expect("its close, read once");
         assert_eq!(snapshot.execution, ExecutionStatus::Completed);
-        assert_eq!(found.get(), 1);
+        assert_eq!(found.closes.get(), 1);
         assert!(!watches.is_tracked("wf-b"));
         assert_eq!(gateway.count("close_of"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_listed_workflow_in_its_search_step_shows_it_once_without_a_history_read() {
+        let gateway = Arc::new(FakeGateway::default());
+        let (watches, mut woken, found) = watches(&gateway);
+        assert_eq!(watches.ensure("wf-a", job("a")), Tracking::Watched);
+        assert_eq!(watches.ensure("wf-b", job("b")), Tracking::Listed);
+        let searching = WorkflowState {
+            image_id: Some("img-b".into()),
+            metadata_stored: true,
+            ..WorkflowState::default()
+        };
+        let mut running = closed(ExecutionStatus::Running, searching);
+        running.run_id = Some("run-b".into());
+        gateway.set("wf-b", Ok(running));
+
+        let first = woken.next().await.expect("a job woken");
+        assert_eq!(first.name, "b");
+        let step = watches.take_step("wf-b").expect("its step, taken once");
+        assert_eq!(step.execution, ExecutionStatus::Running);
+        assert_eq!(step.run_id.as_deref(), Some("run-b"));
+        let state = step.state.expect("a state");
+        assert!(state.metadata_stored);
+        assert_eq!(state.image_id.as_deref(), Some("img-b"));
+        assert!(watches.take_step("wf-b").is_none());
+        // Still listed (its close is to come), and not woken again for the same step.
+        assert!(watches.is_tracked("wf-b"));
+        tokio::time::sleep(LIST_EVERY * 3).await;
+        assert!(watches.take_step("wf-b").is_none());
+        assert_eq!(found.steps.get(), 1);
+        assert!(gateway.count("searching") >= 3);
+        assert_eq!(gateway.count("close_of"), 0);
+        assert_eq!(gateway.count("snapshot"), 0);
     }
 
     #[tokio::test(start_paused = true)]

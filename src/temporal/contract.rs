@@ -10,6 +10,7 @@ use crate::similarity::SimilarityResults;
 use serde::{Deserialize, Serialize};
 use temporalio_common::{
     HasWorkflowDefinition, QueryDefinition, SignalDefinition, WorkflowDefinition,
+    search_attributes::SearchAttributeKey,
 };
 
 /// Type name of the seed's image processing workflow.
@@ -20,6 +21,14 @@ pub const GET_STATUS_QUERY: &str = "get_status";
 pub const CANCEL_SIGNAL: &str = "cancel";
 /// Type name of the workflow removing a deleted job's images from the catalog.
 pub const FORGET_CATALOG_IMAGE_WORKFLOW: &str = "ForgetCatalogImage";
+/// The search attribute (a Keyword) through which a running workflow shows its step to
+/// Temporal's visibility: empty from its start, the stored image's id once its metadata document
+/// is stored and its similarity search runs. The controller lists the runs in that step once a
+/// second, so a job it does not follow shows the step without a history read. A workflow sets it
+/// only when it was started with it (a namespace where the attribute is registered); see
+/// `docs/production.md`.
+pub const IMAGE_ID_ATTRIBUTE: SearchAttributeKey<String> =
+    SearchAttributeKey::keyword("ImageJobImageId");
 
 /// `ImageProcessingWorkflow`, as clients start it: [`ImageProcessingInput`] in,
 /// [`ImageProcessingResult`] out.

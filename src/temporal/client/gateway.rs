@@ -5,13 +5,16 @@ use super::{
     closed::{self, Closed, UNRUN_TERMINATION},
     history::{HistoryStep, TimelineEntry, history_step, report_time, timeline},
     resume::resume_point,
-    snapshot::{ClosedRun, Dispatch, ExecutionStatus, StartOutcome, Unrun, WorkflowSnapshot},
+    snapshot::{
+        ClosedRun, Dispatch, ExecutionStatus, SearchingRun, StartOutcome, Unrun, WorkflowSnapshot,
+    },
+    visibility::{self, REGISTRATION_RECHECK},
 };
 use crate::temporal::{
     connection::{CREDENTIALS_RECHECK, CredentialsFingerprint, TemporalSettings, connect},
     contract::{
-        Cancel, ForgetImages, GetStatus, ImageProcessing, ImageProcessingInput, WorkflowState,
-        forget_workflow_id, similarity_task_queue,
+        Cancel, ForgetImages, GetStatus, IMAGE_ID_ATTRIBUTE, ImageProcessing, ImageProcessingInput,
+        WorkflowState, forget_workflow_id, similarity_task_queue,
     },
     error::{TemporalError, from_not_found, from_status},
     sdk_metrics::SdkMetrics,
@@ -36,6 +39,7 @@ use temporalio_common::{
         history::v1::{HistoryEvent, history_event::Attributes},
         workflowservice::v1::ResetWorkflowExecutionRequest,
     },
+    search_attributes::SearchAttributes,
     telemetry::metrics::TemporalMeter,
 };
 use tokio::{sync::Mutex, time::Instant};
@@ -87,6 +91,11 @@ pub trait WorkflowGateway: Send + Sync {
     /// lists them (one call per page of a thousand): how the close of thousands of queued
     /// workflows is noticed without a call per workflow.
     async fn closed_since(&self, since: SystemTime) -> Result<Vec<ClosedRun>, TemporalError>;
+    /// The runs on our task queue in their similarity search step (their metadata stored), as
+    /// Temporal's visibility lists them (see [`super::visibility`]): how a step of thousands of
+    /// workflows is shown without reading their histories. Empty where the namespace lacks the
+    /// search attribute.
+    async fn searching(&self) -> Result<Vec<SearchingRun>, TemporalError>;
     /// For a workflow asked to stop: when it has not run a single workflow task (its history is
     /// its start and its first task, which no worker has taken), it is terminated at once, as
     /// nothing of it ran to clean up and its task may wait behind thousands of others; otherwise
@@ -139,6 +148,8 @@ pub struct TemporalGateway {
     settings: TemporalSettings,
     meter: Option<TemporalMeter>,
     connected: Mutex<Option<Connected>>,
+    /// Whether the namespace has the step's search attribute, and when that was asked.
+    image_id_attribute: Mutex<Option<(bool, Instant)>>,
 }
 
 /// A client and the credentials it was made with.
@@ -155,6 +166,7 @@ impl TemporalGateway {
             settings,
             meter: None,
             connected: Mutex::new(None),
+            image_id_attribute: Mutex::new(None),
         }
     }
 
@@ -187,6 +199,20 @@ impl TemporalGateway {
             checked: Instant::now(),
         });
         Ok(client)
+    }
+
+    /// Whether workflows are started with the step's search attribute (asked of the server at
+    /// most every [`REGISTRATION_RECHECK`]).
+    async fn shows_steps(&self, client: &Client) -> bool {
+        let mut known = self.image_id_attribute.lock().await;
+        if let Some((registered, at)) = *known
+            && at.elapsed() < REGISTRATION_RECHECK
+        {
+            return registered;
+        }
+        let registered = visibility::registered(client).await;
+        *known = Some((registered, Instant::now()));
+        registered
     }
 
     async fn handle(
@@ -291,11 +317,6 @@ fn never_ran(description: &WorkflowExecutionDescription) -> bool {
     events <= 2 && waiting
 }
 
-/// A visibility query's string literal.
-fn quoted(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
 /// The current run's history as it is now, at most [`TIMELINE_EVENTS`] events.
 async fn read_history(
     handle: &WorkflowHandle<Client, ImageProcessing>,
@@ -363,16 +384,17 @@ impl WorkflowGateway for TemporalGateway {
         input: ImageProcessingInput,
         dispatch: Dispatch,
     ) -> Result<StartOutcome, TemporalError> {
+        let client = self.client().await?;
+        let step_attribute = self
+            .shows_steps(&client)
+            .await
+            .then(|| SearchAttributes::new([IMAGE_ID_ATTRIBUTE.value_set(String::new())]));
         let options = WorkflowStartOptions::new(self.settings.task_queue.clone(), workflow_id)
             .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
             .priority(dispatch.priority())
+            .maybe_search_attributes(step_attribute)
             .build();
-        match self
-            .client()
-            .await?
-            .start_workflow(ImageProcessing, input, options)
-            .await
-        {
+        match client.start_workflow(ImageProcessing, input, options).await {
             Ok(handle) => Ok(StartOutcome {
                 run_id: handle.info().run_id.clone(),
                 already_started: false,
@@ -443,20 +465,11 @@ impl WorkflowGateway for TemporalGateway {
 
     async fn closed_since(&self, since: SystemTime) -> Result<Vec<ClosedRun>, TemporalError> {
         let client = self.client().await?;
-        let since = chrono::DateTime::<chrono::Utc>::from(since)
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let query = format!(
-            "TaskQueue = {} AND ExecutionStatus != 'Running' AND CloseTime >= {}",
-            quoted(&self.settings.task_queue),
-            quoted(&since)
-        );
+        let query = visibility::closed_query(&self.settings.task_queue, since);
         let mut runs = client.list_workflows(query, WorkflowListOptions::default());
         let mut closed = Vec::new();
         while let Some(run) = runs.next().await {
-            let run = run.map_err(|e| match e {
-                temporalio_client::errors::ClientError::Rpc(status) => from_status(&status),
-                other => TemporalError::Rpc(other.to_string()),
-            })?;
+            let run = run.map_err(visibility::list_error)?;
             closed.push(ClosedRun {
                 workflow_id: run.id().to_owned(),
                 run_id: run.run_id().to_owned(),
@@ -465,6 +478,22 @@ impl WorkflowGateway for TemporalGateway {
             });
         }
         Ok(closed)
+    }
+
+    async fn searching(&self) -> Result<Vec<SearchingRun>, TemporalError> {
+        let client = self.client().await?;
+        if !self.shows_steps(&client).await {
+            return Ok(Vec::new());
+        }
+        let query = visibility::searching_query(&self.settings.task_queue);
+        let mut runs = client.list_workflows(query, WorkflowListOptions::default());
+        let mut searching = Vec::new();
+        while let Some(run) = runs.next().await {
+            searching.extend(visibility::searching_run(
+                &run.map_err(visibility::list_error)?,
+            ));
+        }
+        Ok(searching)
     }
 
     async fn stop_unrun(&self, workflow_id: &str) -> Result<Unrun, TemporalError> {

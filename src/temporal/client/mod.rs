@@ -6,8 +6,11 @@ mod gateway;
 mod history;
 mod resume;
 mod snapshot;
+mod visibility;
 
 pub use closed::UNRUN_TERMINATION;
 pub use gateway::{TemporalGateway, WorkflowGateway};
 pub use history::TimelineEntry;
-pub use snapshot::{ClosedRun, Dispatch, ExecutionStatus, StartOutcome, Unrun, WorkflowSnapshot};
+pub use snapshot::{
+    ClosedRun, Dispatch, ExecutionStatus, SearchingRun, StartOutcome, Unrun, WorkflowSnapshot,
+};

@@ -94,6 +94,37 @@ pub struct ClosedRun {
     pub close_time: Option<SystemTime>,
 }
 
+/// A running run in its similarity search step (its metadata document stored), as Temporal's
+/// visibility lists it by [`crate::temporal::contract::IMAGE_ID_ATTRIBUTE`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchingRun {
+    /// Its workflow id.
+    pub workflow_id: String,
+    /// Its run id.
+    pub run_id: String,
+    /// When it started.
+    pub start_time: Option<SystemTime>,
+    /// The id of the metadata document it stored.
+    pub image_id: String,
+}
+
+impl SearchingRun {
+    /// What the run shows: running, its document stored, its search under way.
+    pub fn snapshot(&self) -> WorkflowSnapshot {
+        let state = WorkflowState {
+            image_id: Some(self.image_id.clone()),
+            status: ProcessingStatus::Processing,
+            metadata_stored: true,
+            ..WorkflowState::default()
+        };
+        WorkflowSnapshot {
+            state: Some(state),
+            start_time: self.start_time,
+            ..WorkflowSnapshot::started(self.run_id.clone(), SystemTime::UNIX_EPOCH)
+        }
+    }
+}
+
 /// Everything we know of a workflow at one moment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkflowSnapshot {

@@ -11,4 +11,4 @@ pub use activities::ImageActivities;
 pub use forget::ForgetCatalogImage;
 pub use policy::{similarity_search_retry, store_metadata_retry};
 pub use run::{WorkerHandle, WorkerTuning, WorkerVersion, spawn_worker};
-pub use workflow::{ImageProcessingWorkflow, SIMILARITY_QUEUE_PATCH};
+pub use workflow::{IMAGE_ID_PATCH, ImageProcessingWorkflow, SIMILARITY_QUEUE_PATCH};

@@ -7,8 +7,9 @@ use super::{
     policy::{similarity_search_options, store_metadata_options},
 };
 use crate::temporal::contract::{
-    ImageProcessingInput, ImageProcessingResult, ProcessingStatus, SimilaritySearchInput,
-    SimilaritySearchOutcome, StoreImageMetadataInput, WorkflowState, similarity_task_queue,
+    IMAGE_ID_ATTRIBUTE, ImageProcessingInput, ImageProcessingResult, ProcessingStatus,
+    SimilaritySearchInput, SimilaritySearchOutcome, StoreImageMetadataInput, WorkflowState,
+    similarity_task_queue,
 };
 use futures::future::FusedFuture;
 use std::pin::pin;
@@ -23,6 +24,10 @@ use temporalio_sdk::{
 /// the catalog's owner) and its input carries the job's title and workflow id. Workflows
 /// started before it run the search on their own task queue.
 pub const SIMILARITY_QUEUE_PATCH: &str = "similarity-task-queue";
+/// Patch: a workflow started with [`IMAGE_ID_ATTRIBUTE`] sets it to the stored image's id as
+/// its similarity search begins. A history from before it (a run an older worker took past its
+/// store) replays without the upsert.
+pub const IMAGE_ID_PATCH: &str = "image-id-search-attribute";
 
 /// The seed's image processing workflow.
 #[workflow]
@@ -81,6 +86,7 @@ impl ImageProcessingWorkflow {
         }
 
         if input.similarity_search {
+            show_search_step(ctx, &image_id);
             let mut search_input = SimilaritySearchInput {
                 image_id,
                 image_url: input.url,
@@ -133,6 +139,15 @@ impl ImageProcessingWorkflow {
     #[signal(name = "cancel")]
     pub fn cancel(&mut self, _ctx: &mut SyncWorkflowContext<Self>, _input: ()) {
         self.cancel_requested = true;
+    }
+}
+
+/// Shows the similarity search step to Temporal's visibility: the stored image's id in
+/// [`IMAGE_ID_ATTRIBUTE`], when the workflow was started with that attribute (so it is
+/// registered in the namespace) and runs past [`IMAGE_ID_PATCH`].
+fn show_search_step(ctx: &WorkflowContext<ImageProcessingWorkflow>, image_id: &str) {
+    if ctx.search_attributes().contains_key(&IMAGE_ID_ATTRIBUTE) && ctx.patched(IMAGE_ID_PATCH) {
+        ctx.upsert_search_attributes([IMAGE_ID_ATTRIBUTE.value_set(image_id.to_owned())]);
     }
 }
 
