@@ -118,9 +118,14 @@ impl SearchingRun {
             ..WorkflowState::default()
         };
         WorkflowSnapshot {
-            state: Some(state),
+            run_id: Some(self.run_id.clone()),
+            execution: ExecutionStatus::Running,
             start_time: self.start_time,
-            ..WorkflowSnapshot::started(self.run_id.clone(), SystemTime::UNIX_EPOCH)
+            close_time: None,
+            state: Some(state),
+            similarity: None,
+            similarity_skipped: None,
+            failure: None,
         }
     }
 }
