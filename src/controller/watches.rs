@@ -7,9 +7,9 @@
 //! once, and only a closed one's close event is read (its job's single history read). A
 //! workflow is listed, not watched, while others are listed, so a job started behind a backlog
 //! does not long-poll (one history read each 20 s of Temporal's long poll) through the wait.
-//! The same round lists the runs in their similarity search step (the search attribute their
-//! workflow sets, see `temporal::client::visibility`), so a listed job shows that step within a
-//! second too, with no history read. When listing fails, listed jobs are polled.
+//! The runs in their similarity search step (the search attribute their workflow sets, see
+//! `temporal::client::visibility`) are listed every half second, so a listed job shows that
+//! step within a second too, with no history read. When listing fails, listed jobs are polled.
 
 use crate::{
     crd::ImageJob,
@@ -329,7 +329,9 @@ struct Lister {
 
 impl Lister {
     /// Lists the runs that closed every [`LIST_EVERY`] while workflows are listed; each listed
-    /// one found closed has its close event read and its job woken.
+    /// one found closed has its close event read and its job woken. The runs in their search
+    /// step are listed twice as often, the second time beside the closes (whose reads take a
+    /// while when many close at once), so a step shows within a second of reaching visibility.
     async fn run(self) {
         // Closes from here on are asked for (less the overlap); `None` while nothing is listed.
         let mut since: Option<SystemTime> = None;
@@ -341,12 +343,14 @@ impl Lister {
                 self.listed.notified().await;
                 continue;
             };
-            tokio::time::sleep(LIST_EVERY).await;
+            tokio::time::sleep(LIST_EVERY / 2).await;
+            self.steps().await;
+            tokio::time::sleep(LIST_EVERY / 2).await;
             let round = SystemTime::now();
             let from = since.unwrap_or(earliest) - LIST_OVERLAP;
-            match self.round(from).await {
+            let (closes, ()) = tokio::join!(self.round(from), self.steps());
+            match closes {
                 Ok(()) => {
-                    self.steps().await;
                     since = Some(round);
                     failures = 0;
                     self.set_listing(true);
