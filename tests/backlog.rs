@@ -168,9 +168,5 @@ async fn a_listed_job_shows_its_similarity_search_step_with_no_history_read() {
     let status = done.status.expect("status");
     assert_eq!(status.image_id, image_id);
     assert!(status.similarity_search_completed);
-    assert!(
-        lykdat.requests().len() == 1,
-        "one search: {:?}",
-        lykdat.requests()
-    );
+    assert_eq!(lykdat.requests().len(), 1, "one search");
 }

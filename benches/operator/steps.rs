@@ -79,10 +79,10 @@ fn watch(api: Api<ImageJob>, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<
 /// When the workflow set its search attribute, from its history.
 fn upserted_at(address: &str, workflow_id: &str) -> Option<SystemTime> {
     let history = cli_history(address, workflow_id);
-    let event = history["events"].as_array()?.iter().find(|e| {
-        e["eventType"] == "EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"
-            || e["eventType"] == "UpsertWorkflowSearchAttributes"
-    })?;
+    let event = history["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["eventType"] == "EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES")?;
     let at = chrono::DateTime::parse_from_rfc3339(event["eventTime"].as_str()?).ok()?;
     Some(at.with_timezone(&chrono::Utc).into())
 }
